@@ -1,0 +1,24 @@
+"""densenets: every DenseNet of Huang et al. (CVPR 2017), exact, fast and trainable."""
+
+from .models import (
+    DenseNet,
+    DenseNetConfig,
+    cifar_config,
+    create_model,
+    get_config,
+    list_models,
+    register_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DenseNet",
+    "DenseNetConfig",
+    "__version__",
+    "cifar_config",
+    "create_model",
+    "get_config",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,1 @@
+"""Analysis of models and runs: summaries, feature reuse, figures, reports."""

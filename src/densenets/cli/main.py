@@ -1,0 +1,40 @@
+"""The ``densenets`` command: parses arguments and hands them to one library call each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError
+from . import summary_cmd
+
+# Each module exposes add_parser(subparsers) and registers its own run(args) as the handler.
+COMMANDS = [summary_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="densenets",
+        description="DenseNet (Huang et al., CVPR 2017): build, train, evaluate, analyse and benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"densenets: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("densenets: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""``densenets summary NAME`` and ``densenets list``."""
+
+from __future__ import annotations
+
+import json
+
+from ..analysis.summary import format_summary, model_summary
+from ..models import create_model, list_models
+from .options import parse_overrides
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("summary", help="parameters, FLOPs and block layout of a model")
+    p.add_argument("name", help="a name from `densenets list`, or densenet[_b|_c|_bc]<depth>_k<growth>")
+    p.add_argument("--input-size", type=int, default=None, help="square input side (default: 32 CIFAR, 224 ImageNet)")
+    p.add_argument("--num-classes", type=int, default=None, help="override the number of classes")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any DenseNetConfig field, e.g. --set growth_rate=24 (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(run=run_summary)
+
+    p = sub.add_parser("list", help="list the named variants")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'densenet_bc*'")
+    p.set_defaults(run=run_list)
+
+
+def run_summary(args) -> int:
+    overrides = parse_overrides(args.set)
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    model = create_model(args.name, **overrides)
+    summary = model_summary(model, args.input_size, name=args.name)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def run_list(args) -> int:
+    for name in list_models(args.pattern):
+        print(name)
+    return 0

@@ -1,0 +1,409 @@
+"""DenseNet (Huang et al., CVPR 2017): blocks, the network, and the named variants.
+
+Submodule names follow torchvision (``features.denseblock1.denselayer1.norm1``,
+``features.transition1.conv``, ``features.norm5``, ``classifier``) so that its
+checkpoints load unchanged into the ImageNet variants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import ConfigError
+
+Stem = Literal["cifar", "imagenet"]
+DropoutPlacement = Literal["paper", "torchvision"]
+InitScheme = Literal["fan_out", "fan_in"]
+
+_STEMS = ("cifar", "imagenet")
+_PLACEMENTS = ("paper", "torchvision")
+_INITS = ("fan_out", "fan_in")
+
+
+@dataclass(frozen=True)
+class DenseNetConfig:
+    """Everything the paper varies, as one immutable record.
+
+    ``init="fan_out"`` is the authors' He-normal init (std = sqrt(2 / (k*k*out_channels)));
+    ``"fan_in"`` is torchvision's. ``dropout_placement="paper"`` drops after every conv but
+    the stem (the authors' Lua code); ``"torchvision"`` only after each layer's last conv.
+    """
+
+    growth_rate: int = 32
+    block_sizes: tuple[int, ...] = (6, 12, 24, 16)
+    stem: Stem = "imagenet"
+    init_channels: int = 64
+    bottleneck: bool = True
+    bn_size: int = 4
+    compression: float = 0.5
+    dropout: float = 0.0
+    dropout_placement: DropoutPlacement = "paper"
+    in_channels: int = 3
+    num_classes: int = 1000
+    memory_efficient: bool = False
+    init: InitScheme = "fan_out"
+
+    def __post_init__(self) -> None:
+        # Tuples survive JSON round trips as lists; normalise so configs compare equal.
+        object.__setattr__(self, "block_sizes", tuple(int(b) for b in self.block_sizes))
+        _check_positive_int("growth_rate", self.growth_rate)
+        _check_positive_int("init_channels", self.init_channels)
+        _check_positive_int("bn_size", self.bn_size)
+        _check_positive_int("in_channels", self.in_channels)
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
+            raise ConfigError(f"num_classes must be an integer >= 0 (0 = no classifier), got {self.num_classes!r}")
+        if not self.block_sizes or any(b < 1 for b in self.block_sizes):
+            raise ConfigError(f"block_sizes must be a non-empty tuple of positive ints, got {self.block_sizes!r}")
+        if not isinstance(self.compression, (int, float)) or not 0.0 < self.compression <= 1.0:
+            raise ConfigError(f"compression must be in (0, 1] (the paper uses 0.5), got {self.compression!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check_choice("stem", self.stem, _STEMS)
+        _check_choice("dropout_placement", self.dropout_placement, _PLACEMENTS)
+        _check_choice("init", self.init, _INITS)
+        if not isinstance(self.bottleneck, bool):
+            raise ConfigError(f"bottleneck must be true or false, got {self.bottleneck!r}")
+        if not isinstance(self.memory_efficient, bool):
+            raise ConfigError(f"memory_efficient must be true or false, got {self.memory_efficient!r}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (block_sizes as a list)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["block_sizes"] = list(self.block_sizes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DenseNetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown DenseNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**data)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def transition_channels(in_channels: int, compression: float) -> int:
+    """Maps leaving a transition: floor(theta * m), as in the paper."""
+    return int(math.floor(compression * in_channels))
+
+
+class _RecomputeFlag:
+    """Tells BatchNorm whether it is running inside a checkpoint's recomputation.
+
+    The recomputed forward must normalise with the same batch statistics but must not
+    update the running statistics a second time.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+
+    @contextlib.contextmanager
+    def on(self):
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+
+
+def _norm(bn: nn.BatchNorm2d, x: Tensor, recomputing: bool) -> Tensor:
+    if recomputing and bn.training:
+        # Same batch statistics, but the running-stat update lands on throwaway copies.
+        mean, var = bn.running_mean.clone(), bn.running_var.clone()
+        return F.batch_norm(x, mean, var, bn.weight, bn.bias, True, 0.1, bn.eps)
+    return bn(x)
+
+
+class DenseLayer(nn.Module):
+    """One layer H_l: [BN-ReLU-1x1 conv (bn_size*k) -] BN-ReLU-3x3 conv (k maps).
+
+    Takes the list of feature maps produced so far in the block and returns its k new maps.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        growth_rate: int,
+        bn_size: int = 4,
+        bottleneck: bool = True,
+        dropout: float = 0.0,
+        dropout_placement: DropoutPlacement = "paper",
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__()
+        self.bottleneck = bottleneck
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        if bottleneck:
+            inner = bn_size * growth_rate
+            self.conv1 = nn.Conv2d(in_channels, inner, kernel_size=1, bias=False)
+            self.norm2 = nn.BatchNorm2d(inner)
+            self.relu2 = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(inner, growth_rate, kernel_size=3, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+        self.dropout = float(dropout)
+        # "paper": after the 1x1 and the 3x3; "torchvision": after the last conv only.
+        self.dropout_after_conv1 = bottleneck and dropout_placement == "paper"
+        self.memory_efficient = memory_efficient
+        self._recompute = _RecomputeFlag()
+
+    def _first_conv(self, *features: Tensor) -> Tensor:
+        x = torch.cat(features, 1) if len(features) > 1 else features[0]
+        x = self.relu1(_norm(self.norm1, x, self._recompute.active))
+        return self.conv1(x)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        if self.memory_efficient and self.training and any(f.requires_grad for f in features):
+            # Keep only the inputs; concat -> BN -> ReLU -> conv1 is recomputed in backward.
+            out = checkpoint(
+                self._first_conv,
+                *features,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), self._recompute.on()),
+            )
+        else:
+            out = self._first_conv(*features)
+        if not self.bottleneck:
+            return self._drop(out)
+        if self.dropout_after_conv1:
+            out = self._drop(out)
+        out = self.conv2(self.relu2(self.norm2(out)))
+        return self._drop(out)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        if self.dropout > 0:
+            return F.dropout(x, self.dropout, self.training)
+        return x
+
+
+class DenseBlock(nn.ModuleDict):
+    """`num_layers` dense layers; each reads the concatenation of all earlier outputs."""
+
+    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, **layer_kwargs) -> None:
+        super().__init__()
+        for i in range(num_layers):
+            layer = DenseLayer(in_channels + i * growth_rate, growth_rate, **layer_kwargs)
+            self.add_module(f"denselayer{i + 1}", layer)
+        self.in_channels = in_channels
+        self.out_channels = in_channels + num_layers * growth_rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class Transition(nn.Sequential):
+    """BN -> ReLU -> 1x1 conv (floor(theta*m) maps) [-> dropout] -> 2x2 average pool."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        if dropout > 0:
+            self.drop = nn.Dropout(dropout)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+
+class DenseNet(nn.Module):
+    """A DenseNet built from a :class:`DenseNetConfig`.
+
+    Surface shared by training, analysis, export and benchmarks: ``forward_features``,
+    ``forward_head``, ``forward``, ``forward_blocks``, ``reset_classifier``,
+    ``num_features`` and ``feature_info``.
+    """
+
+    def __init__(self, config: DenseNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.features = nn.Sequential()
+        if c.stem == "imagenet":
+            self.features.add_module("conv0", nn.Conv2d(c.in_channels, c.init_channels, 7, 2, 3, bias=False))
+            self.features.add_module("norm0", nn.BatchNorm2d(c.init_channels))
+            self.features.add_module("relu0", nn.ReLU(inplace=True))
+            self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+            reduction = 4
+        else:
+            self.features.add_module("conv0", nn.Conv2d(c.in_channels, c.init_channels, 3, 1, 1, bias=False))
+            reduction = 1
+
+        channels = c.init_channels
+        self.feature_info: list[dict] = []
+        for i, num_layers in enumerate(c.block_sizes, start=1):
+            block = DenseBlock(
+                num_layers,
+                channels,
+                c.growth_rate,
+                bn_size=c.bn_size,
+                bottleneck=c.bottleneck,
+                dropout=c.dropout,
+                dropout_placement=c.dropout_placement,
+                memory_efficient=c.memory_efficient,
+            )
+            self.features.add_module(f"denseblock{i}", block)
+            self.feature_info.append(
+                {
+                    "module": f"features.denseblock{i}",
+                    "in_chs": channels,
+                    "num_chs": block.out_channels,
+                    "reduction": reduction,
+                    "num_layers": num_layers,
+                }
+            )
+            channels = block.out_channels
+            if i < len(c.block_sizes):
+                out = transition_channels(channels, c.compression)
+                drop = c.dropout if c.dropout_placement == "paper" else 0.0
+                self.features.add_module(f"transition{i}", Transition(channels, out, drop))
+                channels = out
+                reduction *= 2
+        self.final_norm_name = f"norm{len(c.block_sizes) + 1}"
+        self.features.add_module(self.final_norm_name, nn.BatchNorm2d(channels))
+        self.num_features = channels
+        self.classifier: nn.Module = self._make_classifier(c.num_classes)
+        self._init_weights(c.init)
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        layer = nn.Linear(self.num_features, num_classes)
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    def _init_weights(self, scheme: InitScheme) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode=scheme, nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(N, C_in, H, W) -> (N, num_features, h, w), after the final BN and ReLU."""
+        return F.relu(self.features(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool, then the classifier unless ``pre_logits``."""
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_blocks(self, x: Tensor) -> list[Tensor]:
+        """Each dense block's output (before its transition), for dense-prediction backbones.
+
+        Shapes and strides are listed in ``feature_info``.
+        """
+        outs = []
+        for name, module in self.features.named_children():
+            if name == self.final_norm_name:
+                break
+            x = module(x)
+            if name.startswith("denseblock"):
+                outs.append(x)
+        return outs
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one (0 removes it)."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        self.classifier = self._make_classifier(num_classes)
+        self.config = replace(self.config, num_classes=num_classes)
+
+    def set_memory_efficient(self, enabled: bool = True) -> None:
+        """Switch checkpointed (recompute-in-backward) dense layers on or off."""
+        for m in self.modules():
+            if isinstance(m, DenseLayer):
+                m.memory_efficient = enabled
+        self.config = replace(self.config, memory_efficient=enabled)
+
+
+# ---------------------------------------------------------------------------------------
+# Variants
+# ---------------------------------------------------------------------------------------
+
+
+def cifar_config(
+    depth: int,
+    growth_rate: int,
+    *,
+    bottleneck: bool = False,
+    compression: float = 1.0,
+    num_classes: int = 10,
+    **overrides,
+) -> DenseNetConfig:
+    """The paper's 3-block CIFAR/SVHN network of total depth L and growth rate k.
+
+    Depth counts the stem conv, every conv in the dense layers, the two transition convs
+    and the classifier: L = 3n + 4 for plain layers, 6n + 4 with bottlenecks (two convs
+    per layer). The stem has 16 maps for plain DenseNet, 2k with bottleneck + compression.
+    """
+    per_layer = 2 if bottleneck else 1
+    step = 3 * per_layer
+    if not isinstance(depth, int) or depth < step + 4 or (depth - 4) % step:
+        kind = "DenseNet-B/-BC" if bottleneck else "DenseNet"
+        valid = ", ".join(str(step * n + 4) for n in range(1, 6))
+        raise ConfigError(
+            f"depth {depth!r} is impossible for {kind}: (depth - 4) must be a positive multiple of "
+            f"{step}, i.e. depth in {{{valid}, ...}} (paper: 40 and 100 plain; 100, 190, 250 for -BC)"
+        )
+    _check_positive_int("growth_rate", growth_rate)
+    n = (depth - 4) // step
+    stem = 2 * growth_rate if bottleneck and compression < 1 else 16
+    settings = dict(
+        growth_rate=growth_rate,
+        block_sizes=(n, n, n),
+        stem="cifar",
+        init_channels=stem,
+        bottleneck=bottleneck,
+        compression=compression,
+        num_classes=num_classes,
+    )
+    settings.update(overrides)
+    return DenseNetConfig(**settings)
+
+
+def imagenet_config(block_sizes: tuple[int, ...], growth_rate: int = 32, init_channels: int = 64) -> DenseNetConfig:
+    """The paper's 4-block ImageNet DenseNet-BC (224x224 input, 1000 classes)."""
+    return DenseNetConfig(growth_rate=growth_rate, block_sizes=block_sizes, init_channels=init_channels)
+
+
+VARIANTS: dict[str, DenseNetConfig] = {
+    # CIFAR / SVHN (Table 2), 10 classes by default
+    "densenet40_k12": cifar_config(40, 12),
+    "densenet100_k12": cifar_config(100, 12),
+    "densenet100_k24": cifar_config(100, 24),
+    "densenet_bc100_k12": cifar_config(100, 12, bottleneck=True, compression=0.5),
+    "densenet_bc250_k24": cifar_config(250, 24, bottleneck=True, compression=0.5),
+    "densenet_bc190_k40": cifar_config(190, 40, bottleneck=True, compression=0.5),
+    # ImageNet (Table 1 / Table 3)
+    "densenet121": imagenet_config((6, 12, 24, 16)),
+    "densenet169": imagenet_config((6, 12, 32, 32)),
+    "densenet201": imagenet_config((6, 12, 48, 32)),
+    "densenet264": imagenet_config((6, 12, 64, 48)),
+    "densenet161": imagenet_config((6, 12, 36, 24), growth_rate=48, init_channels=96),
+}

@@ -8,6 +8,8 @@ keeps its traceback.
 class UserError(Exception):
     """Base class for problems the user can fix (bad name, bad file, bad setting)."""
 
+    exit_code = 2
+
 
 class ConfigError(UserError, ValueError):
     """An invalid model or training setting; the message names the field and valid values."""
@@ -19,3 +21,13 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or weights file is missing, corrupt, unsafe or for another model."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the message names the step and what to try."""
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C: a resumable checkpoint was saved."""
+
+    exit_code = 130

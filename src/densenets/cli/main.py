@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import summary_cmd
+from . import summary_cmd, train_cmd
 
 # Each module exposes add_parser(subparsers) and registers its own run(args) as the handler.
-COMMANDS = [summary_cmd]
+COMMANDS = [train_cmd, summary_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
-        print(f"densenets: error: {exc}", file=sys.stderr)
-        return 2
+        label = "error: " if exc.exit_code == 2 else ""
+        print(f"densenets: {label}{exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("densenets: interrupted", file=sys.stderr)
         return 130

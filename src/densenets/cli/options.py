@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import typing
 
 from ..errors import ConfigError
 
@@ -25,3 +28,39 @@ def parse_overrides(pairs: list[str]) -> dict:
             value = tuple(value)
         out[key.strip()] = value
     return out
+
+
+def add_dataclass_options(parser, cls, help_prefix: str = "") -> None:
+    """One ``--field-name`` option per dataclass field, typed from its annotation.
+
+    Defaults are ``None`` ("not given") so only what the user typed overrides the recipe.
+    """
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, hint in hints.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _base_type(hint)
+        text = f"{help_prefix}(recipe default: {defaults[name]})"
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind is tuple:
+            parser.add_argument(flag, dest=name, type=float, nargs="+", default=None, metavar="F", help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=text)
+
+
+def collect_overrides(args, cls) -> dict:
+    """The dataclass fields the user set on the command line."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _base_type(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and typing.get_origin(hint) is not tuple:
+        hint = args[0]
+    return typing.get_origin(hint) or hint

@@ -278,8 +278,8 @@ class DenseNet(nn.Module):
                 self.features.add_module(f"transition{i}", Transition(channels, out, drop))
                 channels = out
                 reduction *= 2
-        self.final_norm_name = f"norm{len(c.block_sizes) + 1}"
-        self.features.add_module(self.final_norm_name, nn.BatchNorm2d(channels))
+        # torchvision's name for the final BN, whatever the number of blocks.
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
         self.num_features = channels
         self.classifier: nn.Module = self._make_classifier(c.num_classes)
         self._init_weights(c.init)
@@ -320,7 +320,7 @@ class DenseNet(nn.Module):
         """
         outs = []
         for name, module in self.features.named_children():
-            if name == self.final_norm_name:
+            if name == "norm5":
                 break
             x = module(x)
             if name.startswith("denseblock"):

@@ -1,0 +1,269 @@
+"""The paper's data sets by name, loaded with torchvision's own dataset classes.
+
+``build_data(DataSpec(name="cifar10+", data_dir="data"))`` returns a :class:`DataBundle`
+with train / test (and optional validation) sets, the number of classes, and the
+``preprocess`` dict that rebuilds the test-time transform later.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets as tvd
+
+from ..errors import DataError
+from .determinism import EpochSeededDataset
+from .digits import digits_datasets
+from .transforms import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    train_transform,
+)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set, where, and how to split it."""
+
+    name: str = "digits+"
+    data_dir: str = "data"
+    download: bool = False
+    image_size: int | None = None  # digits / imagefolder / imagenet crop size
+    val_split: int = 0  # training images held out for validation
+    seed: int = 0  # seeds the validation split and per-sample augmentation
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Dataset
+    test: Dataset
+    val: Dataset | None
+    num_classes: int
+    in_channels: int
+    preprocess: dict
+    augment: str  # "none" | "cifar" | "imagenet" | "shift"
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess["crop"]
+
+
+# --------------------------------------------------------------------------------------
+# torchvision classes, checking that files are present (checksums only when downloading:
+# users keep re-packed or partial copies, and tests write tiny files in the same format)
+# --------------------------------------------------------------------------------------
+
+
+class _CIFAR10(tvd.CIFAR10):
+    meta = {**tvd.CIFAR10.meta, "md5": None}
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root, self.base_folder)
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+
+class _CIFAR100(tvd.CIFAR100):
+    meta = {**tvd.CIFAR100.meta, "md5": None}
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root, self.base_folder)
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+
+class _SVHN(tvd.SVHN):
+    def _check_integrity(self) -> bool:
+        return Path(self.root, self.filename).is_file()
+
+
+def _require_files(title: str, folder: Path, names: list[str], how: str) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{title} not found: {folder} lacks {', '.join(missing)}; {how}")
+
+
+def _load(title: str, factory: Callable[[], Dataset]) -> Dataset:
+    """Construct a torchvision data set, turning its failures into one clear line."""
+    try:
+        return factory()
+    except DataError:
+        raise
+    except Exception as exc:  # corrupt pickle / .mat, bad archive, no network for --download
+        raise DataError(f"could not load {title}: {type(exc).__name__}: {exc}") from exc
+
+
+def _cifar(spec: DataSpec, hundred: bool, augmented: bool) -> DataBundle:
+    cls, title = (_CIFAR100, "CIFAR-100") if hundred else (_CIFAR10, "CIFAR-10")
+    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if hundred else (CIFAR10_MEAN, CIFAR10_STD)
+    root = Path(spec.data_dir)
+    if not spec.download:
+        names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        archive = "cifar-100-python.tar.gz" if hundred else "cifar-10-python.tar.gz"
+        _require_files(
+            title, root / cls.base_folder, names, f"pass --download to fetch {archive}, or unpack it into {root}"
+        )
+    preprocess = {"mean": list(mean), "std": list(std), "resize": None, "crop": 32, "channels": 3}
+    augment = "cifar" if augmented else "none"
+    train = _load(
+        title,
+        lambda: cls(str(root), train=True, transform=train_transform(preprocess, augment), download=spec.download),
+    )
+    test = _load(title, lambda: cls(str(root), train=False, transform=eval_transform(preprocess)))
+    train_eval = copy.copy(train)
+    train_eval.transform = eval_transform(preprocess)
+    return _finish(spec, train, train_eval, test, len(train.classes), 3, preprocess, augment, list(train.classes))
+
+
+def _svhn(spec: DataSpec) -> DataBundle:
+    root = Path(spec.data_dir)
+    files = [tvd.SVHN.split_list[s][1] for s in ("train", "extra", "test")]
+    if not spec.download:
+        _require_files("SVHN", root, files, f"pass --download to fetch them, or put the .mat files in {root}")
+    # The paper: train + extra, no augmentation, pixels divided by 255 (no mean/std).
+    preprocess = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "resize": None, "crop": 32, "channels": 3}
+    transform = eval_transform(preprocess)
+    parts = [
+        _load("SVHN", lambda s=s: _SVHN(str(root), split=s, transform=transform, download=spec.download))
+        for s in ("train", "extra")
+    ]
+    train = torch.utils.data.ConcatDataset(parts)
+    test = _load("SVHN", lambda: _SVHN(str(root), split="test", transform=transform, download=spec.download))
+    names = [str(i) for i in range(10)]
+    return _finish(spec, train, train, test, 10, 3, preprocess, "none", names)
+
+
+def _image_folder(path: Path, transform) -> tvd.ImageFolder:
+    if not path.is_dir():
+        raise DataError(f"image folder not found: {path}")
+    return _load(f"image folder {path}", lambda: tvd.ImageFolder(str(path), transform=transform))
+
+
+def _imagenet_like(spec: DataSpec, root: Path, title: str, default_size: int, require_split: bool) -> DataBundle:
+    size = spec.image_size or default_size
+    preprocess = {
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "resize": round(size * 256 / 224),
+        "crop": size,
+        "channels": 3,
+    }
+    train_dir = root / "train"
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if train_dir.is_dir() and test_dir is not None:
+        train = _image_folder(train_dir, train_transform(preprocess, "imagenet"))
+        test = _image_folder(test_dir, eval_transform(preprocess))
+        train_eval = copy.copy(train)
+        train_eval.transform = eval_transform(preprocess)
+        if train.classes != test.classes:
+            raise DataError(f"{title}: {train_dir} and {test_dir} hold different class folders")
+        classes = list(train.classes)
+    elif require_split:
+        raise DataError(
+            f"{title} not found: expected {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG "
+            "(ImageNet cannot be downloaded automatically; get ILSVRC2012 from image-net.org)"
+        )
+    else:
+        full = _image_folder(root, train_transform(preprocess, "imagenet"))
+        full_eval = copy.copy(full)
+        full_eval.transform = eval_transform(preprocess)
+        train_idx, test_idx = _stratified_split(full.targets, 0.2, spec.seed)
+        train, train_eval, test = Subset(full, train_idx), Subset(full_eval, train_idx), Subset(full_eval, test_idx)
+        classes = list(full.classes)
+    return _finish(spec, train, train_eval, test, len(classes), 3, preprocess, "imagenet", classes)
+
+
+def _imagenet(spec: DataSpec) -> DataBundle:
+    root = Path(spec.data_dir)
+    if not (root / "train").is_dir() and (root / "imagenet").is_dir():
+        root = root / "imagenet"
+    if spec.download:
+        raise DataError("ImageNet cannot be downloaded automatically; get ILSVRC2012 from image-net.org")
+    return _imagenet_like(spec, root, "ImageNet", 224, require_split=True)
+
+
+def _imagefolder(spec: DataSpec) -> DataBundle:
+    return _imagenet_like(spec, Path(spec.data_dir), "image folder", 224, require_split=False)
+
+
+def _digits(spec: DataSpec, augmented: bool) -> DataBundle:
+    train, train_eval, test, preprocess = digits_datasets(spec.image_size or 16, augmented)
+    augment = "shift" if augmented else "none"
+    return _finish(spec, train, train_eval, test, 10, 1, preprocess, augment, [str(i) for i in range(10)])
+
+
+def _stratified_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out ``fraction`` of each class (at least one image per class when it has two)."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    train, test = [], []
+    for idx in by_class.values():
+        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        n_test = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        test += perm[:n_test]
+        train += perm[n_test:]
+    return sorted(train), sorted(test)
+
+
+def _finish(
+    spec: DataSpec,
+    train: Dataset,
+    train_eval: Dataset,
+    test: Dataset,
+    num_classes: int,
+    in_channels: int,
+    preprocess: dict,
+    augment: str,
+    class_names: list[str],
+) -> DataBundle:
+    """Carve out the validation split and make augmentation depend only on (seed, epoch, index)."""
+    val = None
+    if spec.val_split:
+        n = len(train)
+        if not 0 < spec.val_split < n:
+            raise DataError(f"--val-split must be between 1 and {n - 1} for {spec.name} (got {spec.val_split})")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed)).tolist()
+        val = Subset(train_eval, sorted(perm[: spec.val_split]))
+        train = Subset(train, sorted(perm[spec.val_split :]))
+    if augment != "none":
+        train = EpochSeededDataset(train, spec.seed)
+    return DataBundle(spec.name, train, test, val, num_classes, in_channels, preprocess, augment, class_names)
+
+
+DATASETS: dict[str, Callable[[DataSpec], DataBundle]] = {
+    "digits": lambda s: _digits(s, augmented=False),
+    "digits+": lambda s: _digits(s, augmented=True),
+    "cifar10": lambda s: _cifar(s, hundred=False, augmented=False),
+    "cifar10+": lambda s: _cifar(s, hundred=False, augmented=True),
+    "cifar100": lambda s: _cifar(s, hundred=True, augmented=False),
+    "cifar100+": lambda s: _cifar(s, hundred=True, augmented=True),
+    "svhn": _svhn,
+    "imagenet": _imagenet,
+    "imagefolder": _imagefolder,
+}
+
+
+def build_data(spec: DataSpec) -> DataBundle:
+    """Load the named data set; a missing or unreadable one raises :class:`DataError`."""
+    loader = DATASETS.get(spec.name)
+    if loader is None:
+        close = difflib.get_close_matches(spec.name, list(DATASETS), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise DataError(f"unknown data set {spec.name!r}; {hint}choose from {', '.join(DATASETS)}")
+    if spec.download:
+        os.makedirs(spec.data_dir, exist_ok=True)
+    return loader(spec)

@@ -1,0 +1,164 @@
+"""One training step, one training epoch, one evaluation: functions that return dicts."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..data.determinism import derive_seed
+from ..errors import TrainingDiverged
+from .distributed import all_reduce_sum
+from .recipes import Recipe
+from .runtime import Runtime
+from .schedule import lr_at
+
+
+@dataclass
+class TrainState:
+    """What changes during training; everything in it goes into a checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None = None
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0  # epochs completed
+    best: dict = field(default_factory=dict)
+    # Running sums of the epoch in progress, so a mid-epoch resume reports the same metrics.
+    epoch_sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0})
+    stop_requested: bool = False  # set by the SIGINT handler
+
+
+def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor, runtime: Runtime, lr: float):
+    """Forward, backward and SGD step; returns (summed loss, correct predictions) as tensors."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    state.optimizer.zero_grad(set_to_none=True)
+    with runtime.autocast():
+        logits = state.model(images)
+        loss = F.cross_entropy(logits.float(), targets)
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        loss.backward()
+        state.optimizer.step()
+    correct = (logits.detach().argmax(1) == targets).sum()
+    return loss.detach() * targets.numel(), correct
+
+
+def train_one_epoch(
+    state: TrainState,
+    loader,
+    recipe: Recipe,
+    runtime: Runtime,
+    steps_per_epoch: int,
+    on_step: Callable[[TrainState], None] | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Train until the end of the epoch (or ``recipe.max_steps``); returns the epoch's metrics."""
+    state.model.train()
+    sums = state.epoch_sums
+    start_step = state.step - state.epoch * steps_per_epoch
+    total = steps_per_epoch - start_step
+    bar = tqdm(
+        total=total,
+        desc=f"epoch {state.epoch + 1}/{recipe.epochs}",
+        disable=not show_progress or not runtime.dist.is_main or None,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    tick = time.perf_counter()
+    for images, targets in loader:
+        if recipe.max_steps and state.step >= recipe.max_steps:
+            break
+        images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
+        # Dropout masks depend only on (seed, step, rank): resume reproduces them exactly.
+        torch.manual_seed(derive_seed(recipe.seed, "step", state.step, runtime.dist.rank))
+        lr = lr_at(state.step, recipe, steps_per_epoch)
+        loss_sum, correct = train_step(state, images, targets, runtime, lr)
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"the loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1})")
+        state.step += 1
+        now = time.perf_counter()
+        sums["loss"] += loss_value
+        sums["correct"] += correct.item()
+        sums["count"] += targets.numel()
+        sums["seconds"] += now - tick
+        tick = now
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{sums['loss'] / sums['count']:.3f}",
+            acc=f"{100 * sums['correct'] / sums['count']:.1f}%",
+            img_s=f"{sums['count'] * runtime.dist.world_size / max(sums['seconds'], 1e-9):.0f}",
+            lr=f"{lr:g}",
+        )
+        if on_step is not None:
+            on_step(state)
+        if state.stop_requested:
+            break
+    bar.close()
+    loss, correct, count, seconds = all_reduce_sum(
+        [sums["loss"], sums["correct"], sums["count"], sums["seconds"]], runtime.device
+    )
+    seconds /= runtime.dist.world_size
+    count = max(count, 1.0)
+    return {
+        "train_loss": loss / count,
+        "train_error": 100.0 * (1.0 - correct / count),
+        "train_images": int(count),
+        "train_seconds": seconds,
+        "images_per_s": count / max(seconds, 1e-9),
+        "lr": lr_at(max(state.step - 1, 0), recipe, steps_per_epoch),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, runtime: Runtime) -> dict:
+    """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks.
+
+    Batches of shape (N, n_crops, C, H, W) are averaged over the crops (ten-crop testing).
+    """
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    for images, targets in loader:
+        targets = targets.to(runtime.device)
+        logits = _logits(model, images, runtime)
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == targets).sum().item()
+        correct5 += (top == targets[:, None]).any(dim=1).sum().item()
+        count += targets.numel()
+    loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime.device)
+    count = max(count, 1.0)
+    return {
+        "loss": loss_sum / count,
+        "top1": 100.0 * correct1 / count,
+        "top5": 100.0 * correct5 / count,
+        "error": 100.0 * (1.0 - correct1 / count),
+        "count": int(count),
+    }
+
+
+def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    crops = images.dim() == 5
+    if crops:
+        n, c = images.shape[:2]
+        images = images.flatten(0, 1)
+    images = runtime.to_device(images)
+    with runtime.autocast():
+        logits = model(images).float()
+    if crops:
+        # Average the softmax over crops, returned as log-probabilities (a valid logit vector).
+        logits = logits.softmax(1).view(n, c, -1).mean(1).log()
+    return logits

@@ -1,0 +1,173 @@
+"""The paper's training protocols as named, immutable recipes.
+
+A recipe holds everything that decides a run: model and data names, optimiser, schedule,
+regularisation and execution options. ``resolve_recipe`` applies the paper's rules that
+depend on the data set (dropout exactly when there is no augmentation) so the resolved
+recipe written to the run folder repeats the run on its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    # what to train
+    model: str = "densenet_bc40_k12"
+    data: str = "digits+"
+    data_dir: str = "data"
+    download: bool = False
+    image_size: int | None = None  # None: the data set's own size (digits: 16)
+    val_split: int = 0  # training images held out for validation (paper: 5,000 CIFAR / 6,000 SVHN)
+    # optimiser and schedule (paper: SGD, Nesterov 0.9, no dampening, wd 1e-4)
+    epochs: int = 30
+    batch_size: int = 64  # global: split over the ranks of a distributed run
+    lr: float = 0.1
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training where lr is divided
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    # model settings the protocol decides
+    dropout: float | None = None  # None: 0.2 without augmentation, 0 with (the paper's rule)
+    init: str = "fan_out"
+    # execution
+    seed: int = 0
+    workers: int | None = None  # None: 0 on the CPU (loading competes with compute), 8 on CUDA
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
+    channels_last: bool = True
+    memory_efficient: bool = False
+    sync_bn: bool = False
+    compile: bool = False
+    checkpoint_every: int = 0  # also save last.pt every N steps (0: at the end of each epoch only)
+    max_steps: int = 0  # stop after this many steps in total (0: train all epochs); for smoke tests
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(Recipe)
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
+        if self.init not in ("fan_out", "fan_in"):
+            raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("workers", "val_split", "checkpoint_every", "max_steps", "seed"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["lr_milestones"] = list(self.lr_milestones)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def _check_type(name: str, value: object, hint: object) -> None:
+    """Reject a value of the wrong type with a message naming the field."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _union_type()) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return
+        origin = typing.get_origin(option) or option
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if origin in (bool, str) and isinstance(value, origin):
+            return
+        numbers = isinstance(value, (tuple, list)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
+        if origin is tuple and numbers:
+            return
+    expected = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"recipe field {name!r} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _union_type():
+    import types
+
+    return getattr(types, "UnionType", typing.Union)
+
+
+def _type_name(option: object) -> str:
+    if option is type(None):
+        return "null"
+    origin = typing.get_origin(option) or option
+    return {tuple: "a list of numbers"}.get(origin, getattr(origin, "__name__", str(origin)))
+
+
+# Base recipes; model and data defaults are the usual pairing, both overridable.
+RECIPES: dict[str, Recipe] = {
+    # CIFAR-10/100: batch 64, 300 epochs, lr 0.1 divided by 10 at 50% and 75%.
+    "cifar": Recipe(model="densenet_bc100_k12", data="cifar10+", epochs=300, batch_size=64),
+    # SVHN: train + extra, 40 epochs, 6,000 images held out, best model by validation error.
+    "svhn": Recipe(model="densenet_bc100_k12", data="svhn", epochs=40, batch_size=64, val_split=6000),
+    # ImageNet: batch 256, 90 epochs, lr divided by 10 at epochs 30 and 60.
+    "imagenet": Recipe(model="densenet121", data="imagenet", epochs=90, batch_size=256, lr_milestones=(1 / 3, 2 / 3)),
+    # The bundled real data set: DenseNet-BC-40 (k=12) on 16x16 digits, minutes on a laptop CPU.
+    "digits": Recipe(model="densenet_bc40_k12", data="digits+", epochs=20, batch_size=64),
+    # A user's own folder of class sub-folders: the ImageNet preprocessing, a shorter schedule.
+    "imagefolder": Recipe(model="densenet121", data="imagefolder", epochs=30, batch_size=32),
+}
+
+RECIPE_FOR_DATA = {
+    "cifar10": "cifar",
+    "cifar10+": "cifar",
+    "cifar100": "cifar",
+    "cifar100+": "cifar",
+    "svhn": "svhn",
+    "imagenet": "imagenet",
+    "digits": "digits",
+    "digits+": "digits",
+    "imagefolder": "imagefolder",
+}
+
+AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder"}
+
+
+def base_recipe(name: str | None = None, data: str | None = None) -> Recipe:
+    """The named recipe, or the one the data set implies (digits when neither is given)."""
+    if name is None:
+        name = RECIPE_FOR_DATA.get(data or "digits+", "digits")
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, list(RECIPES), n=2)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown recipe {name!r}; {hint}choose from {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    return replace(recipe, data=data) if data else recipe
+
+
+def resolve_recipe(recipe: Recipe, **overrides) -> Recipe:
+    """Apply overrides, then the paper's data-dependent rules; the result has no ``None`` left to decide."""
+    valid = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
+    recipe = replace(recipe, **overrides)
+    if recipe.dropout is None:
+        recipe = replace(recipe, dropout=0.0 if recipe.data in AUGMENTED_DATA else 0.2)
+    return recipe

@@ -1,0 +1,65 @@
+"""How a run executes: device, precision, memory format, process rank."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from .distributed import DistInfo
+from .recipes import Recipe
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dist: DistInfo
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.amp_dtype == torch.float16
+
+
+def resolve_device(name: str, dist: DistInfo) -> torch.device:
+    """``auto``: CUDA (this rank's local GPU) when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda requested but no CUDA GPU is available (use --device cpu)")
+        if device.index is None:
+            device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}")
+    return device
+
+
+def make_runtime(recipe: Recipe, dist: DistInfo | None = None) -> Runtime:
+    dist = dist or DistInfo.from_env()
+    device = resolve_device(recipe.device, dist)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.amp]
+    if amp is torch.float16 and device.type != "cuda":
+        raise ConfigError("amp fp16 needs a CUDA GPU; on the CPU use --amp bf16")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device=device, dist=dist, amp_dtype=amp, channels_last=recipe.channels_last)

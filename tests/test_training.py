@@ -1,0 +1,132 @@
+import json
+
+import pytest
+import torch
+
+from densenets.engine import RECIPES, Recipe, base_recipe, lr_at, resolve_recipe
+from densenets.engine.schedule import milestone_epochs
+from densenets.engine.trainer import fit
+from densenets.errors import ConfigError
+
+from .fakedata import write_cifar10
+
+TINY_MODEL = "densenet_bc16_k4"  # 2 bottleneck layers per block, k=4
+
+
+def tiny_recipe(data_dir, **overrides) -> Recipe:
+    settings = dict(
+        model=TINY_MODEL, data="cifar10+", data_dir=str(data_dir), epochs=2, batch_size=20, workers=0, lr=0.1
+    )
+    settings.update(overrides)
+    return resolve_recipe(base_recipe("cifar"), **settings)
+
+
+def test_recipes_match_the_paper():
+    cifar, svhn, imagenet = RECIPES["cifar"], RECIPES["svhn"], RECIPES["imagenet"]
+    for r in (cifar, svhn, imagenet):
+        assert (r.lr, r.momentum, r.nesterov, r.weight_decay, r.lr_gamma) == (0.1, 0.9, True, 1e-4, 0.1)
+        assert r.init == "fan_out"
+    assert (cifar.batch_size, cifar.epochs) == (64, 300)
+    assert milestone_epochs(cifar) == [150, 225]
+    assert (svhn.batch_size, svhn.epochs, svhn.val_split) == (64, 40, 6000)
+    assert milestone_epochs(svhn) == [20, 30]
+    assert (imagenet.batch_size, imagenet.epochs) == (256, 90)
+    assert milestone_epochs(imagenet) == [30, 60]
+
+
+@pytest.mark.parametrize(
+    ("data", "dropout"),
+    [("cifar10", 0.2), ("cifar100", 0.2), ("svhn", 0.2), ("cifar10+", 0.0), ("cifar100+", 0.0), ("imagenet", 0.0)],
+)
+def test_dropout_exactly_when_there_is_no_augmentation(data, dropout):
+    assert resolve_recipe(base_recipe(data=data)).dropout == dropout
+    assert resolve_recipe(base_recipe(data=data), dropout=0.1).dropout == 0.1
+
+
+def test_lr_schedule_divides_by_ten_at_half_and_three_quarters():
+    r = RECIPES["cifar"]
+    spe = 782  # 50,000 / 64
+    assert lr_at(0, r, spe) == 0.1
+    assert lr_at(150 * spe - 1, r, spe) == 0.1
+    assert lr_at(150 * spe, r, spe) == pytest.approx(0.01)
+    assert lr_at(225 * spe, r, spe) == pytest.approx(0.001)
+    assert lr_at(300 * spe - 1, r, spe) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("epochs", "ten"), ("lr", "fast"), ("nesterov", "yes"), ("batch_size", 6.5), ("amp", "fp8"), ("epochs", 0)],
+)
+def test_bad_recipe_values_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        resolve_recipe(base_recipe("cifar"), **{field: value})
+
+
+def test_unknown_recipe_field():
+    with pytest.raises(ConfigError, match="learning_rate"):
+        resolve_recipe(base_recipe("cifar"), learning_rate=0.1)
+
+
+def test_two_epochs_on_tiny_data_beat_chance(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=200, n_test=60)
+    result = fit(tiny_recipe(tmp_path / "data", batch_size=10), tmp_path / "run", show_progress=False)
+    assert result.summary["final_test_error"] < 50.0  # chance is 90%
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["model"] == TINY_MODEL and config["model"]["num_classes"] == 10
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    for name in ("last.pt", "best.pt", "summary.json"):
+        assert (run / name).stat().st_size > 0
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["step"] == 40 and ckpt["epoch"] == 2
+    assert {"model", "optimizer", "rng", "config"} <= set(ckpt)
+
+
+def test_run_can_be_repeated_from_its_config(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    a = fit(tiny_recipe(tmp_path / "data", epochs=1), tmp_path / "a", show_progress=False)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    b = fit(Recipe.from_dict(config["recipe"]), tmp_path / "b", show_progress=False)
+    assert_same_weights(a.model, b.model)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize("data", ["cifar10", "cifar10+"])  # dropout / augmentation randomness
+@pytest.mark.parametrize("stop_at", [3, 5, 7])  # mid-epoch, at an epoch end, mid-epoch 2
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, data, stop_at):
+    write_cifar10(tmp_path / "data", n_train=100, n_test=20)
+    recipe = tiny_recipe(tmp_path / "data", data=data)
+    full = fit(recipe, tmp_path / "full", show_progress=False)
+    fit(resolve_recipe(recipe, max_steps=stop_at), tmp_path / "cut", show_progress=False)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == stop_at
+    resumed = fit(None, tmp_path / "cut", resume=True, show_progress=False, resume_overrides={"max_steps": 0})
+    assert_same_weights(full.model, resumed.model)
+    assert resumed.summary["final_test_error"] == full.summary["final_test_error"]
+
+
+def test_resume_refuses_to_change_the_protocol(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    fit(tiny_recipe(tmp_path / "data", max_steps=1), tmp_path / "run", show_progress=False)
+    with pytest.raises(ConfigError, match="lr"):
+        fit(None, tmp_path / "run", resume=True, resume_overrides={"lr": 1.0})
+
+
+def test_bf16_autocast_and_memory_efficient_train_on_cpu(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    recipe = tiny_recipe(tmp_path / "data", amp="bf16", memory_efficient=True, channels_last=False, max_steps=2)
+    result = fit(recipe, tmp_path / "run", show_progress=False)
+    assert result.summary["steps"] == 2
+    assert result.model.config.memory_efficient
+
+
+def test_sync_bn_on_cpu_is_refused_clearly(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    with pytest.raises(ConfigError, match="sync_bn needs CUDA"):
+        fit(tiny_recipe(tmp_path / "data", sync_bn=True, device="cpu"), tmp_path / "run", show_progress=False)

@@ -9,6 +9,7 @@ from .models import (
     list_models,
     register_model,
 )
+from .models.inference import optimize_for_inference
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,6 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "optimize_for_inference",
     "register_model",
 ]

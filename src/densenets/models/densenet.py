@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
+from . import fused_block
 
 Stem = Literal["cifar", "imagenet"]
 DropoutPlacement = Literal["paper", "torchvision"]
@@ -195,7 +196,12 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.ModuleDict):
-    """`num_layers` dense layers; each reads the concatenation of all earlier outputs."""
+    """`num_layers` dense layers; each reads the concatenation of all earlier outputs.
+
+    On the CPU in float32 the block runs as one fused autograd Function over a shared
+    feature buffer (``fused_block``); elsewhere (CUDA, autocast, tracing, export, or
+    ``fused = False``) layer by layer with ``torch.cat``. Both give the same results.
+    """
 
     def __init__(self, num_layers: int, in_channels: int, growth_rate: int, **layer_kwargs) -> None:
         super().__init__()
@@ -203,9 +209,13 @@ class DenseBlock(nn.ModuleDict):
             layer = DenseLayer(in_channels + i * growth_rate, growth_rate, **layer_kwargs)
             self.add_module(f"denselayer{i + 1}", layer)
         self.in_channels = in_channels
+        self.growth_rate = growth_rate
         self.out_channels = in_channels + num_layers * growth_rate
+        self.fused = True
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused and fused_block.eligible(self, x):
+            return fused_block.block_forward(self, x)
         features = [x]
         for layer in self.values():
             features.append(layer(features))
@@ -213,7 +223,11 @@ class DenseBlock(nn.ModuleDict):
 
 
 class Transition(nn.Sequential):
-    """BN -> ReLU -> 1x1 conv (floor(theta*m) maps) [-> dropout] -> 2x2 average pool."""
+    """BN -> ReLU -> 1x1 conv (floor(theta*m) maps) [-> dropout] -> 2x2 average pool.
+
+    Without dropout the pool runs before the conv: both are linear, so the result is the
+    same, and the conv then works on a quarter of the pixels.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -223,6 +237,12 @@ class Transition(nn.Sequential):
         if dropout > 0:
             self.drop = nn.Dropout(dropout)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.norm(x))
+        if hasattr(self, "drop"):  # dropout does not commute with pooling
+            return self.pool(self.drop(self.conv(x)))
+        return self.conv(self.pool(x))
 
 
 class DenseNet(nn.Module):
@@ -333,6 +353,12 @@ class DenseNet(nn.Module):
             raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         self.classifier = self._make_classifier(num_classes)
         self.config = replace(self.config, num_classes=num_classes)
+
+    def set_fused(self, enabled: bool = True) -> None:
+        """Use the fused CPU block path where eligible (default) or always the plain layers."""
+        for m in self.modules():
+            if isinstance(m, DenseBlock):
+                m.fused = enabled
 
     def set_memory_efficient(self, enabled: bool = True) -> None:
         """Switch checkpointed (recompute-in-backward) dense layers on or off."""

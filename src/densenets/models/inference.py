@@ -1,0 +1,161 @@
+"""``optimize_for_inference``: an eval-only DenseNet with BatchNorm folded away.
+
+What changes against the training module (results equal to float rounding, tested):
+
+- every BatchNorm that follows a conv (the stem's, each bottleneck's second) is folded
+  into that conv's weights and a bias;
+- every BatchNorm that precedes a ReLU (on the block's concatenated maps, in transitions
+  and the head) becomes one fused multiply-add-max pass (``cpu_kernels``);
+- each block writes its layers' outputs into one preallocated NHWC buffer instead of
+  concatenating, so the quadratic copying of ``torch.cat`` disappears;
+- transitions pool before their 1x1 conv (both are linear: same result, 4x fewer FLOPs);
+- everything runs channels-last.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cpu_kernels import bn_relu_forward
+from .densenet import DenseBlock, DenseLayer, DenseNet, Transition
+
+
+def _affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as y = a * x + b."""
+    a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return a.detach().clone(), (bn.bias - bn.running_mean * a).detach().clone()
+
+
+def _fold_after(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """conv followed by BN, as one conv: (weight, bias)."""
+    a, b = _affine(bn)
+    weight = conv.weight.detach() * a.view(-1, 1, 1, 1)
+    return weight.contiguous(memory_format=torch.channels_last), b
+
+
+def _cl(weight: Tensor) -> Tensor:
+    return weight.detach().clone().contiguous(memory_format=torch.channels_last)
+
+
+class _Layer(nn.Module):
+    def __init__(self, layer: DenseLayer) -> None:
+        super().__init__()
+        a, b = _affine(layer.norm1)
+        self.register_buffer("a", a)
+        self.register_buffer("b", b)
+        self.bottleneck = layer.bottleneck
+        self.padding = layer.conv1.padding
+        if layer.bottleneck:
+            w1, b1 = _fold_after(layer.conv1, layer.norm2)
+            self.register_buffer("w1", w1)
+            self.register_buffer("b1", b1)
+            self.register_buffer("w2", _cl(layer.conv2.weight))
+        else:
+            self.register_buffer("w1", _cl(layer.conv1.weight))
+
+    def forward(self, rows: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        """rows: (P, C) inputs of this layer, a view of the block buffer; returns (N, k, H, W)."""
+        N, H, W = shape
+        t = bn_relu_forward(rows, self.a, self.b).view(N, H, W, -1).permute(0, 3, 1, 2)
+        if not self.bottleneck:
+            return F.conv2d(t, self.w1, None, 1, self.padding)
+        z = F.conv2d(t, self.w1, self.b1).relu_()
+        return F.conv2d(z, self.w2, None, 1, 1)
+
+
+class _Block(nn.Module):
+    def __init__(self, block: DenseBlock) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_Layer(layer) for layer in block.values())
+        self.in_channels, self.out_channels, self.growth = block.in_channels, block.out_channels, block.growth_rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        N, C0, H, W = x.shape
+        buf = x.new_empty(N, H, W, self.out_channels)
+        buf[..., :C0].copy_(x.permute(0, 2, 3, 1))
+        rows = buf.view(N * H * W, self.out_channels)
+        C = C0
+        for layer in self.layers:
+            out = layer(rows[:, :C], (N, H, W))
+            buf[..., C : C + self.growth].copy_(out.permute(0, 2, 3, 1))
+            C += self.growth
+        return buf.permute(0, 3, 1, 2)  # (N, C, H, W) channels-last view
+
+
+class _Transition(nn.Module):
+    def __init__(self, transition: Transition) -> None:
+        super().__init__()
+        a, b = _affine(transition.norm)
+        self.register_buffer("a", a)
+        self.register_buffer("b", b)
+        self.register_buffer("w", _cl(transition.conv.weight))
+
+    def forward(self, x: Tensor) -> Tensor:
+        N, C, H, W = x.shape
+        t = bn_relu_forward(x.permute(0, 2, 3, 1).reshape(N * H * W, C), self.a, self.b)
+        t = t.view(N, H, W, C).permute(0, 3, 1, 2)
+        return F.conv2d(F.avg_pool2d(t, 2), self.w)
+
+
+class InferenceDenseNet(nn.Module):
+    """Eval-only DenseNet from :func:`optimize_for_inference`; same outputs as the source model."""
+
+    def __init__(self, model: DenseNet) -> None:
+        super().__init__()
+        model = copy.deepcopy(model).eval().float()
+        self.config = model.config
+        f = model.features
+        self.imagenet_stem = model.config.stem == "imagenet"
+        if self.imagenet_stem:
+            w, b = _fold_after(f.conv0, f.norm0)
+            self.register_buffer("stem_w", w)
+            self.register_buffer("stem_b", b)
+        else:
+            self.register_buffer("stem_w", _cl(f.conv0.weight))
+            self.stem_b = None
+        stages = []
+        for module in f.children():
+            if isinstance(module, DenseBlock):
+                stages.append(_Block(module))
+            elif isinstance(module, Transition):
+                stages.append(_Transition(module))
+        self.stages = nn.ModuleList(stages)
+        a, b = _affine(f.norm5)
+        self.register_buffer("head_a", a)
+        self.register_buffer("head_b", b)
+        self.classifier = copy.deepcopy(model.classifier)
+        self.num_features = model.num_features
+        self.train(False)
+
+    def train(self, mode: bool = True) -> InferenceDenseNet:
+        if mode:
+            raise RuntimeError("an optimize_for_inference model is eval-only; train the original module")
+        return super().train(False)
+
+    @torch.inference_mode()
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last).to(self.stem_w.dtype)
+        if self.imagenet_stem:
+            x = F.max_pool2d(F.conv2d(x, self.stem_w, self.stem_b, 2, 3).relu_(), 3, 2, 1)
+        else:
+            x = F.conv2d(x, self.stem_w, None, 1, 1)
+        for stage in self.stages:
+            x = stage(x)
+        N, C, H, W = x.shape
+        t = bn_relu_forward(x.permute(0, 2, 3, 1).reshape(N * H * W, C), self.head_a, self.head_b)
+        return self.classifier(t.view(N, H * W, C).mean(1))
+
+
+def optimize_for_inference(model: DenseNet) -> InferenceDenseNet:
+    """The fastest way to run a trained DenseNet forward: an eval-only copy with BN folded.
+
+    ``optimize_for_inference(model)(x)`` equals ``model.eval()(x)`` to float rounding. The
+    source model is not modified. Use the original module for training or export.
+    """
+    if not isinstance(model, DenseNet):
+        raise TypeError(f"optimize_for_inference expects a densenets DenseNet, got {type(model).__name__}")
+    return InferenceDenseNet(model)

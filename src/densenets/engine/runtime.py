@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -63,3 +65,22 @@ def make_runtime(recipe: Recipe, dist: DistInfo | None = None) -> Runtime:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return Runtime(device=device, dist=dist, amp_dtype=amp, channels_last=recipe.channels_last)
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc keep freed memory in the process instead of returning it to the OS.
+
+    Training allocates and frees the same large tensors every step; by default glibc maps
+    each tensor over 32 MB fresh from the OS and unmaps it on free, so every step pays
+    page faults (10-20% of a CPU training step here). With these two settings the memory is
+    reused. Process-wide and permanent: the process keeps its peak memory. Returns whether
+    the settings were applied (Linux with glibc only).
+    """
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 40))

@@ -178,7 +178,8 @@ class _DenseBlockFunction(torch.autograd.Function):
                 )
                 y = zn.relu_()
                 out = F.conv2d(y, layer.conv2.weight, None, 1, 1)
-                s.update(z=z, y=y, m2=m2, is2=is2)
+                # memory-efficient: y is recomputed from z in backward (one cheap pass)
+                s.update(z=z, y=None if plan.memory_efficient else y, m2=m2, is2=is2)
             else:
                 out = z
             if train and layer.dropout > 0:
@@ -228,10 +229,15 @@ class _DenseBlockFunction(torch.autograd.Function):
                 d_out = d_out * s["mask2"]
             if layer.bottleneck:
                 g2, w2, n2 = params[offsets[i] + 3], params[offsets[i] + 5], layer.norm2
-                dy, dw2, _ = _conv_backward(
-                    d_out, s["y"], w2, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]
+                y = (
+                    s["y"]
+                    if s["y"] is not None
+                    else _bn_relu_again(s["z"], s["m2"], s["is2"], g2, params[offsets[i] + 4], n2, train)
                 )
-                dzn = _threshold_backward(dy, s["y"], 0)
+                dy, dw2, _ = _conv_backward(
+                    d_out, y, w2, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]
+                )
+                dzn = _threshold_backward(dy, y, 0)
                 dz, dg2, db2 = _bn_backward(
                     dzn, s["z"], g2, n2.running_mean, n2.running_var, s["m2"], s["is2"], train, n2.eps,
                     [True, True, True],
@@ -271,6 +277,15 @@ class _DenseBlockFunction(torch.autograd.Function):
         grads = [g for entry in per_layer for g in entry]
         dx = grad[..., :C0].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         return (dx, None, *grads)
+
+
+def _bn_relu_again(z: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor, bias: Tensor, bn, train: bool) -> Tensor:
+    """relu(BN(z)) as the forward computed it (batch statistics in training, running ones in eval)."""
+    if not train:
+        mean, invstd = bn.running_mean, (bn.running_var + bn.eps).rsqrt()
+    scale = weight * invstd
+    shift = bias - mean * scale
+    return torch.addcmul(shift.view(1, -1, 1, 1), z, scale.view(1, -1, 1, 1)).relu_()
 
 
 def _chunk_stats(rows: Tensor, mean_out: Tensor, var_out: Tensor) -> None:

@@ -13,7 +13,7 @@ from .densenet import VARIANTS, DenseNet, DenseNetConfig, cifar_config
 _REGISTRY: dict[str, DenseNetConfig] = {}
 
 # Any 3-block CIFAR network by name: densenet40_k12, densenet_b52_k12, densenet_c40_k12, densenet_bc100_k12.
-_CIFAR_NAME = re.compile(r"^densenet(?:_(b|c|bc))?(\d+)_k(\d+)$")
+CIFAR_NAME = re.compile(r"^densenet(?:_(b|c|bc))?(\d+)_k(\d+)$")
 
 
 class UnknownModelError(ConfigError):
@@ -52,13 +52,30 @@ def get_config(name: str, **overrides) -> DenseNetConfig:
     return replace(config, **overrides)
 
 
-def create_model(name: str, **overrides) -> DenseNet:
-    """Build a named variant, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``."""
-    return DenseNet(get_config(name, **overrides))
+def create_model(name: str, weights: str | None = None, **overrides) -> DenseNet:
+    """Build a named variant, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``.
+
+    ``name`` may also be an exported ``model.json`` (with its ``.safetensors`` beside it).
+    ``weights`` loads a weights file into the new model: one of our checkpoints, or
+    torchvision's ``densenet121-*.pth`` (legacy key names accepted). All files are loaded
+    safely (no pickled code runs).
+    """
+    if isinstance(name, str) and name.endswith((".json", ".safetensors")):
+        from ..engine.loading import load_model
+
+        model = load_model(name).model.train()
+        return model if not overrides else DenseNet(replace(model.config, **overrides))
+    model = DenseNet(get_config(name, **overrides))
+    if weights is not None:
+        from ..engine.checkpoint import load_checkpoint, state_dict_from
+        from ..engine.loading import load_weights
+
+        load_weights(model, state_dict_from(load_checkpoint(weights)), weights)
+    return model
 
 
 def _parse_cifar_name(name: str) -> DenseNetConfig:
-    match = _CIFAR_NAME.match(name) if isinstance(name, str) else None
+    match = CIFAR_NAME.match(name) if isinstance(name, str) else None
     if match is None:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(list_models())}"

@@ -1,0 +1,1 @@
+"""Benchmarks: our DenseNet against torchvision's, measured in one run."""

@@ -10,13 +10,16 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from ..errors import DataError
 from .determinism import EpochSeededDataset
@@ -43,6 +46,8 @@ class DataSpec:
     image_size: int | None = None  # digits / imagefolder / imagenet crop size
     val_split: int = 0  # training images held out for validation
     seed: int = 0  # seeds the validation split and per-sample augmentation
+    verify_images: bool | None = None  # decode-check every image file up front (None: imagefolder yes, imagenet no)
+    skip_bad_images: bool = False  # leave out unreadable image files with a warning instead of failing
 
 
 @dataclass
@@ -145,13 +150,59 @@ def _svhn(spec: DataSpec) -> DataBundle:
     return _finish(spec, train, train, test, 10, 3, preprocess, "none", names)
 
 
-def _image_folder(path: Path, transform) -> tvd.ImageFolder:
+def _image_folder(path: Path, transform, spec: DataSpec, verify_default: bool) -> tvd.ImageFolder:
     if not path.is_dir():
         raise DataError(f"image folder not found: {path}")
-    return _load(f"image folder {path}", lambda: tvd.ImageFolder(str(path), transform=transform))
+    verify = verify_default if spec.verify_images is None else spec.verify_images
+    checker = _ImageChecker(verify, spec.skip_bad_images)
+    folder = _load(
+        f"image folder {path}",
+        lambda: tvd.ImageFolder(str(path), transform=transform, loader=_load_image, is_valid_file=checker),
+    )
+    if checker.skipped:
+        shown = ", ".join(checker.skipped[:3]) + (" ..." if len(checker.skipped) > 3 else "")
+        warnings.warn(f"{path}: skipped {len(checker.skipped)} unreadable image file(s): {shown}", stacklevel=2)
+    return folder
 
 
-def _imagenet_like(spec: DataSpec, root: Path, title: str, default_size: int, require_split: bool) -> DataBundle:
+class _ImageChecker:
+    """``is_valid_file`` for ImageFolder: image extensions only, optionally decode-checked."""
+
+    def __init__(self, verify: bool, skip_bad: bool) -> None:
+        self.verify, self.skip_bad = verify, skip_bad
+        self.skipped: list[str] = []
+
+    def __call__(self, path: str) -> bool:
+        if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return False  # not an image by name (README, labels.txt, ...): ignored, as torchvision does
+        if not self.verify:
+            return True
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            return True
+        except Exception as exc:  # PIL raises many types for damaged files
+            if self.skip_bad:
+                self.skipped.append(path)
+                return False
+            raise DataError(
+                f"{path}: not a readable image ({type(exc).__name__}); remove it or pass --skip-bad-images"
+            ) from exc
+
+
+def _load_image(path: str) -> Image.Image:
+    """ImageFolder's loader, naming the file when it cannot be decoded."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _imagenet_like(
+    spec: DataSpec, root: Path, title: str, default_size: int, require_split: bool, verify_default: bool
+) -> DataBundle:
     size = spec.image_size or default_size
     preprocess = {
         "mean": list(IMAGENET_MEAN),
@@ -163,8 +214,8 @@ def _imagenet_like(spec: DataSpec, root: Path, title: str, default_size: int, re
     train_dir = root / "train"
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if train_dir.is_dir() and test_dir is not None:
-        train = _image_folder(train_dir, train_transform(preprocess, "imagenet"))
-        test = _image_folder(test_dir, eval_transform(preprocess))
+        train = _image_folder(train_dir, train_transform(preprocess, "imagenet"), spec, verify_default)
+        test = _image_folder(test_dir, eval_transform(preprocess), spec, verify_default)
         train_eval = copy.copy(train)
         train_eval.transform = eval_transform(preprocess)
         if train.classes != test.classes:
@@ -176,7 +227,7 @@ def _imagenet_like(spec: DataSpec, root: Path, title: str, default_size: int, re
             "(ImageNet cannot be downloaded automatically; get ILSVRC2012 from image-net.org)"
         )
     else:
-        full = _image_folder(root, train_transform(preprocess, "imagenet"))
+        full = _image_folder(root, train_transform(preprocess, "imagenet"), spec, verify_default)
         full_eval = copy.copy(full)
         full_eval.transform = eval_transform(preprocess)
         train_idx, test_idx = _stratified_split(full.targets, 0.2, spec.seed)
@@ -191,11 +242,11 @@ def _imagenet(spec: DataSpec) -> DataBundle:
         root = root / "imagenet"
     if spec.download:
         raise DataError("ImageNet cannot be downloaded automatically; get ILSVRC2012 from image-net.org")
-    return _imagenet_like(spec, root, "ImageNet", 224, require_split=True)
+    return _imagenet_like(spec, root, "ImageNet", 224, require_split=True, verify_default=False)
 
 
 def _imagefolder(spec: DataSpec) -> DataBundle:
-    return _imagenet_like(spec, Path(spec.data_dir), "image folder", 224, require_split=False)
+    return _imagenet_like(spec, Path(spec.data_dir), "image folder", 224, require_split=False, verify_default=True)
 
 
 def _digits(spec: DataSpec, augmented: bool) -> DataBundle:

@@ -69,6 +69,17 @@ def eval_transform(preprocess: dict) -> T.Compose:
     return T.Compose([*steps, T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])])
 
 
+def image_transform(preprocess: dict) -> T.Compose:
+    """For arbitrary image files (predict): any size or mode to the model's input.
+
+    Data sets whose test images already have the input size (CIFAR, SVHN) record no
+    resize; a file of another size is then scaled (shorter side) and centre-cropped.
+    """
+    if preprocess.get("resize"):
+        return eval_transform(preprocess)
+    return eval_transform({**preprocess, "resize": preprocess["crop"]})
+
+
 def ten_crop_transform(preprocess: dict) -> T.Compose:
     """Resize, then the four corner + centre crops and their mirrors: (10, C, H, W)."""
     normalize = T.Normalize(preprocess["mean"], preprocess["std"])

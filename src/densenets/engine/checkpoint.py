@@ -58,6 +58,15 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by a process killed while writing a checkpoint."""
+    removed = []
+    for path in Path(folder).glob(".*.pt.tmp-*"):
+        _remove_quietly(path)
+        removed.append(path)
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint or weights file safely; any problem raises one clear :class:`CheckpointError`."""
     path = Path(path)

@@ -124,13 +124,15 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, runtime: Runtime) -> dict:
+def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False) -> dict:
     """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks.
 
     Batches of shape (N, n_crops, C, H, W) are averaged over the crops (ten-crop testing).
+    With ``confusion``, also the confusion matrix (rows: true class) and per-class accuracy.
     """
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
+    matrix = None
     for images, targets in loader:
         targets = targets.to(runtime.device)
         logits = _logits(model, images, runtime)
@@ -139,15 +141,25 @@ def evaluate(model: nn.Module, loader, runtime: Runtime) -> dict:
         correct1 += (top[:, 0] == targets).sum().item()
         correct5 += (top == targets[:, None]).any(dim=1).sum().item()
         count += targets.numel()
+        if confusion:
+            n = logits.shape[1]
+            pairs = targets * n + top[:, 0]
+            batch_matrix = torch.bincount(pairs, minlength=n * n).view(n, n).cpu()
+            matrix = batch_matrix if matrix is None else matrix + batch_matrix
     loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime.device)
     count = max(count, 1.0)
-    return {
+    result = {
         "loss": loss_sum / count,
         "top1": 100.0 * correct1 / count,
         "top5": 100.0 * correct5 / count,
         "error": 100.0 * (1.0 - correct1 / count),
         "count": int(count),
     }
+    if confusion and matrix is not None:
+        totals = matrix.sum(1).clamp(min=1)
+        result["confusion"] = matrix.tolist()
+        result["per_class_accuracy"] = (100.0 * matrix.diag() / totals).tolist()
+    return result
 
 
 def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:

@@ -24,6 +24,8 @@ class Recipe:
     download: bool = False
     image_size: int | None = None  # None: the data set's own size (digits: 16)
     val_split: int = 0  # training images held out for validation (paper: 5,000 CIFAR / 6,000 SVHN)
+    verify_images: bool | None = None  # decode-check image folders up front (None: imagefolder yes, imagenet no)
+    skip_bad_images: bool = False  # leave out unreadable images with a warning instead of stopping
     # optimiser and schedule (paper: SGD, Nesterov 0.9, no dampening, wd 1e-4)
     epochs: int = 30
     batch_size: int = 64  # global: split over the ranks of a distributed run
@@ -34,6 +36,7 @@ class Recipe:
     nesterov: bool = True
     weight_decay: float = 1e-4
     # model settings the protocol decides
+    weights: str | None = None  # initialise from a weights file (ours or torchvision's); new classifier if needed
     dropout: float | None = None  # None: 0.2 without augmentation, 0 with (the paper's rule)
     init: str = "fan_out"
     # execution

@@ -18,10 +18,13 @@ BEST = "best.pt"
 def write_json(path: Path, data: dict) -> None:
     """Atomic JSON write (temporary file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"could not write {path}: {exc.strerror or exc}") from exc
 
 
 def read_json(path: Path) -> dict:
@@ -70,10 +73,14 @@ class RunLog:
     def epoch(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = self.run_dir / METRICS
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise UserError(f"could not append to {path}: {exc.strerror or exc}") from exc
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":

@@ -19,7 +19,16 @@ from ..data.determinism import derive_seed
 from ..data.samplers import ResumableSampler, ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 from ..models import DenseNet, DenseNetConfig, get_config
-from .checkpoint import FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint, unwrap_model
+from .checkpoint import (
+    FORMAT,
+    capture_rng,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+    state_dict_from,
+    unwrap_model,
+)
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -28,10 +37,11 @@ from .distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from .loading import load_weights
 from .loop import TrainState, evaluate, train_one_epoch
 from .recipes import Recipe
 from .runlog import BEST, CONFIG, LAST, SUMMARY, RunLog, read_json, write_json
-from .runtime import Runtime, make_runtime
+from .runtime import Runtime, make_runtime, tune_cpu_allocator
 
 
 @dataclass
@@ -54,10 +64,16 @@ class Run:
             print(message, flush=True)
 
     def save(self, name: str) -> None:
-        """Rank 0 writes the checkpoint; every rank's state is identical under DDP."""
+        """Rank 0 writes the checkpoint; every rank's state is identical under DDP.
+
+        Weights that are no longer finite are never written over a good checkpoint.
+        """
         if not self.runtime.dist.is_main:
             return
         s = self.state
+        params = list(unwrap_model(s.model).parameters())
+        if not torch.stack([p.detach().isfinite().all() for p in params]).all().item():
+            raise TrainingDiverged(f"the weights became NaN or infinite by step {s.step} (epoch {s.epoch + 1})")
         payload = {
             "format": FORMAT,
             "model": unwrap_model(s.model).state_dict(),
@@ -107,6 +123,8 @@ def fit(
     elif recipe is None:
         raise ConfigError("fit needs a recipe unless resume=True")
     runtime = make_runtime(recipe, dist)
+    if runtime.device.type == "cpu":
+        tune_cpu_allocator()
     init_distributed(dist, runtime.device)
     try:
         run = _build(recipe, runtime, run_dir, resume)
@@ -128,7 +146,16 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
         except OSError as exc:
             raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from exc
     data = build_data(
-        DataSpec(recipe.data, recipe.data_dir, recipe.download, recipe.image_size, recipe.val_split, recipe.seed)
+        DataSpec(
+            recipe.data,
+            recipe.data_dir,
+            recipe.download,
+            recipe.image_size,
+            recipe.val_split,
+            recipe.seed,
+            recipe.verify_images,
+            recipe.skip_bad_images,
+        )  # fmt: skip
     )
     model_config = get_config(
         recipe.model,
@@ -171,6 +198,8 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
 
     torch.manual_seed(derive_seed(recipe.seed, "init"))
     model: nn.Module = DenseNet(model_config)
+    if recipe.weights and not resume:
+        _init_from_weights(model, recipe.weights, dist.is_main)
     if recipe.sync_bn and runtime.device.type != "cuda":
         raise ConfigError(
             "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
@@ -203,8 +232,23 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     steps_per_epoch = per_rank_samples // per_rank_batch if drop_last else 1
     run = Run(recipe, runtime, run_dir, data, model_config, config, state, steps_per_epoch, per_rank_batch, drop_last)
     if resume:
+        remove_stale_temporaries(run_dir)
         _restore(run)
     return run
+
+
+def _init_from_weights(model: DenseNet, path: str, verbose: bool) -> None:
+    """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
+    state = state_dict_from(load_checkpoint(path))
+    own = model.state_dict()
+    theirs = state.get("classifier.weight")
+    if theirs is not None and theirs.shape != own["classifier.weight"].shape:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
+        if verbose:
+            print(f"{path}: {theirs.shape[0]} classes in the file, {own['classifier.weight'].shape[0]} in the data: "
+                  "classifier re-initialised", flush=True)  # fmt: skip
+    load_weights(model, state, path)
 
 
 def _restore(run: Run) -> None:
@@ -292,11 +336,7 @@ def _train(run: Run, show_progress: bool) -> dict:
                     s, train_loader, r, run.runtime, run.steps_per_epoch, on_step, show_progress
                 )
             except TrainingDiverged as exc:
-                kept = f"{run.run_dir / LAST} (step {_saved_step(run)})" if (run.run_dir / LAST).exists() else "none"
-                raise TrainingDiverged(
-                    f"{exc}; training stopped. Last good checkpoint: {kept}. "
-                    "Try a lower --lr, or --amp none if mixed precision is on."
-                ) from None
+                raise _diverged_message(run, exc) from None
             if s.stop_requested:
                 run.save(LAST)
                 raise TrainingInterrupted(
@@ -307,7 +347,10 @@ def _train(run: Run, show_progress: bool) -> dict:
                 average_buffers(unwrap_model(s.model))
                 run.save(LAST)
                 break
-            _end_epoch(run, train_metrics, test_loader, val_loader, metrics_log)
+            try:
+                _end_epoch(run, train_metrics, test_loader, val_loader, metrics_log)
+            except TrainingDiverged as exc:
+                raise _diverged_message(run, exc) from None
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
@@ -395,6 +438,14 @@ def _print_summary(run: Run, summary: dict) -> None:
     )
     run.log(f"final test error {summary['final_test_error']:.2f}% (accuracy {100 - summary['final_test_error']:.2f}%)")
     run.log(f"{best_text}; {summary['parameters']:,} parameters; checkpoints in {run.run_dir}")
+
+
+def _diverged_message(run: Run, exc: TrainingDiverged) -> TrainingDiverged:
+    kept = f"{run.run_dir / LAST} (step {_saved_step(run)})" if (run.run_dir / LAST).exists() else "none yet"
+    return TrainingDiverged(
+        f"{exc}; training stopped. Last good checkpoint: {kept}. "
+        "Try a lower --lr, or --amp none if mixed precision is on."
+    )
 
 
 def _step_limit_reached(run: Run) -> bool:

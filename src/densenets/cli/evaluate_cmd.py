@@ -1,0 +1,65 @@
+"""``densenets eval`` and ``densenets predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..engine.loading import resolve_checkpoint_path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="test error, top-1/top-5, per-class accuracy and confusion matrix of a model")
+    p.add_argument("checkpoint", help="run folder, checkpoint (.pt), torchvision weights (.pth) or exported .json")
+    p.add_argument("--data", help="data set name (default: the one the run trained on)")
+    p.add_argument("--data-dir", help="where the data set lives (default: the run's)")
+    p.add_argument("--ten-crop", action="store_true", help="average over 10 crops (ImageNet-style data, Table 3)")
+    p.add_argument("--model", help="model name, for a bare weights file whose architecture is ambiguous")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", help="folder for metrics.json, confusion.csv/png (default: beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(run=run_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("checkpoint", help="run folder, checkpoint, torchvision weights or exported .json")
+    p.add_argument("images", nargs="+", help="image files (any size or mode; converted like the test images)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--model", help="model name, for a bare weights file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=run_predict)
+
+
+def run_eval(args) -> int:
+    from ..engine.evaluation import evaluate_checkpoint
+
+    source = resolve_checkpoint_path(args.checkpoint)
+    out = Path(args.out) if args.out else source.parent / f"eval-{source.stem}"
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, args.data_dir, args.ten_crop, args.batch_size, args.device, args.workers,
+        args.model, out,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
+        return 0
+    crops = ", ten-crop" if args.ten_crop else ""
+    print(f"{result['data']} test set ({result['count']} images{crops}): error {result['error']:.2f}%  "
+          f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")  # fmt: skip
+    worst = sorted(result["per_class_accuracy"].items(), key=lambda kv: kv[1])[:5]
+    print("lowest per-class accuracy: " + ", ".join(f"{name} {acc:.1f}%" for name, acc in worst))
+    print(f"metrics.json, confusion.csv and confusion.png written to {out}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from ..engine.loading import load_model
+    from ..engine.prediction import format_predictions, predict_images
+
+    loaded = load_model(args.checkpoint, args.model)
+    records = predict_images(loaded, args.images, args.top_k)
+    print(json.dumps(records, indent=2) if args.json else format_predictions(records))
+    failed = sum("error" in r for r in records)
+    if failed == len(records):
+        return 2
+    return 1 if failed else 0

@@ -1,0 +1,26 @@
+"""``densenets export``."""
+
+from __future__ import annotations
+
+from ..export.formats import FORMATS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or safetensors + JSON (checked)")
+    p.add_argument("checkpoint", help="run folder, checkpoint, weights file or exported .json")
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--out", help="output file (default: beside the checkpoint)")
+    p.add_argument("--model", help="model name, for a bare weights file")
+    p.add_argument("--input-size", type=int, help="example input side for tracing (default: the model's)")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    from ..export.formats import export_model
+
+    result = export_model(args.checkpoint, args.format, args.out, args.model, args.input_size)
+    check = result.get("verified", "not checked")
+    diff = f", max |difference| {result['max_abs_diff']:.2e}" if "max_abs_diff" in result else ""
+    extra = f" and {result['config']}" if "config" in result else ""
+    print(f"wrote {result['path']}{extra} ({args.format}; checked against PyTorch with {check}{diff})")
+    return 0

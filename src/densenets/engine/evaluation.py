@@ -1,0 +1,133 @@
+"""``densenets eval``: error, top-1/top-5, loss, per-class accuracy and a confusion matrix."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..data import DataSpec, build_data
+from ..data.transforms import ten_crop_transform
+from ..errors import ConfigError, DataError
+from .loading import load_model
+from .loop import evaluate
+from .recipes import Recipe
+from .runtime import make_runtime
+
+
+def with_transform(dataset: Dataset, transform) -> Dataset:
+    """A shallow copy of a (possibly Subset-wrapped) data set with another transform."""
+    if isinstance(dataset, Subset):
+        return Subset(with_transform(dataset.dataset, transform), dataset.indices)
+    if not hasattr(dataset, "transform"):
+        raise DataError(f"{type(dataset).__name__} has no transform to replace")
+    clone = copy.copy(dataset)
+    clone.transform = transform
+    return clone
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | None = None,
+    data_dir: str | None = None,
+    ten_crop: bool = False,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int | None = None,
+    model_name: str | None = None,
+    out_dir: str | Path | None = None,
+) -> dict:
+    """Evaluate a trained model on a data set's test split; writes metrics and figures to ``out_dir``."""
+    loaded = load_model(checkpoint, model_name)
+    recipe = loaded.run_config.get("recipe", {})
+    data = data or recipe.get("data")
+    if data is None:
+        raise ConfigError("this weights file does not say which data set it was trained on; pass --data NAME")
+    spec = DataSpec(
+        name=data,
+        data_dir=data_dir or recipe.get("data_dir", "data"),
+        image_size=loaded.preprocess.get("crop"),
+    )
+    bundle = build_data(spec)
+    if bundle.num_classes != loaded.model.config.num_classes:
+        raise ConfigError(
+            f"{data} has {bundle.num_classes} classes but the model predicts {loaded.model.config.num_classes}"
+        )
+    test = bundle.test
+    if ten_crop:
+        if not loaded.preprocess.get("resize") or loaded.preprocess["resize"] <= loaded.preprocess["crop"]:
+            raise ConfigError("ten-crop testing needs images resized larger than the crop (ImageNet-style data)")
+        test = with_transform(test, ten_crop_transform(loaded.preprocess))
+    runtime = make_runtime(Recipe(device=device, channels_last=True))
+    model = loaded.model.to(runtime.device, memory_format=torch.channels_last)
+    workers = workers if workers is not None else (8 if runtime.device.type == "cuda" else 0)
+    loader = DataLoader(test, batch_size=batch_size, num_workers=workers)
+    metrics = evaluate(model, loader, runtime, confusion=True)
+    names = loaded.class_names if len(loaded.class_names) == bundle.num_classes else bundle.class_names
+    result = {
+        "checkpoint": str(loaded.source),
+        "data": data,
+        "ten_crop": ten_crop,
+        **{k: v for k, v in metrics.items() if k != "confusion"},
+        "per_class_accuracy": {name: acc for name, acc in zip(names, metrics["per_class_accuracy"], strict=True)},
+        "confusion": metrics["confusion"],
+        "class_names": names,
+    }
+    if out_dir is not None:
+        save_evaluation(result, Path(out_dir))
+    return result
+
+
+def save_evaluation(result: dict, out_dir: Path) -> list[Path]:
+    """metrics.json, confusion.csv and confusion.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "metrics.json"
+    json_path.write_text(json.dumps(result, indent=2))
+    csv_path = out_dir / "confusion.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *result["class_names"]])
+        for name, row in zip(result["class_names"], result["confusion"], strict=True):
+            writer.writerow([name, *row])
+    png_path = out_dir / "confusion.png"
+    plot_confusion(
+        result["confusion"], result["class_names"], png_path, f"{result['data']}: error {result['error']:.2f}%"
+    )
+    return [json_path, csv_path, png_path]
+
+
+def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.array(matrix, dtype=float)
+    rows = counts.sum(1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * n, 14), min(1.6 + 0.45 * n, 13)))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(names, fontsize=7)
+        if n <= 15:
+            for i in range(n):
+                for j in range(n):
+                    if counts[i, j]:
+                        colour = "white" if normalised[i, j] > 0.5 else "black"
+                        ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,72 @@
+"""``densenets predict``: top-k classes for image files, unreadable files reported by name."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..data.transforms import image_transform
+from .loading import LoadedModel
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open and decode an image fully (so truncated files fail here, not later)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(path)
+        image.load()
+    return image
+
+
+def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
+    """One record per path: ``{"file", "predictions": [{"class", "index", "probability"}]}``,
+    or ``{"file", "error"}`` for a file that cannot be read as an image."""
+    transform = image_transform(loaded.preprocess)
+    model = loaded.model.eval()
+    device = next(model.parameters()).device
+    names = loaded.class_names
+    records: list[dict] = []
+    ready: list[tuple[int, torch.Tensor]] = []
+    for path in paths:
+        try:
+            tensor = transform(read_image(path))
+        except FileNotFoundError:
+            records.append({"file": str(path), "error": "no such file"})
+            continue
+        except IsADirectoryError:
+            records.append({"file": str(path), "error": "is a folder"})
+            continue
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:  # fmt: skip
+            records.append({"file": str(path), "error": f"not a readable image ({type(exc).__name__}: {exc})"})
+            continue
+        records.append({"file": str(path)})
+        ready.append((len(records) - 1, tensor))
+    k = max(1, min(top_k, model.config.num_classes))
+    for start in range(0, len(ready), batch_size):
+        chunk = ready[start : start + batch_size]
+        batch = torch.stack([t for _, t in chunk]).to(device)
+        with torch.inference_mode():
+            probs = model(batch).float().softmax(1)
+        top = probs.topk(k, dim=1)
+        for (index, _), values, classes in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+            records[index]["predictions"] = [
+                {"class": names[c] if c < len(names) else str(c), "index": c, "probability": p}
+                for p, c in zip(values, classes, strict=True)
+            ]
+    return records
+
+
+def format_predictions(records: list[dict]) -> str:
+    lines = []
+    for record in records:
+        lines.append(record["file"])
+        if "error" in record:
+            lines.append(f"  error: {record['error']}")
+            continue
+        for p in record["predictions"]:
+            lines.append(f"  {100 * p['probability']:6.2f}%  {p['class']}")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Export formats. Each export is checked: the exported model is run on random input and
+its output compared with PyTorch's (ONNX through onnxruntime when it is installed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..engine.loading import LoadedModel, load_model
+from ..errors import UserError
+from ..models import DenseNet
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+MODEL_FORMAT = "densenets-model/1"
+
+
+def _exportable(model: DenseNet) -> DenseNet:
+    """An eval-mode copy on the CPU that runs layer by layer (the fused CPU path is not traceable)."""
+    model = copy.deepcopy(model).cpu().eval().float()
+    model.set_fused(False)
+    model.set_memory_efficient(False)
+    return model
+
+
+def _example(model: DenseNet, input_size: int | None, batch: int = 2) -> torch.Tensor:
+    size = input_size or (224 if model.config.stem == "imagenet" else 32)
+    return torch.randn(batch, model.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def export_onnx(model: DenseNet, path: str | Path, input_size: int | None = None, in_channels: int | None = None,
+                opset: int = 17, verify: bool = True) -> dict:  # fmt: skip
+    """Write ``path`` (.onnx) with a dynamic batch axis; returns the parity check."""
+    model = _exportable(model)
+    x = _example(model, input_size)
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript-based exporter: no onnxscript needed
+            torch.onnx.export(
+                model, (x,), str(path), input_names=["images"], output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+            )  # fmt: skip
+    except ImportError as exc:
+        raise UserError(f"ONNX export needs the onnx package: pip install 'densenets[export]' ({exc})") from exc
+    result = {"path": str(path), "format": "onnx"}
+    if verify:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            result["verified"] = "skipped: onnxruntime is not installed"
+            return result
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        check = _example(model, input_size, batch=3)  # another batch size than the export's
+        got = torch.from_numpy(session.run(None, {"images": check.numpy()})[0])
+        with torch.no_grad():
+            expected = model(check)
+        result.update(_compare(got, expected, "onnxruntime"))
+    return result
+
+
+def export_torchscript(model: DenseNet, path: str | Path, input_size: int | None = None, verify: bool = True) -> dict:
+    """Write a traced TorchScript module; returns the parity check."""
+    model = _exportable(model)
+    x = _example(model, input_size)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+    path = Path(path)
+    traced.save(str(path))
+    result = {"path": str(path), "format": "torchscript"}
+    if verify:
+        loaded = torch.jit.load(str(path))
+        check = _example(model, input_size, batch=3)
+        with torch.no_grad():
+            result.update(_compare(loaded(check), model(check), "torch.jit.load"))
+    return result
+
+
+def export_safetensors(loaded: LoadedModel, path: str | Path) -> dict:
+    """``path`` (.safetensors weights) and the JSON description beside it, which
+    ``create_model(json_path)`` and every densenets command load back."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError as exc:
+        raise UserError("safetensors export needs `pip install safetensors` (or 'densenets[export]')") from exc
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    meta = {
+        "format": MODEL_FORMAT,
+        "name": loaded.name,
+        "model": {**loaded.model.config.to_dict(), "memory_efficient": False},
+        "preprocess": loaded.preprocess,
+        "class_names": loaded.class_names,
+        "weights": path.name,
+        # what it was trained on, so that `densenets eval model.json` needs no --data
+        "data": {k: loaded.run_config.get("recipe", {}).get(k) for k in ("data", "data_dir")},
+    }
+    json_path = path.with_suffix(".json")
+    json_path.write_text(json.dumps(meta, indent=2))
+    reloaded = load_model(json_path)
+    check = _example(loaded.model, loaded.preprocess.get("crop"), batch=2)
+    original = _exportable(loaded.model)
+    with torch.no_grad():
+        parity = _compare(_exportable(reloaded.model)(check), original(check), "reloaded safetensors")
+    return {"path": str(path), "config": str(json_path), "format": "safetensors", **parity}
+
+
+def _compare(got: torch.Tensor, expected: torch.Tensor, what: str) -> dict:
+    diff = (got.float() - expected.float()).abs().max().item()
+    scale = max(expected.abs().max().item(), 1.0)
+    if not diff <= 1e-4 * scale:
+        raise UserError(f"{what} output differs from PyTorch's by {diff:.3g}; the export is not trustworthy")
+    return {"verified": what, "max_abs_diff": diff}
+
+
+def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None, model_name: str | None = None,
+                 input_size: int | None = None) -> dict:  # fmt: skip
+    """Load any supported checkpoint and export it; ``out`` defaults to the checkpoint's name."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    loaded = load_model(checkpoint, model_name)
+    size = input_size or loaded.preprocess.get("crop")
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}[fmt]
+    target = Path(out) if out else loaded.source.with_name(loaded.source.stem + suffix)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        return export_onnx(loaded.model, target, size)
+    if fmt == "torchscript":
+        return export_torchscript(loaded.model, target, size)
+    return export_safetensors(loaded, target)

@@ -29,7 +29,8 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def count_flops(model: DenseNet, input_size: int, batch_size: int = 1) -> int:
     """Forward FLOPs (2 per multiply-add) of convs and the classifier, per batch."""
-    x = torch.zeros(batch_size, model.config.in_channels, input_size, input_size)
+    device = next(model.parameters()).device
+    x = torch.zeros(batch_size, model.config.in_channels, input_size, input_size, device=device)
     was_training = model.training
     model.eval()
     try:

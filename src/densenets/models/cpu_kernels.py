@@ -145,7 +145,7 @@ def column_mean_var(x: Tensor) -> tuple[Tensor, Tensor]:
 def bn_relu_forward(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """``relu(a * x + b)`` per channel over rows ``x`` (P, C); returns a contiguous (P, C) tensor."""
     P, C = x.shape
-    out = torch.empty(P, C) if out is None else out
+    out = x.new_empty(P, C) if out is None else out
     lib = library()
     a, b = a.contiguous(), b.contiguous()
     if lib is not None and _rows_ok(x, out):

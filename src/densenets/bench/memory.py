@@ -1,8 +1,8 @@
 """Peak memory of one training step, and how it grows with depth.
 
-CPU: each measurement runs in a fresh process (``python -m densenets.bench.memory``): one
-warm-up step, then the peak resident memory (VmHWM, reset before the step) of a second
-step minus the process's size just before it.
+CPU: each measurement runs in a fresh process (``python -m densenets.bench.memory``): the
+peak resident memory (VmHWM, reset after a warm-up step) of a second step, minus the
+process's size before any step (so memory kept between steps counts).
 CUDA: ``torch.cuda.max_memory_allocated`` around the step, in this process.
 """
 
@@ -152,12 +152,14 @@ def _probe(argv: list[str]) -> None:
     parser.add_argument("size", type=int)
     a = parser.parse_args(argv)
     step = _build(a.name, a.impl, bool(a.memory_efficient), a.batch, a.size, torch.device("cpu"))
-    # A warm-up step first (optimiser state, library caches), then the peak of the next one.
+    # Baseline: model, gradients-to-be and input, before any step. Then a warm-up step (its
+    # one-time allocations are transient), and the peak of the second step over the baseline:
+    # memory a step needs, including what an implementation keeps between steps.
+    base = _rss_bytes()
     warm = _reset_peak()
     if warm:
         step()
         _reset_peak()
-    base = _rss_bytes()
     step()
     print(json.dumps({"peak_bytes": max(_peak_rss_bytes() - base, 0), "after_warmup": warm}))
 

@@ -40,6 +40,8 @@ def build(spec: dict) -> Callable[[], object]:
 
         tune_cpu_allocator()
     layout, fused, form = VARIANTS[spec["variant"]]
+    if spec["variant"] == "default" and device.type == "cuda" and spec.get("amp", "none") == "none":
+        layout = "nchw"  # the engine's rule: channels_last on CUDA only with AMP
     torch.manual_seed(0)
     model = create_model(spec["model"], memory_efficient=spec.get("memory_efficient", False))
     if spec["variant"].startswith("torchvision"):

@@ -62,8 +62,9 @@ def evaluate_checkpoint(
         if not loaded.preprocess.get("resize") or loaded.preprocess["resize"] <= loaded.preprocess["crop"]:
             raise ConfigError("ten-crop testing needs images resized larger than the crop (ImageNet-style data)")
         test = with_transform(test, ten_crop_transform(loaded.preprocess))
-    runtime = make_runtime(Recipe(device=device, channels_last=True))
-    model = loaded.model.to(runtime.device, memory_format=torch.channels_last)
+    runtime = make_runtime(Recipe(device=device))
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model = loaded.model.to(runtime.device, memory_format=memory_format)
     workers = workers if workers is not None else (8 if runtime.device.type == "cuda" else 0)
     loader = DataLoader(test, batch_size=batch_size, num_workers=workers)
     metrics = evaluate(model, loader, runtime, confusion=True)

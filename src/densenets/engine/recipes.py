@@ -44,7 +44,7 @@ class Recipe:
     workers: int | None = None  # None: 0 on the CPU (loading competes with compute), 8 on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: on the CPU; on CUDA only with --amp (measured, docs/benchmarks.md)
     memory_efficient: bool = False
     sync_bn: bool = False
     compile: bool = False

@@ -173,3 +173,31 @@ def test_optimize_for_inference_matches_eval_model(name):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
     with pytest.raises(RuntimeError, match="eval-only"):
         fast.train()
+
+
+@pytest.mark.parametrize("name", ["densenet_bc16_k4", "densenet121"])
+def test_onnxruntime_backend_matches_eval_model(name):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = create_model(name)
+    randomize_batchnorm(model, seed=2)
+    model.eval()
+    fast = optimize_for_inference(model, backend="onnxruntime")
+    sizes = (32, 40) if model.config.stem == "cifar" else (64, 96)
+    for batch, size in zip((1, 5), sizes, strict=True):  # batch and image size are dynamic
+        x = torch.randn(batch, 3, size, size)
+        with torch.no_grad():
+            expected = model(x)
+        got = fast(x)
+        assert isinstance(got, torch.Tensor) and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * max(expected.abs().max().item(), 1.0))
+    with pytest.raises(RuntimeError, match="eval-only"):
+        fast.train()
+    with pytest.raises(ValueError, match="expected images of shape"):
+        fast(torch.randn(2, 1, 32, 32))
+
+
+def test_optimize_for_inference_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="valid backends: torch, onnxruntime"):
+        optimize_for_inference(create_model("densenet_bc16_k4"), backend="tensorrt")

@@ -48,6 +48,7 @@ def plot_curves(runs: list[dict], path: Path) -> Path:
         line = ax.plot(epochs, [m["test_error"] for m in run["metrics"]], label=f"{_label(run)} test")[0]
         ax.plot(epochs, [m["train_error"] for m in run["metrics"]], "--", color=line.get_color(), label="train")
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("error (%)")
     ax.set_yscale("log")
     data = {run["config"]["recipe"]["data"] for run in runs}

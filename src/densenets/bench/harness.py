@@ -154,22 +154,31 @@ def infer_section(cfg: BenchConfig, device: torch.device, peak: float, log) -> l
     for name, batch, size in _cases(cfg.quick).infer:
         ours, reference = _pair(name, device)
         flops = count_flops(ours, size) * batch
-        fast = optimize_for_inference(ours)
-        x = torch.randn(batch, 3, size, size, device=device)
-        with torch.no_grad(), _exact_fp32():
-            expected = reference(x)
-            scale = max(expected.abs().max().item(), 1.0)
-            if not (fast(x) - expected).abs().max().item() <= 1e-4 * scale:
-                raise AssertionError(f"{name}: optimize_for_inference output differs from torchvision's")
         base = {"task": "infer", "model": name, "batch": batch, "size": size, "device": device.type, "amp": cfg.amp}
         specs = {
             "torchvision": {**base, "variant": "torchvision"},
             "densenets module": {**base, "variant": "default"},
             "densenets optimize_for_inference": {**base, "variant": "optimized"},
         }
+        fast = {"densenets optimize_for_inference": optimize_for_inference(ours)}
+        if _onnxruntime_available(device):
+            label = "densenets optimize_for_inference, onnxruntime"
+            fast[label] = optimize_for_inference(ours, backend="onnxruntime")
+            specs[label] = {**base, "variant": "onnxruntime"}
+        x = torch.randn(batch, 3, size, size, device=device)
+        with torch.no_grad(), _exact_fp32():
+            expected = reference(x)
+            scale = max(expected.abs().max().item(), 1.0)
+            for label, module in fast.items():
+                if not (module(x) - expected).abs().max().item() <= 1e-4 * scale:
+                    raise AssertionError(f"{name}: {label} output differs from torchvision's")
         log(f"infer {name} batch {batch} {size}x{size}: {', '.join(specs)}")
         rows += _rows("infer", name, batch, size, time_contenders(specs, cfg), flops, peak)
     return rows
+
+
+def _onnxruntime_available(device: torch.device) -> bool:
+    return device.type == "cpu" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 
 
 def _rows(kind: str, name: str, batch: int, size: int, timing: dict, flops: int, peak: float) -> list[dict]:
@@ -257,7 +266,7 @@ def levers_section(cfg: BenchConfig, device: torch.device, log) -> list[dict]:
         "+ fused block": {**base, "variant": "default"},
         "optimize_for_inference (BN folded, one fused pass per BN-ReLU)": {**base, "variant": "optimized"},
     }
-    if device.type == "cpu" and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+    if _onnxruntime_available(device):
         specs["ONNX Runtime (CPU provider)"] = {**base, "variant": "onnxruntime"}
     log(f"levers: inference {name} batch {batch}")
     rows += _lever_rows("infer", name, batch, time_contenders(specs, cfg))

@@ -6,7 +6,6 @@ caches or thread pools; the harness alternates processes round-robin.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -58,23 +57,8 @@ def build(spec: dict) -> Callable[[], object]:
     if form == "optimized":
         return inference_fn(optimize_for_inference(model), x)
     if form == "onnxruntime":
-        return _onnxruntime(model, x)
+        return inference_fn(optimize_for_inference(model, backend="onnxruntime"), x)
     return inference_fn(model, x, amp)
-
-
-def _onnxruntime(model, x: torch.Tensor) -> Callable[[], object]:
-    import tempfile
-    from pathlib import Path
-
-    import onnxruntime as ort
-
-    from ..export.onnx import export_onnx
-
-    path = Path(tempfile.mkdtemp()) / "model.onnx"
-    export_onnx(copy.deepcopy(model).eval(), path, input_size=x.shape[-1], in_channels=x.shape[1])
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.cpu().numpy()}
-    return lambda: session.run(None, feed)
 
 
 def run(spec: dict) -> dict:

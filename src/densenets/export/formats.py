@@ -3,9 +3,7 @@ its output compared with PyTorch's (ONNX through onnxruntime when it is installe
 
 from __future__ import annotations
 
-import copy
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -13,17 +11,11 @@ import torch
 from ..engine.loading import LoadedModel, load_model
 from ..errors import UserError
 from ..models import DenseNet
+from ..models.onnx_runtime import onnx_bytes
+from ..models.onnx_runtime import plain_eval_copy as _exportable
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 MODEL_FORMAT = "densenets-model/1"
-
-
-def _exportable(model: DenseNet) -> DenseNet:
-    """An eval-mode copy on the CPU that runs layer by layer (the fused CPU path is not traceable)."""
-    model = copy.deepcopy(model).cpu().eval().float()
-    model.set_fused(False)
-    model.set_memory_efficient(False)
-    return model
 
 
 def _example(model: DenseNet, input_size: int | None, batch: int = 2) -> torch.Tensor:
@@ -33,17 +25,12 @@ def _example(model: DenseNet, input_size: int | None, batch: int = 2) -> torch.T
 
 def export_onnx(model: DenseNet, path: str | Path, input_size: int | None = None, in_channels: int | None = None,
                 opset: int = 17, verify: bool = True) -> dict:  # fmt: skip
-    """Write ``path`` (.onnx) with a dynamic batch axis; returns the parity check."""
+    """Write ``path`` (.onnx) with dynamic batch and image size; returns the parity check."""
     model = _exportable(model)
     x = _example(model, input_size)
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript-based exporter: no onnxscript needed
-            torch.onnx.export(
-                model, (x,), str(path), input_names=["images"], output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
-            )  # fmt: skip
+        path.write_bytes(onnx_bytes(model, x, opset))
     except ImportError as exc:
         raise UserError(f"ONNX export needs the onnx package: pip install 'densenets[export]' ({exc})") from exc
     result = {"path": str(path), "format": "onnx"}

@@ -150,12 +150,26 @@ class InferenceDenseNet(nn.Module):
         return self.classifier(t.view(N, H * W, C).mean(1))
 
 
-def optimize_for_inference(model: DenseNet) -> InferenceDenseNet:
-    """The fastest way to run a trained DenseNet forward: an eval-only copy with BN folded.
+BACKENDS = ("torch", "onnxruntime")
+
+
+def optimize_for_inference(model: DenseNet, backend: str = "torch") -> nn.Module:
+    """The fastest way to run a trained DenseNet forward: an eval-only module, same outputs.
+
+    ``backend="torch"`` (default, no extra dependency): a copy with BatchNorm folded into
+    the convs and fused BN-ReLU passes; it runs on the model's device (CPU or GPU).
+    ``backend="onnxruntime"``: the model exported in memory and run by ONNX Runtime on the
+    CPU (needs ``pip install 'densenets[export]'``): the fastest CPU path we measured.
 
     ``optimize_for_inference(model)(x)`` equals ``model.eval()(x)`` to float rounding. The
     source model is not modified. Use the original module for training or export.
     """
     if not isinstance(model, DenseNet):
         raise TypeError(f"optimize_for_inference expects a densenets DenseNet, got {type(model).__name__}")
-    return InferenceDenseNet(model)
+    if backend == "torch":
+        return InferenceDenseNet(model)
+    if backend == "onnxruntime":
+        from .onnx_runtime import OnnxRuntimeDenseNet
+
+        return OnnxRuntimeDenseNet(model)
+    raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")

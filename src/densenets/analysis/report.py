@@ -33,6 +33,14 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _row(r: dict, values: list) -> str:
+    """One table row: the model's own columns, then ``values`` formatted (a dash when unknown)."""
+    match = "" if r["params"] == r["paper_params"] else " (differs)"
+    cells = [r["name"], r["depth"], r["growth_rate"], f"{r['params']:,}", f"{r['paper_params']:,}{match}"]
+    cells += [f"{r['gflops']:.2f}", *(_fmt(v) for v in values)]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def report_markdown(rows: list[dict] | None = None) -> str:
     rows = rows if rows is not None else variant_rows()
     cifar = [r for r in rows if r["name"] in CIFAR_ERRORS]
@@ -44,13 +52,7 @@ def report_markdown(rows: list[dict] | None = None) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in cifar:
-        e = r["errors"]
-        match = "" if r["params"] == r["paper_params"] else " (differs)"
-        lines.append(
-            f"| {r['name']} | {r['depth']} | {r['growth_rate']} | {r['params']:,} | {r['paper_params']:,}{match} | "
-            f"{r['gflops']:.2f} | {_fmt(e['cifar10'])} | {_fmt(e['cifar10+'])} | {_fmt(e['cifar100'])} | "
-            f"{_fmt(e['cifar100+'])} | {_fmt(e['svhn'])} |"
-        )
+        lines.append(_row(r, [r["errors"][k] for k in ("cifar10", "cifar10+", "cifar100", "cifar100+", "svhn")]))
     lines += [
         "",
         "### ImageNet models (1000 classes, 224x224) and the paper's Table 3 errors (%)",
@@ -60,12 +62,7 @@ def report_markdown(rows: list[dict] | None = None) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in imagenet:
-        e = r["errors"]
-        match = "" if r["params"] == r["paper_params"] else " (differs)"
-        lines.append(
-            f"| {r['name']} | {r['depth']} | {r['growth_rate']} | {r['params']:,} | {r['paper_params']:,}{match} | "
-            f"{r['gflops']:.2f} | {_fmt(r['torchvision_gmacs'])} | {_fmt(e['top1'])} | {_fmt(e['top1_10crop'])} | "
-            f"{_fmt(e['top5'])} | {_fmt(e['top5_10crop'])} |"
-        )
+        errors = [r["errors"][k] for k in ("top1", "top1_10crop", "top5", "top5_10crop")]
+        lines.append(_row(r, [r["torchvision_gmacs"], *errors]))
     lines += ["", "FLOPs count multiply and add separately (2 per multiply-add), convolutions and classifier only."]
     return "\n".join(lines)

@@ -135,14 +135,8 @@ static void reduce_rows(const void* vp, int64_t begin, int64_t end, int tid) {
     free(acc);
 }
 
-int bn_relu_backward_reduce(const float* dT, int64_t ldd, const float* X, int64_t ldx, int64_t P, int64_t C,
-                            const float* a, const float* b, double* s1, double* s2, int nthreads) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    double* partial = (double*)calloc((size_t)nthreads * 2 * C, sizeof(double));
-    if (!partial) return -1;
-    reduce_args s = {dT, X, a, b, ldd, ldx, C, partial};
-    int used = parallel_rows(reduce_rows, &s, P, C, nthreads);
+/* Adds the per-thread column sums (thread t's s1 at partial[2Ct], s2 at partial[2Ct + C]). */
+static void sum_partials(const double* partial, int used, int64_t C, double* s1, double* s2) {
     for (int64_t c = 0; c < C; ++c) {
         s1[c] = 0.0;
         s2[c] = 0.0;
@@ -154,6 +148,17 @@ int bn_relu_backward_reduce(const float* dT, int64_t ldd, const float* X, int64_
             s2[c] += q[C + c];
         }
     }
+}
+
+int bn_relu_backward_reduce(const float* dT, int64_t ldd, const float* X, int64_t ldx, int64_t P, int64_t C,
+                            const float* a, const float* b, double* s1, double* s2, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    double* partial = (double*)calloc((size_t)nthreads * 2 * C, sizeof(double));
+    if (!partial) return -1;
+    reduce_args s = {dT, X, a, b, ldd, ldx, C, partial};
+    int used = parallel_rows(reduce_rows, &s, P, C, nthreads);
+    sum_partials(partial, used, C, s1, s2);
     free(partial);
     return 0;
 }
@@ -240,17 +245,7 @@ int column_sums(const float* X, int64_t ldx, int64_t P, int64_t C, double* s1, d
     if (!partial) return -1;
     stats_args s = {X, ldx, C, partial};
     int used = parallel_rows(stats_rows, &s, P, C, nthreads);
-    for (int64_t c = 0; c < C; ++c) {
-        s1[c] = 0.0;
-        s2[c] = 0.0;
-    }
-    for (int t = 0; t < used; ++t) {
-        const double* q = partial + (size_t)t * 2 * C;
-        for (int64_t c = 0; c < C; ++c) {
-            s1[c] += q[c];
-            s2[c] += q[C + c];
-        }
-    }
+    sum_partials(partial, used, C, s1, s2);
     free(partial);
     return 0;
 }

@@ -99,6 +99,15 @@ typedef struct {
     double* partial; /* per thread: 2 * C doubles */
 } reduce_args;
 
+/* Moves float partial sums (acc[0:C], acc[C:2C]) into the double ones and clears them. */
+static void flush_sums(float* acc, double* p1, double* p2, int64_t C) {
+    for (int64_t c = 0; c < C; ++c) {
+        p1[c] += acc[c];
+        p2[c] += acc[C + c];
+    }
+    memset(acc, 0, (size_t)2 * C * sizeof(float));
+}
+
 static void reduce_rows(const void* vp, int64_t begin, int64_t end, int tid) {
     const reduce_args* s = (const reduce_args*)vp;
     const int64_t C = s->C;
@@ -120,18 +129,11 @@ static void reduce_rows(const void* vp, int64_t begin, int64_t end, int tid) {
             acc2[c] += g * x[c];
         }
         if (++rows == 256) { /* move float partial sums into doubles to bound rounding error */
-            for (int64_t c = 0; c < C; ++c) {
-                p1[c] += acc1[c];
-                p2[c] += acc2[c];
-            }
-            memset(acc, 0, (size_t)2 * C * sizeof(float));
+            flush_sums(acc, p1, p2, C);
             rows = 0;
         }
     }
-    for (int64_t c = 0; c < C; ++c) {
-        p1[c] += acc1[c];
-        p2[c] += acc2[c];
-    }
+    flush_sums(acc, p1, p2, C);
     free(acc);
 }
 
@@ -223,18 +225,11 @@ static void stats_rows(const void* vp, int64_t begin, int64_t end, int tid) {
             acc2[c] += x[c] * x[c];
         }
         if (++rows == 256) {
-            for (int64_t c = 0; c < C; ++c) {
-                p1[c] += acc1[c];
-                p2[c] += acc2[c];
-            }
-            memset(acc, 0, (size_t)2 * C * sizeof(float));
+            flush_sums(acc, p1, p2, C);
             rows = 0;
         }
     }
-    for (int64_t c = 0; c < C; ++c) {
-        p1[c] += acc1[c];
-        p2[c] += acc2[c];
-    }
+    flush_sums(acc, p1, p2, C);
     free(acc);
 }
 

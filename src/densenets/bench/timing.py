@@ -39,11 +39,13 @@ def time_interleaved(
     }
 
 
-def matmul_peak_gflops(device: torch.device, size: int | None = None, reps: int = 5) -> float:
-    """Achieved fp32 GFLOP/s of a square matrix product: the machine's practical peak."""
+def matmul_peak_gflops(
+    device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None, reps: int = 5
+) -> float:
+    """Achieved GFLOP/s of a square matrix product in ``dtype``: the machine's practical peak."""
     size = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     timing = time_interleaved({"mm": lambda: a @ b}, device, reps=reps, warmup=2)
     return 2 * size**3 / timing["mm"]["median_s"] / 1e9
 

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from . import fused_block
 
 Stem = Literal["cifar", "imagenet"]
 DropoutPlacement = Literal["paper", "torchvision"]
@@ -198,9 +197,9 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.ModuleDict):
     """`num_layers` dense layers; each reads the concatenation of all earlier outputs.
 
-    On the CPU in float32 the block runs as one fused autograd Function over a shared
-    feature buffer (``fused_block``); elsewhere (CUDA, autocast, tracing, export, or
-    ``fused = False``) layer by layer with ``torch.cat``. Both give the same results.
+    Plain modules, as torchvision's: hooks, parametrizations, pickling, fx and
+    ``torch.export`` see every layer. The fast paths live outside the module
+    (``optimize_for_inference``).
     """
 
     def __init__(self, num_layers: int, in_channels: int, growth_rate: int, **layer_kwargs) -> None:
@@ -211,11 +210,8 @@ class DenseBlock(nn.ModuleDict):
         self.in_channels = in_channels
         self.growth_rate = growth_rate
         self.out_channels = in_channels + num_layers * growth_rate
-        self.fused = True
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and fused_block.eligible(self, x):
-            return fused_block.block_forward(self, x)
         features = [x]
         for layer in self.values():
             features.append(layer(features))
@@ -353,12 +349,6 @@ class DenseNet(nn.Module):
             raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         self.classifier = self._make_classifier(num_classes)
         self.config = replace(self.config, num_classes=num_classes)
-
-    def set_fused(self, enabled: bool = True) -> None:
-        """Use the fused CPU block path where eligible (default) or always the plain layers."""
-        for m in self.modules():
-            if isinstance(m, DenseBlock):
-                m.fused = enabled
 
     def set_memory_efficient(self, enabled: bool = True) -> None:
         """Switch checkpointed (recompute-in-backward) dense layers on or off."""

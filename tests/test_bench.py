@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from densenets.bench import memory
-from densenets.bench.harness import BenchConfig, baseline_of, paired_ratio, run_benchmarks
+from densenets.bench.harness import (
+    FP32_REFERENCE,
+    BenchConfig,
+    Workload,
+    baseline_of,
+    contenders,
+    paired_ratio,
+    run_benchmarks,
+)
 from densenets.bench.memory import fit_growth
 from densenets.bench.reference import check_same_outputs, torchvision_twin
 from densenets.bench.report import to_markdown
@@ -37,10 +45,17 @@ def test_growth_fit_tells_linear_from_quadratic():
 def test_paired_ratio_and_baseline_choice():
     r = paired_ratio([2.0, 3.0, 4.0], [1.0, 2.0, 1.0])
     assert r["per_round"] == [2.0, 1.5, 4.0] and (r["median"], r["min"], r["max"]) == (2.0, 1.5, 4.0)
-    medians = {"densenets": 1.0, "torchvision NCHW": 2.0, "torchvision channels_last": 1.5,
-               "densenets through ONNX Runtime": 0.5, "torchvision through ONNX Runtime": 0.6}  # fmt: skip
-    assert baseline_of("densenets", medians) == "torchvision channels_last"  # the fastest torchvision row
-    assert baseline_of("densenets through ONNX Runtime", medians) == "torchvision through ONNX Runtime"
+    work = Workload("infer", "densenet_bc16_k4", 4, 32, "bf16")
+    specs = contenders(work, torch.device("cpu"))
+    assert specs[FP32_REFERENCE]["precision"] == "fp32"  # lower precision is also judged against fp32
+    medians = {label: 1.0 for label in specs}
+    medians.update({"torchvision NCHW": 2.0, "torchvision channels_last": 1.5, FP32_REFERENCE: 0.1})
+    # the fastest torchvision row at the same precision, however fast the fp32 row is
+    assert baseline_of("densenets module", specs, medians) == "torchvision channels_last"
+    fp32 = contenders(Workload("infer", "densenet_bc16_k4", 4, 32, "fp32"), torch.device("cpu"))
+    if HAVE_ORT:
+        medians = {label: 1.0 for label in fp32}
+        assert baseline_of("densenets through ONNX Runtime", fp32, medians) == "torchvision through ONNX Runtime"
 
 
 def test_quick_harness_writes_like_for_like_tables(tmp_path):
@@ -65,15 +80,15 @@ def test_quick_harness_writes_like_for_like_tables(tmp_path):
             assert row["baseline"].startswith("torchvision")
             assert base["ratio"]["per_round"] == [1.0, 1.0]  # a baseline against itself
         h = work["headline"]
-        assert h["ours"].startswith("densenets") and h["baseline"].startswith("torchvision")
+        assert h["ours"] == ("densenets" if work["task"] == "train" else "densenets optimize_for_inference")
         assert h["min"] <= h["median"] <= h["max"]
-        fastest_tv = min((r for r in rows.values() if r["impl"].startswith("torchvision")), key=lambda r: r["seconds"])
-        assert h["baseline"] == fastest_tv["impl"]
+        torch_rows = [r for r in rows.values() if r["impl"].startswith("torchvision") and "ONNX" not in r["impl"]]
+        assert h["baseline"] == min(torch_rows, key=lambda r: r["seconds"])["impl"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["environment"]["matmul_peak_gflops"]) == {"fp32"}
     markdown = (tmp_path / "results.md").read_text()
     assert markdown == to_markdown(results)
-    assert "Headline: **densenets" in markdown and "| torchvision channels_last | cl | tuned |" in markdown
+    assert "Headline: **densenets" in markdown and "| torchvision channels_last | cl | tuned | fp32 |" in markdown
 
 
 @pytest.mark.parametrize("task", ["train", "infer"])

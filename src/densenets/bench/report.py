@@ -20,16 +20,22 @@ def speed_table(results: list[dict]) -> list[str]:
             f"{work['precision']}",
             "",
             f"Headline: **{h['ours']}** / **{h['baseline']}** = **{_ratio(h)}** (median of per-round paired "
-            "ratios, min-max in brackets).",
+            "ratios, min-max in brackets)"
+            + (
+                f"; against **{h['against_fp32']['baseline']}**: **{_ratio(h['against_fp32'])}**."
+                if "against_fp32" in h
+                else "."
+            ),  # fmt: skip
             "",
-            "| implementation | layout | allocator | images/s | ratio (min-max) | against row | GFLOP/s | % of peak |",
-            "|---|---|---|---|---|---|---|---|",
+            "| implementation | layout | allocator | precision | images/s | ratio (min-max) | against row | GFLOP/s "
+            "| % of peak |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in work["rows"]:
             s = row["setting"]
             peak = row["fraction_of_matmul_peak"]
             lines.append(
-                f"| {row['impl']} | {s['layout']} | {s['allocator']} | {row['images_per_s']:.1f} | "
+                f"| {row['impl']} | {s['layout']} | {s['allocator']} | {s['precision']} | {row['images_per_s']:.1f} | "
                 f"{_ratio(row['ratio'])} | {row['baseline']} | {row['gflops_per_s']:.0f} | "
                 f"{'-' if peak is None else f'{100 * peak:.0f}%'} |"
             )

@@ -27,6 +27,13 @@ def add_parser(sub) -> None:
         "optimize_for_inference(precision='bf16') for the optimised rows)",
     )
     p.add_argument("--sections", default="train,infer", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only workloads whose title contains this text, e.g. 'train densenet_bc100_k12' or 'bf16' "
+        "(repeatable)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny models: checks the harness runs, in seconds")
     p.add_argument("--out", default="bench-results", help="folder for results.md/json and plots")
     p.set_defaults(run=run_bench)
@@ -52,6 +59,7 @@ def run_bench(args) -> int:
         warmup=args.warmup,
         precisions=precisions,
         sections=sections,
+        only=tuple(args.only),
         quick=args.quick,
         out_dir=args.out,
     )

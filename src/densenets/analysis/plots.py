@@ -91,6 +91,17 @@ def paper_points(data: str) -> list[dict]:
     return points
 
 
+def run_point(run: dict) -> dict:
+    """A run's point in Figures 3/4: its cost and the test error the paper's protocol reports
+    (the final epoch; the best-validation epoch for a run with a validation split, as SVHN)."""
+    params, flops = run_cost(run)
+    reported = reported_result(run["metrics"])
+    label = f"{_label(run)}, {run['config']['recipe']['data']}"
+    if reported["rule"] != "final epoch":
+        label += f" ({reported['rule']} {reported['epoch']})"
+    return {"label": label, "params": params, "flops": flops, "error": reported["test_error"]}
+
+
 def plot_error_vs_cost(runs: list[dict], out_dir: Path) -> list[Path]:
     """Reported test error against parameters and against FLOPs; the paper's Table 2 overlaid.
 
@@ -98,15 +109,7 @@ def plot_error_vs_cost(runs: list[dict], out_dir: Path) -> list[Path]:
     """
     plt = _pyplot()
     datasets = sorted({run["config"]["recipe"]["data"] for run in runs})
-    ours = []
-    for run in runs:
-        params, flops = run_cost(run)
-        # The paper's rule: the final epoch, or the best-validation epoch for a run with a validation split (SVHN).
-        reported = reported_result(run["metrics"])
-        label = f"{_label(run)}, {run['config']['recipe']['data']}"
-        if reported["rule"] != "final epoch":
-            label += f" ({reported['rule']} {reported['epoch']})"
-        ours.append({"label": label, "params": params, "flops": flops, "error": reported["test_error"]})
+    ours = [run_point(run) for run in runs]
     paths = []
     for key, xlabel in (("params", "parameters"), ("flops", "FLOPs per image")):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -29,27 +29,31 @@ _ALLOWED = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+        raise _Refused(f"it names {module}.{name}, which a CIFAR batch never holds")
 
 
-def read_batch(path: str | Path) -> dict:
+def read_batch(path: str | Path, title: str = "CIFAR") -> dict:
     """One CIFAR batch or meta file as a dict; anything else raises :class:`DataError` naming the file."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             data = _BatchUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        raise DataError(f"{path}: refused to load: not a plain CIFAR batch ({exc})") from exc
+    except _Refused as exc:
+        raise DataError(f"{path}: refused to load: not a plain {title} batch, it could run code ({exc})") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except Exception as exc:  # truncated or garbage bytes provoke many types
-        raise DataError(f"{path}: not a CIFAR batch file ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{path}: not a readable {title} batch file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict):
-        raise DataError(f"{path}: not a CIFAR batch file (holds a {type(data).__name__}, not a dict)")
+        raise DataError(f"{path}: not a {title} batch file (holds a {type(data).__name__}, not a dict)")
     return data
 
 
@@ -65,24 +69,25 @@ class SafeCifarMixin:
         self.train = train
         if download:
             self.download()
-        if not self._check_integrity():
-            raise DataError(f"{Path(root, self.base_folder)}: CIFAR files missing; pass --download")
         folder = Path(self.root, self.base_folder)
+        title = "CIFAR-100" if "100" in self.base_folder else "CIFAR-10"
+        if not self._check_integrity():
+            raise DataError(f"{folder}: {title} files missing; pass --download")
         arrays, targets = [], []
         for name, _ in self.train_list if train else self.test_list:
             path = folder / name
-            entry = read_batch(path)
+            entry = read_batch(path, title)
             try:
                 arrays.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
             except (KeyError, ValueError, TypeError) as exc:
-                raise DataError(f"{path}: not a CIFAR batch file ({type(exc).__name__}: {exc})") from exc
+                raise DataError(f"{path}: not a {title} batch file ({type(exc).__name__}: {exc})") from exc
             targets.extend(int(t) for t in labels)
         self.data = np.vstack(arrays).transpose(0, 2, 3, 1)  # (N, 32, 32, 3) uint8
         self.targets = targets
         meta_path = folder / self.meta["filename"]
         try:
-            self.classes = [str(c) for c in read_batch(meta_path)[self.meta["key"]]]
+            self.classes = [str(c) for c in read_batch(meta_path, title)[self.meta["key"]]]
         except KeyError as exc:
-            raise DataError(f"{meta_path}: no {self.meta['key']} in this CIFAR meta file") from exc
+            raise DataError(f"{meta_path}: no {self.meta['key']} in this {title} meta file") from exc
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}

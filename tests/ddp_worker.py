@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 
+from batchnorm_fixed import fixed_batchnorm_statistics  # tests/ is on sys.path: this file's folder
 from densenets.engine import base_recipe, resolve_recipe
 from densenets.engine import checkpoint as checkpoint_module
 from densenets.engine.trainer import fit
-
-from batchnorm_fixed import fixed_batchnorm_statistics  # noqa: E402 (tests/ is on sys.path: this file's folder)
 
 mode, data_dir, run_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 rank = os.environ["RANK"]

@@ -125,3 +125,11 @@ def test_memory_probe_measures_each_default_path():
     assert all(layer.memory_efficient for layer in theirs.modules() if hasattr(layer, "memory_efficient"))
     with pytest.raises(ValueError, match="impl must be densenets or torchvision"):
         memory.probe_model("densenet_bc16_k4", "ours", False, 2, 16, torch.device("cpu"))
+
+
+def test_default_layout_rule_follows_the_measurements():
+    from densenets.engine.runtime import default_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_channels_last(cpu, None) and not default_channels_last(cpu, torch.bfloat16)
+    assert not default_channels_last(cuda, None) and default_channels_last(cuda, torch.bfloat16)

@@ -64,5 +64,9 @@ def report_markdown(rows: list[dict] | None = None) -> str:
     for r in imagenet:
         errors = [r["errors"][k] for k in ("top1", "top1_10crop", "top5", "top5_10crop")]
         lines.append(_row(r, [r["torchvision_gmacs"], *errors]))
-    lines += ["", "FLOPs count multiply and add separately (2 per multiply-add), convolutions and classifier only."]
+    lines += [
+        "",
+        "FLOPs count multiply and add separately (2 per multiply-add), convolutions and classifier only, "
+        "each transition's 1x1 convolution before its pooling as in the paper.",
+    ]
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..engine.runtime import amp_dtype, default_channels_last, resolve_device
 from ..models import create_model
 from ..models.inference import optimize_for_inference
 from .memory import fit_growth, measure_step_memory, plot_memory
@@ -70,15 +71,9 @@ def workloads(task: str, quick: bool) -> list[tuple[str, int, int]]:
     return [("densenet121", 16, 224), ("densenet121", 1, 224)]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def ours_channels_last(device: torch.device, precision: str) -> bool:
-    """The training engine's default layout: NHWC on the CPU, and on CUDA with autocast."""
-    return device.type == "cpu" or precision != "fp32"
+    """The training engine's default layout for this device and precision (one rule, in runtime)."""
+    return default_channels_last(device, amp_dtype("none" if precision == "fp32" else precision))
 
 
 def onnxruntime_available(device: torch.device) -> bool:
@@ -302,7 +297,7 @@ def environment(device: torch.device) -> dict:
 
 
 def run_benchmarks(cfg: BenchConfig) -> dict:
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # the training engine's rule (auto: CUDA when available)
     out_dir = Path(cfg.out_dir)
 
     def log(message: str) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..engine.runtime import amp_dtype
 from ..models import create_model
 from ..models.inference import optimize_for_inference
 from ..models.onnx_runtime import OnnxRuntimeModule
@@ -35,7 +36,10 @@ LAYOUTS = ("nchw", "cl")
 ALLOCATORS = ("tuned", "default")
 PRECISIONS = ("fp32", "bf16", "int8")
 FORMS = ("module", "optimized", "onnxruntime")
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _amp_name(precision: str) -> str:
+    return "none" if precision == "fp32" else precision
 
 
 def check_spec(spec: dict) -> None:
@@ -77,14 +81,14 @@ def build(spec: dict) -> Callable[[], object]:
     precision = spec.get("precision", "fp32")
     if spec["task"] == "train":
         y = torch.randint(0, 10, (spec["batch"],), device=device)
-        return training_step_fn(model, x, y, AUTOCAST[precision])
+        return training_step_fn(model, x, y, amp_dtype(_amp_name(precision)))
     if spec["form"] == "optimized":
         options = {} if precision == "fp32" else {"precision": precision}
         return inference_fn(optimize_for_inference(model, **options), x)
     if spec["form"] == "onnxruntime":
         options = {} if precision == "fp32" else {"precision": precision}
         return inference_fn(OnnxRuntimeModule(model.cpu().eval(), x[:1].cpu(), **options), x)
-    return inference_fn(model, x, AUTOCAST[precision])
+    return inference_fn(model, x, amp_dtype(_amp_name(precision)))
 
 
 def run(spec: dict) -> dict:

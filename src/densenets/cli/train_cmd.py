@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from ..engine.recipes import RECIPES, Recipe, base_recipe, resolve_recipe
+from ..engine.recipes import RECIPES, Recipe, base_recipe, describe_default, resolve_recipe
 from ..engine.runlog import read_json
 from ..errors import UserError
 from .options import add_dataclass_options, collect_overrides, parse_overrides
@@ -27,8 +27,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines are always printed)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any recipe field")
-    group = p.add_argument_group("recipe fields (each overrides the recipe)")
-    add_dataclass_options(group, Recipe)
+    group = p.add_argument_group(
+        "recipe fields (each overrides the recipe; the help gives the value a run uses when it is not given)"
+    )
+    add_dataclass_options(group, Recipe, describe_default)
     p.set_defaults(run=run_train)
 
 

@@ -42,7 +42,7 @@ class Lighting:
 
 
 def train_transform(preprocess: dict, augment: str) -> T.Compose:
-    """``augment``: ``"none"``, ``"cifar"`` (pad 4, random crop, flip) or ``"imagenet"``."""
+    """``augment``: ``"none"``, ``"cifar"`` (normalise, zero-pad 4, random crop, flip) or ``"imagenet"``."""
     size = preprocess["crop"]
     normalize = T.Normalize(preprocess["mean"], preprocess["std"])
     if augment == "imagenet":
@@ -57,9 +57,12 @@ def train_transform(preprocess: dict, augment: str) -> T.Compose:
             ]
         )
     steps = [T.Grayscale(1)] if preprocess["channels"] == 1 else []
+    steps += [*_resize_steps(preprocess), T.ToTensor(), normalize]
     if augment == "cifar":
-        steps += [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
-    return T.Compose([*steps, *_resize_steps(preprocess), T.ToTensor(), normalize])
+        # The authors' order (fb.resnet.torch): normalise first, then pad with zeros and crop,
+        # so the 4-pixel border is the mean colour, not black.
+        steps += [T.RandomCrop(size, padding=4, fill=0), T.RandomHorizontalFlip()]
+    return T.Compose(steps)
 
 
 def eval_transform(preprocess: dict) -> T.Compose:

@@ -1,6 +1,6 @@
 """Load a trained model from whatever the user points at.
 
-Accepted: a run folder (its ``best.pt``, else ``last.pt``), one of our checkpoints, a bare
+Accepted: a run folder (see :func:`choose_checkpoint`), one of our checkpoints, a bare
 state dict such as torchvision's ``densenet121-*.pth`` (legacy ``norm.1`` keys included),
 or an exported ``model.json`` + ``model.safetensors`` pair. Every file is loaded safely
 (``weights_only=True`` or safetensors); a file that does not fit the model is reported with
@@ -20,7 +20,7 @@ from ..errors import CheckpointError
 from ..models import VARIANTS, DenseNet, DenseNetConfig, get_config
 from ..models.registry import CIFAR_NAME
 from .checkpoint import load_checkpoint, state_dict_from
-from .runlog import BEST, LAST
+from .runlog import BEST, CONFIG, LAST
 
 IMAGENET_PREPROCESS = {
     "mean": list(IMAGENET_MEAN),
@@ -41,15 +41,38 @@ class LoadedModel:
     run_config: dict = field(default_factory=dict)  # the run's config.json content, for our checkpoints
 
 
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A run folder means its best checkpoint (else its last one)."""
+def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """The file ``path`` means, and a few words on why.
+
+    A run folder means ``best.pt`` only when the run chose it on a validation split (the
+    paper's SVHN protocol); otherwise ``last.pt``, the final epoch the paper reports for
+    CIFAR, since a ``best.pt`` chosen on the test set would report an optimistic error.
+    """
     path = Path(path)
-    if path.is_dir():
-        for name in (BEST, LAST):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
-    return path
+    if not path.is_dir():
+        return path, "the file given"
+    best, last = path / BEST, path / LAST
+    if best.is_file() and _validation_split(path) > 0:
+        return best, "best.pt: the epoch with the lowest validation error"
+    if last.is_file():
+        note = "; best.pt was chosen on the test set" if best.is_file() else ""
+        return last, f"last.pt: the final epoch (this run has no validation split{note})"
+    if best.is_file():
+        return best, "best.pt (the folder holds no last.pt)"
+    raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
+
+
+def _validation_split(run_dir: Path) -> int:
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+        return int(config["recipe"]["val_split"] or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file ``path`` means (see :func:`choose_checkpoint`)."""
+    return choose_checkpoint(path)[0]
 
 
 def load_model(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:

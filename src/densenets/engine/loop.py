@@ -127,7 +127,8 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False) -> dict:
     """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks.
 
-    Batches of shape (N, n_crops, C, H, W) are averaged over the crops (ten-crop testing).
+    Batches of shape (N, n_crops, C, H, W) are ten-crop testing: the crops' logits are
+    averaged (the authors sum them: the same argmax) and the loss is that of the mean.
     With ``confusion``, also the confusion matrix (rows: true class) and per-class accuracy.
     """
     model.eval()
@@ -171,6 +172,7 @@ def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.T
     with runtime.autocast():
         logits = model(images).float()
     if crops:
-        # Average the softmax over crops, returned as log-probabilities (a valid logit vector).
-        logits = logits.softmax(1).view(n, c, -1).mean(1).log()
+        # The authors' code (fb.resnet.torch) sums the crops' outputs, the logits, before
+        # the argmax; their mean ranks classes the same and keeps the loss on the usual scale.
+        logits = logits.view(n, c, -1).mean(1)
     return logits

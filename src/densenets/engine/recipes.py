@@ -12,7 +12,7 @@ import difflib
 import typing
 from dataclasses import asdict, dataclass, fields, replace
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
+        reject_unknown_fields(data, cls, "recipe")
         return cls(**data)
 
 
@@ -152,6 +149,36 @@ RECIPE_FOR_DATA = {
 AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder"}
 
 
+# What a field left at None means (resolved by resolve_recipe or at run time).
+AUTO_MEANING = {
+    "image_size": "the data set's own size",
+    "verify_images": "image folders yes, ImageNet no",
+    "weights": "none: random initialisation",
+    "dropout": "0.2 without data augmentation, 0 with (the paper's rule)",
+    "workers": "0 on the CPU, 8 on CUDA",
+    "channels_last": "on the CPU; on CUDA only with --amp",
+}
+
+
+def describe_default(name: str) -> str:
+    """What a run uses for recipe field ``name`` when it is not given: the default run's
+    value (the digits recipe) and, where they differ, each recipe's."""
+
+    def show(value) -> str:
+        if value is None:
+            return AUTO_MEANING.get(name, "none")
+        if isinstance(value, tuple):
+            return ",".join(f"{v:.3g}" for v in value)
+        return str(value)
+
+    values = {recipe_name: show(getattr(recipe, name)) for recipe_name, recipe in RECIPES.items()}
+    default = values[RECIPE_FOR_DATA[Recipe.data]]
+    if len(set(values.values())) == 1:
+        return f"default: {default}"
+    others = ", ".join(f"{r} {v}" for r, v in values.items() if r != RECIPE_FOR_DATA[Recipe.data])
+    return f"default run (digits): {default}; other recipes: {others}"
+
+
 def base_recipe(name: str | None = None, data: str | None = None) -> Recipe:
     """The named recipe, or the one the data set implies (digits when neither is given)."""
     if name is None:
@@ -166,10 +193,7 @@ def base_recipe(name: str | None = None, data: str | None = None) -> Recipe:
 
 def resolve_recipe(recipe: Recipe, **overrides) -> Recipe:
     """Apply overrides, then the paper's data-dependent rules; the result has no ``None`` left to decide."""
-    valid = {f.name for f in fields(Recipe)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
+    reject_unknown_fields(overrides, Recipe, "recipe")
     recipe = replace(recipe, **overrides)
     if recipe.dropout is None:
         recipe = replace(recipe, dropout=0.0 if recipe.data in AUGMENTED_DATA else 0.2)

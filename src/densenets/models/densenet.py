@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 
 Stem = Literal["cifar", "imagenet"]
 DropoutPlacement = Literal["paper", "torchvision"]
@@ -82,10 +82,7 @@ class DenseNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DenseNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown DenseNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        reject_unknown_fields(data, cls, "DenseNetConfig")
         return cls(**data)
 
 
@@ -234,9 +231,14 @@ class Transition(nn.Sequential):
             self.drop = nn.Dropout(dropout)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
+    @property
+    def pools_first(self) -> bool:
+        """Whether forward pools before the conv (no dropout): FLOP counts must undo this."""
+        return not hasattr(self, "drop")  # dropout does not commute with pooling
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.norm(x))
-        if hasattr(self, "drop"):  # dropout does not commute with pooling
+        if not self.pools_first:
             return self.pool(self.drop(self.conv(x)))
         return self.conv(self.pool(x))
 

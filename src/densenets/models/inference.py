@@ -20,18 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batchnorm import batchnorm_scale_shift
 from .densenet import DenseBlock, DenseLayer, DenseNet, Transition
-
-
-def _affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Eval-mode BatchNorm as y = a * x + b."""
-    a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return a.detach().clone(), (bn.bias - bn.running_mean * a).detach().clone()
 
 
 def _fold_after(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """conv followed by BN, as one conv: (weight, bias)."""
-    a, b = _affine(bn)
+    a, b = batchnorm_scale_shift(bn)
     weight = conv.weight.detach() * a.view(-1, 1, 1, 1)
     return weight.contiguous(memory_format=torch.channels_last), b
 
@@ -48,7 +43,7 @@ def _cl(weight: Tensor) -> Tensor:
 class _Layer(nn.Module):
     def __init__(self, layer: DenseLayer) -> None:
         super().__init__()
-        a, b = _affine(layer.norm1)
+        a, b = batchnorm_scale_shift(layer.norm1)
         self.register_buffer("a", a)
         self.register_buffer("b", b)
         self.bottleneck = layer.bottleneck
@@ -93,7 +88,7 @@ class _Block(nn.Module):
 class _Transition(nn.Module):
     def __init__(self, transition: Transition) -> None:
         super().__init__()
-        a, b = _affine(transition.norm)
+        a, b = batchnorm_scale_shift(transition.norm)
         self.register_buffer("a", a)
         self.register_buffer("b", b)
         self.register_buffer("w", _cl(transition.conv.weight))
@@ -128,7 +123,7 @@ class InferenceDenseNet(nn.Module):
             elif isinstance(module, Transition):
                 stages.append(_Transition(module))
         self.stages = nn.ModuleList(stages)
-        a, b = _affine(f.norm5)
+        a, b = batchnorm_scale_shift(f.norm5)
         self.register_buffer("head_a", a)
         self.register_buffer("head_b", b)
         self.classifier = copy.deepcopy(model.classifier)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from dataclasses import fields, replace
+from dataclasses import replace
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 from .densenet import VARIANTS, DenseNet, DenseNetConfig, cifar_config
 
 _REGISTRY: dict[str, DenseNetConfig] = {}
@@ -45,10 +45,7 @@ def get_config(name: str, **overrides) -> DenseNetConfig:
         config = _parse_cifar_name(name)
     if not overrides:
         return config
-    valid = {f.name for f in fields(DenseNetConfig)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ConfigError(f"unknown model setting(s) {unknown}; valid settings: {', '.join(sorted(valid))}")
+    reject_unknown_fields(overrides, DenseNetConfig, "model setting")
     return replace(config, **overrides)
 
 

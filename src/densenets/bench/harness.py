@@ -218,7 +218,7 @@ def speed_section(task: str, cfg: BenchConfig, device: torch.device, peaks: dict
     return results
 
 
-def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log) -> dict:
+def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log, save) -> dict:
     depths, batch, efficient_case = ((16, 28, 40), 8, ("densenet_bc28_k4", 8, 32)) if cfg.quick else (
         (40, 100, 190, 250), 64, ("densenet_bc250_k24", 64, 32))  # fmt: skip
     rows = []
@@ -236,11 +236,17 @@ def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log) -
         fits[label] = fit_growth([p[0] for p in pts], [p[1] for p in pts])
     plot_path = out_dir / "memory_vs_depth.png"
     plot_memory(rows, str(plot_path))
+    result = {"rows": rows, "fits": fits, "plot": str(plot_path)}
+    save("memory", result)
 
     name, batch, size = efficient_case
     log(f"memory-efficient target: {name} batch {batch}: peak memory and step time")
-    normal = measure_step_memory(name, "densenets", False, batch, size, device.type)
-    efficient = measure_step_memory(name, "densenets", True, batch, size, device.type)
+    try:
+        normal = measure_step_memory(name, "densenets", False, batch, size, device.type)
+        efficient = measure_step_memory(name, "densenets", True, batch, size, device.type)
+    except RuntimeError as exc:  # e.g. the normal mode does not fit in this machine's memory
+        log(f"memory-efficient target not measured: {exc}")
+        return {**result, "efficient_target": {"model": name, "batch": batch, "error": str(exc)}}
     work = Workload("train", name, batch, size)
     base = contenders(work, device)["densenets"]
     per_round = time_rounds({"normal": base, "memory-efficient": {**base, "memory_efficient": True}}, cfg, log)
@@ -255,7 +261,7 @@ def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log) -
         "seconds_efficient": statistics.median(per_round["memory-efficient"]),
         "time_ratio": overhead,  # efficient time / normal time, per round
     }
-    return {"rows": rows, "fits": fits, "plot": str(plot_path), "efficient_target": target}
+    return {**result, "efficient_target": target}
 
 
 def levers_section(cfg: BenchConfig, device: torch.device, log) -> list[dict]:
@@ -325,7 +331,7 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
         if task in cfg.sections:
             save(task, speed_section(task, cfg, device, peaks, log, save))
     if "memory" in cfg.sections:
-        save("memory", memory_section(cfg, device, out_dir, log))
+        save("memory", memory_section(cfg, device, out_dir, log, save))
     if "levers" in cfg.sections:
         save("levers", levers_section(cfg, device, log))
     return results

@@ -98,7 +98,8 @@ def measure_step_memory(
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"memory probe failed for {name} ({impl}): {done.stderr.strip()[-500:]}")
+        why = "killed (out of memory?)" if done.returncode == -9 else done.stderr.strip()[-500:]
+        raise RuntimeError(f"memory probe failed for {name} ({impl}, exit {done.returncode}): {why}")
     return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 

@@ -53,7 +53,10 @@ def memory_table(mem: dict) -> list[str]:
         cells = [f"{r['peak_mib']:.0f}" for d in depths for r in mem["rows"] if r["label"] == label and r["depth"] == d]
         slope = mem["fits"][label]["loglog_slope"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {'-' if slope is None else f'{slope:.2f}'} |")
-    t = mem["efficient_target"]
+    t = mem.get("efficient_target")
+    if t is None or "error" in t:
+        reason = "not measured yet" if t is None else f"not measured: {t['error']}"
+        return lines + ["", f"Memory-efficient target: {reason}.", ""]
     lines += [
         "",
         f"Memory-efficient mode, {t['model']} batch {t['batch']}: peak {t['peak_mib_efficient']:.0f} MiB vs "

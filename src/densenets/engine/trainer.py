@@ -18,7 +18,8 @@ from ..data import DataBundle, DataSpec, build_data
 from ..data.determinism import derive_seed
 from ..data.samplers import ResumableSampler, ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from ..models import DenseNet, DenseNetConfig, get_config
+from ..models import build_model, get_config
+from ..models.registry import ModelConfig
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -52,7 +53,7 @@ class Run:
     runtime: Runtime
     run_dir: Path
     data: DataBundle
-    model_config: DenseNetConfig
+    model_config: ModelConfig
     config: dict
     state: TrainState
     steps_per_epoch: int
@@ -197,7 +198,7 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     per_rank_batch = recipe.batch_size // dist.world_size
 
     torch.manual_seed(derive_seed(recipe.seed, "init"))
-    model: nn.Module = DenseNet(model_config)
+    model: nn.Module = build_model(model_config)
     if recipe.weights and not resume:
         _init_from_weights(model, recipe.weights, dist.is_main)
     if recipe.sync_bn and runtime.device.type != "cuda":
@@ -221,7 +222,9 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     )
     if dist.enabled:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids)
+        # Stochastic depth skips whole units on some steps: their parameters get no gradient then.
+        skips = getattr(model_config, "stochastic_depth", 0) > 0
+        model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skips)
     if recipe.compile:
         model = torch.compile(model)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
@@ -237,16 +240,17 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     return run
 
 
-def _init_from_weights(model: DenseNet, path: str, verbose: bool) -> None:
+def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
     """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
     state = state_dict_from(load_checkpoint(path))
     own = model.state_dict()
-    theirs = state.get("classifier.weight")
-    if theirs is not None and theirs.shape != own["classifier.weight"].shape:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
+    head = "classifier." if "classifier.weight" in own else "fc."  # DenseNet's name, ResNets' name
+    theirs = state.get(head + "weight")
+    if theirs is not None and head + "weight" in own and theirs.shape != own[head + "weight"].shape:
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        state.update({k: v for k, v in own.items() if k.startswith(head)})
         if verbose:
-            print(f"{path}: {theirs.shape[0]} classes in the file, {own['classifier.weight'].shape[0]} in the data: "
+            print(f"{path}: {theirs.shape[0]} classes in the file, {own[head + 'weight'].shape[0]} in the data: "
                   "classifier re-initialised", flush=True)  # fmt: skip
     load_weights(model, state, path)
 

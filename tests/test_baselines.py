@@ -82,7 +82,7 @@ def test_imagenet_resnets_are_torchvisions_own(name):
     assert list(model.state_dict()) == list(reference.state_dict())  # torchvision's key names
 
 
-def test_torchvision_weights_load_and_outputs_match():
+def test_torchvision_weights_load_and_outputs_match(tmp_path):
     reference = torchvision.models.resnet34()
     randomize_batchnorm(reference)
     ours = create_model("resnet34")
@@ -93,6 +93,12 @@ def test_torchvision_weights_load_and_outputs_match():
         torch.testing.assert_close(ours(x), reference(x))
     inferred = infer_config(reference.state_dict())
     assert guess_name(inferred) == "resnet34" and inferred.num_classes == 1000
+    # A bare weights file, as torchvision ships it, is recognised by its keys (eval, predict, export).
+    torch.save(reference.state_dict(), tmp_path / "resnet34-weights.pth")
+    loaded = load_model(tmp_path / "resnet34-weights.pth")
+    assert loaded.name == "resnet34" and len(loaded.class_names) == 1000
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), reference(x))
 
 
 def test_shortcut_types_as_the_papers_have_them():

@@ -3,11 +3,13 @@ channels, depth."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models import DenseNetConfig, TorchvisionResNetConfig
+from ..models import DenseNetConfig, TorchvisionResNetConfig, create_model
 from ..models.registry import ModelConfig
 from ..models.resnet_imagenet import torchvision_published
 from ..paper import paper_params, paper_params_rounded
@@ -32,6 +34,18 @@ def paper_depth(config: ModelConfig) -> int:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@lru_cache(maxsize=64)
+def variant_cost(name: str, num_classes: int | None = None) -> tuple[int, int]:
+    """(parameters, forward FLOPs per image at the paper's input size) of a named variant.
+
+    Built on the meta device: shapes only, no memory and no arithmetic.
+    """
+    overrides = {} if num_classes is None else {"num_classes": num_classes}
+    with torch.device("meta"):
+        model = create_model(name, **overrides)
+    return count_parameters(model), count_flops(model, default_input_size(model.config))
 
 
 def count_flops(model: nn.Module, input_size: int, batch_size: int = 1) -> int:

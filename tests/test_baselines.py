@@ -251,3 +251,19 @@ def test_config_dataclass_is_frozen_and_names_its_family():
         config.depth = 20
     assert config.to_dict()["family"] == "resnet_cifar"
     assert config_from_dict({k: v for k, v in get_config("densenet40_k12").to_dict().items()}).growth_rate == 12
+
+
+def test_summary_sets_each_baseline_against_its_published_count(capsys):
+    from densenets.cli import main
+
+    for name, expected in (
+        ("resnet110", "1,727,962 (Table 2: 1.7M, rounded; ours +1.6%)"),
+        ("resnet1202_sd", "(He et al. 2016a: 19.4M, rounded; ours +0.1%; Table 2 prints 10.2M)"),
+        ("resnet50", "25,557,032 (torchvision's published count: 25,557,032, exact match)"),
+    ):
+        assert main(["summary", name]) == 0
+        out = capsys.readouterr().out
+        assert expected in out and "units" in out
+    assert main(["summary", "resnet50", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["macs"] / 1e9 == pytest.approx(summary["torchvision"]["gmacs"], abs=0.001)

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models import DenseNetConfig, TorchvisionResNetConfig, create_model
+from ..models import DenseNetConfig, TorchvisionResNetConfig, build_model, create_model
 from ..models.registry import ModelConfig
 from ..models.resnet_imagenet import torchvision_published
-from ..paper import paper_params, paper_params_rounded
+from ..paper import baseline_params_m, paper_params, paper_params_rounded
 
 
 def default_input_size(config: ModelConfig) -> int:
@@ -77,7 +77,9 @@ def model_summary(model: nn.Module, input_size: int | None = None, name: str | N
                 "resolution": max(size // info["reduction"], 1),
             }
         )
-    flops = count_flops(model, size)
+    with torch.device("meta"):  # FLOPs depend on the architecture only: count on shapes, no arithmetic
+        shadow = build_model(config)
+    flops = count_flops(shadow, size)
     torchvision = None
     if isinstance(config, TorchvisionResNetConfig) and config.num_classes == 1000 and config.in_channels == 3:
         torchvision = torchvision_published(config.arch)
@@ -108,7 +110,9 @@ def format_summary(summary: dict) -> str:
         paper_note = f"(torchvision's published count: {published['params']:,}, {same})"
     elif paper is None and rounded is not None:
         diff = 100 * (summary["params"] / rounded[0] - 1)
-        paper_note = f"({rounded[1]}: {rounded[0] / 1e6:.1f}M, rounded; ours {diff:+.1f}%)"
+        printed = baseline_params_m(summary["name"])
+        table2 = f"; Table 2 prints {printed}M" if printed and round(printed * 1e6) != rounded[0] else ""
+        paper_note = f"({rounded[1]}: {rounded[0] / 1e6:.1f}M, rounded; ours {diff:+.1f}%{table2})"
     elif paper is None:
         paper_note = "(the paper gives no count for this configuration)"
     elif paper == summary["params"]:

@@ -10,7 +10,7 @@ from densenets.paper import PARAMS_10, PARAMS_100, PARAMS_IMAGENET
 
 from .conftest import randomize_batchnorm
 
-ALL = list_models()
+ALL = list_models("densenet*")  # the ResNet baselines: test_baselines.py
 
 
 def _input_for(model: DenseNet, batch: int = 2) -> torch.Tensor:

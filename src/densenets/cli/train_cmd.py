@@ -15,8 +15,9 @@ from .options import add_dataclass_options, collect_overrides, parse_overrides
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a DenseNet with the paper's protocol (default: DenseNet-BC-40 on the bundled digits)",
-        description="Train a DenseNet. Start from a named recipe (chosen by --data when not given), "
+        help="train a DenseNet (or a ResNet baseline) with the paper's protocol (default: DenseNet-BC-40 on digits)",
+        description="Train a DenseNet or one of the paper's ResNet baselines. Start from a named recipe (chosen by "
+        "--data when not given), "
         "override any field, or repeat a run from its config.json.",
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), help="base protocol (default: implied by --data)")
@@ -60,6 +61,12 @@ def run_train(args) -> int:
         fit(None, Path(args.resume), resume=True, show_progress=not args.no_progress, resume_overrides=overrides)
         return 0
     recipe = recipe_from_args(args)
+    if args.dropout is None and "dropout" not in parse_overrides(args.set) and not args.config:
+        from ..models.registry import is_densenet
+
+        if not is_densenet(recipe.model):
+            print(f"{recipe.model}: dropout {recipe.dropout:g}, its own paper's setting (the DenseNet rule, 0.2 "
+                  "without augmentation, is for DenseNets; --dropout overrides)", flush=True)  # fmt: skip
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
     fit(recipe, run_dir, show_progress=not args.no_progress)
     return 0

@@ -1,7 +1,8 @@
 """Load a trained model from whatever the user points at.
 
 Accepted: a run folder (see :func:`choose_checkpoint`), one of our checkpoints, a bare
-state dict such as torchvision's ``densenet121-*.pth`` (legacy ``norm.1`` keys included),
+state dict such as torchvision's ``densenet121-*.pth`` (legacy ``norm.1`` keys included) or
+``resnet50-*.pth``,
 or an exported ``model.json`` + ``model.safetensors`` pair. Every file is loaded safely
 (``weights_only=True`` or safetensors); a file that does not fit the model is reported with
 the missing/unexpected keys and the architecture it seems to hold.
@@ -10,15 +11,17 @@ the missing/unexpected keys and the architecture it seems to hold.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError
-from ..models import VARIANTS, DenseNet, DenseNetConfig, get_config
-from ..models.registry import CIFAR_NAME
+from ..models import VARIANTS, DenseNetConfig, TorchvisionResNetConfig, build_model, config_from_dict, get_config
+from ..models.registry import CIFAR_NAME, ModelConfig, list_models
 from .checkpoint import load_checkpoint, state_dict_from
 from .runlog import BEST, CONFIG, LAST
 
@@ -33,7 +36,7 @@ IMAGENET_PREPROCESS = {
 
 @dataclass
 class LoadedModel:
-    model: DenseNet
+    model: nn.Module  # DenseNet, CifarResNet or TorchvisionResNet
     preprocess: dict  # rebuilds the test-time transform (data.transforms.eval_transform)
     class_names: list[str]
     source: Path
@@ -90,10 +93,10 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     state = state_dict_from(data)
     if config and isinstance(config.get("model"), dict):
         try:
-            model_config = DenseNetConfig.from_dict({**config["model"], "memory_efficient": False})
+            model_config = config_from_dict({**config["model"], "memory_efficient": False})
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: its model config is invalid ({exc})") from exc
-        model = DenseNet(model_config)
+        model = build_model(model_config)
         load_weights(model, state, path)
         data_info = config.get("data", {})
         return LoadedModel(
@@ -110,7 +113,7 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     if name is None:
         raise CheckpointError(f"{path}: holds a state dict of an unknown architecture; pass --model NAME")
     num_classes = inferred.num_classes if inferred else 1000
-    model = DenseNet(get_config(name, num_classes=num_classes))
+    model = build_model(get_config(name, num_classes=num_classes))
     load_weights(model, state, path)
     imagenet = model.config.stem == "imagenet"
     classes = imagenet_categories() if imagenet and num_classes == 1000 else [str(i) for i in range(num_classes)]
@@ -131,7 +134,7 @@ def _load_exported(path: Path) -> LoadedModel:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
     try:
-        model = DenseNet(DenseNetConfig.from_dict(meta["model"]))
+        model = build_model(config_from_dict(meta["model"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{meta_path}: not a densenets model description ({exc})") from exc
     state = state_dict_from(load_checkpoint(weights_path))
@@ -143,7 +146,7 @@ def _load_exported(path: Path) -> LoadedModel:
     )  # fmt: skip
 
 
-def load_weights(model: DenseNet, state: dict, source: Path | str) -> None:
+def load_weights(model: nn.Module, state: dict, source: Path | str) -> None:
     """``load_state_dict(strict=True)`` with a one-line diagnosis when the file does not fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -169,8 +172,10 @@ def load_weights(model: DenseNet, state: dict, source: Path | str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def infer_config(state: dict) -> DenseNetConfig | None:
-    """Read the architecture off a DenseNet state dict (torchvision key names); None if it is not one."""
+def infer_config(state: dict) -> ModelConfig | None:
+    """Read the architecture off a DenseNet or torchvision ResNet state dict; None if it is neither."""
+    if "features.conv0.weight" not in state:
+        return _infer_torchvision_resnet(state)
     try:
         conv0 = state["features.conv0.weight"]
         blocks = []
@@ -208,13 +213,51 @@ def infer_config(state: dict) -> DenseNetConfig | None:
         return None
 
 
+# torchvision's ResNets by (bottleneck units?, units per stage)
+_TORCHVISION_RESNETS = {
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+
+
+def _infer_torchvision_resnet(state: dict) -> TorchvisionResNetConfig | None:
+    units = []
+    for stage in range(1, 5):
+        indices = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        units.append(len(indices))
+    arch = _TORCHVISION_RESNETS.get(("layer1.0.conv3.weight" in state, tuple(units)))
+    if arch is None or "conv1.weight" not in state:
+        return None
+    fc = state.get("fc.weight")
+    return TorchvisionResNetConfig(
+        arch, num_classes=int(fc.shape[0]) if fc is not None else 0, in_channels=int(state["conv1.weight"].shape[1])
+    )
+
+
 def _architecture(config: DenseNetConfig) -> tuple:
     c = config
     return (c.growth_rate, c.block_sizes, c.stem, c.init_channels, c.bottleneck, c.bn_size, c.compression)
 
 
-def guess_name(config: DenseNetConfig) -> str | None:
+def _baseline_name(config: ModelConfig) -> str | None:
+    """The registered baseline with this architecture (classes, channels, dropout, init aside)."""
+    same = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _NOT_ARCHITECTURE}
+    for name in list_models():
+        known = get_config(name)
+        if type(known) is type(config) and replace(known, **same) == config:
+            return name
+    return None
+
+
+_NOT_ARCHITECTURE = ("num_classes", "in_channels", "dropout", "init", "memory_efficient")
+
+
+def guess_name(config: ModelConfig) -> str | None:
     """The registered variant (or CIFAR pattern name) with this architecture, if any."""
+    if not isinstance(config, DenseNetConfig):
+        return _baseline_name(config)
     for name, known in VARIANTS.items():
         if _architecture(known) == _architecture(config):
             return name
@@ -228,8 +271,10 @@ def guess_name(config: DenseNetConfig) -> str | None:
     return None
 
 
-def describe(config: DenseNetConfig) -> str:
+def describe(config: ModelConfig) -> str:
     name = guess_name(config)
+    if not isinstance(config, DenseNetConfig):
+        return f"{name or 'a ' + config.family + ' network'} ({config.num_classes} classes)"
     shape = (
         f"k={config.growth_rate}, blocks {list(config.block_sizes)}, {config.stem} stem, {config.num_classes} classes"
     )

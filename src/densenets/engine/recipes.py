@@ -2,8 +2,9 @@
 
 A recipe holds everything that decides a run: model and data names, optimiser, schedule,
 regularisation and execution options. ``resolve_recipe`` applies the paper's rules that
-depend on the data set (dropout exactly when there is no augmentation) so the resolved
-recipe written to the run folder repeats the run on its own.
+depend on the data set (DenseNets: dropout exactly when there is no augmentation) so the
+resolved recipe written to the run folder repeats the run on its own. The ResNet baselines
+train under the same recipes; only their dropout default is their own paper's.
 """
 
 from __future__ import annotations
@@ -196,5 +197,15 @@ def resolve_recipe(recipe: Recipe, **overrides) -> Recipe:
     reject_unknown_fields(overrides, Recipe, "recipe")
     recipe = replace(recipe, **overrides)
     if recipe.dropout is None:
-        recipe = replace(recipe, dropout=0.0 if recipe.data in AUGMENTED_DATA else 0.2)
+        recipe = replace(recipe, dropout=default_dropout(recipe.model, recipe.data))
     return recipe
+
+
+def default_dropout(model: str, data: str) -> float:
+    """The DenseNet paper's rule (0.2 without augmentation, else 0) for DenseNets; a baseline
+    keeps its own paper's setting (none for He et al.'s ResNets, as registered for the WRNs)."""
+    from ..models.registry import get_config, is_densenet
+
+    if is_densenet(model):
+        return 0.0 if data in AUGMENTED_DATA else 0.2
+    return float(get_config(model).dropout)

@@ -18,7 +18,8 @@ from ..data import DataBundle, DataSpec, build_data
 from ..data.determinism import derive_seed
 from ..data.samplers import ResumableSampler, ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from ..models import DenseNet, DenseNetConfig, get_config
+from ..models import build_model, get_config
+from ..models.registry import ModelConfig
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -54,7 +55,7 @@ class Run:
     runtime: Runtime
     run_dir: Path
     data: DataBundle
-    model_config: DenseNetConfig
+    model_config: ModelConfig
     config: dict
     state: TrainState
     steps_per_epoch: int
@@ -229,7 +230,7 @@ def _load_data(recipe: Recipe) -> DataBundle:
     )
 
 
-def _run_config(*, recipe: Recipe, model_config: DenseNetConfig, data: DataBundle, runtime: Runtime) -> dict:
+def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, runtime: Runtime) -> dict:
     """config.json: the resolved recipe, the model, the data and the environment."""
     return {
         "recipe": recipe.to_dict(),
@@ -266,10 +267,10 @@ def _per_rank_batch(recipe: Recipe, dist: DistInfo) -> int:
     return recipe.batch_size // dist.world_size
 
 
-def _make_model(*, recipe: Recipe, model_config: DenseNetConfig, runtime: Runtime, load_weights: bool) -> nn.Module:
+def _make_model(*, recipe: Recipe, model_config: ModelConfig, runtime: Runtime, load_weights: bool) -> nn.Module:
     """The network on its device, from the recipe's seed or its ``weights`` file."""
     torch.manual_seed(derive_seed(recipe.seed, "init"))
-    model: nn.Module = DenseNet(model_config)
+    model: nn.Module = build_model(model_config)
     if recipe.weights and load_weights:
         _init_from_weights(model, recipe.weights, runtime.dist.is_main)
     if recipe.sync_bn and runtime.device.type != "cuda":
@@ -301,7 +302,9 @@ def _wrap_model(model: nn.Module, *, recipe: Recipe, runtime: Runtime) -> nn.Mod
     """DDP across ranks, then ``torch.compile`` when asked; checkpoints unwrap both."""
     if runtime.dist.enabled:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids)
+        # Stochastic depth skips whole units on some steps: their parameters get no gradient then.
+        skips = getattr(getattr(model, "config", None), "stochastic_depth", 0) > 0
+        model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skips)
     if recipe.compile:
         model = torch.compile(model)
     return model
@@ -324,16 +327,17 @@ def _open_folder(folder: RunFolder, *, config: dict, resume: bool) -> None:
         write_json(folder.path / CONFIG, config)
 
 
-def _init_from_weights(model: DenseNet, path: str, verbose: bool) -> None:
+def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
     """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
     state = state_dict_from(load_checkpoint(path))
     own = model.state_dict()
-    theirs = state.get("classifier.weight")
-    if theirs is not None and theirs.shape != own["classifier.weight"].shape:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
+    head = "classifier." if "classifier.weight" in own else "fc."  # DenseNet's name, ResNets' name
+    theirs = state.get(head + "weight")
+    if theirs is not None and head + "weight" in own and theirs.shape != own[head + "weight"].shape:
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        state.update({k: v for k, v in own.items() if k.startswith(head)})
         if verbose:
-            print(f"{path}: {theirs.shape[0]} classes in the file, {own['classifier.weight'].shape[0]} in the data: "
+            print(f"{path}: {theirs.shape[0]} classes in the file, {own[head + 'weight'].shape[0]} in the data: "
                   "classifier re-initialised", flush=True)  # fmt: skip
     load_weights(model, state, path)
 

@@ -3,27 +3,37 @@ its output compared with PyTorch's (ONNX through onnxruntime when it is installe
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..engine.loading import LoadedModel, load_model
 from ..errors import UserError
-from ..models import DenseNet
 from ..models.onnx_runtime import onnx_bytes
-from ..models.onnx_runtime import plain_eval_copy as _exportable
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 MODEL_FORMAT = "densenets-model/1"
 
 
-def _example(model: DenseNet, input_size: int | None, batch: int = 2) -> torch.Tensor:
+def _exportable(model: nn.Module) -> nn.Module:
+    """An eval-mode fp32 CPU copy in ordinary (not memory-efficient) mode: what exporters trace.
+
+    Any model of the registry (DenseNet or ResNet baseline) exports the same way.
+    """
+    model = copy.deepcopy(model).cpu().eval().float()
+    model.set_memory_efficient(False)
+    return model
+
+
+def _example(model: nn.Module, input_size: int | None, batch: int = 2) -> torch.Tensor:
     size = input_size or (224 if model.config.stem == "imagenet" else 32)
     return torch.randn(batch, model.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def export_onnx(model: DenseNet, path: str | Path, input_size: int | None = None, in_channels: int | None = None,
+def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = None, in_channels: int | None = None,
                 opset: int = 17, verify: bool = True) -> dict:  # fmt: skip
     """Write ``path`` (.onnx) with dynamic batch and image size; returns the parity check."""
     model = _exportable(model)
@@ -49,7 +59,7 @@ def export_onnx(model: DenseNet, path: str | Path, input_size: int | None = None
     return result
 
 
-def export_torchscript(model: DenseNet, path: str | Path, input_size: int | None = None, verify: bool = True) -> dict:
+def export_torchscript(model: nn.Module, path: str | Path, input_size: int | None = None, verify: bool = True) -> dict:
     """Write a traced TorchScript module; returns the parity check."""
     model = _exportable(model)
     x = _example(model, input_size)

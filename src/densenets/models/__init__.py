@@ -1,4 +1,4 @@
-"""DenseNet models: the network, its config, and the registry of named variants."""
+"""Models: the DenseNet, the paper's ResNet baselines, their configs, and one registry of named variants."""
 
 from .densenet import (
     VARIANTS,
@@ -10,10 +10,26 @@ from .densenet import (
     cifar_config,
     imagenet_config,
 )
-from .registry import UnknownModelError, create_model, get_config, list_models, register_model
+from .registry import (
+    UnknownModelError,
+    build_model,
+    config_from_dict,
+    create_model,
+    get_config,
+    list_models,
+    register_model,
+)
+from .resnet_cifar import CifarResNet, CifarResNetConfig
+from .resnet_imagenet import TorchvisionResNet, TorchvisionResNetConfig
 
 __all__ = [
     "VARIANTS",
+    "CifarResNet",
+    "CifarResNetConfig",
+    "TorchvisionResNet",
+    "TorchvisionResNetConfig",
+    "build_model",
+    "config_from_dict",
     "DenseBlock",
     "DenseLayer",
     "DenseNet",

@@ -1,4 +1,9 @@
-"""A small explicit registry: named DenseNet variants -> configs -> models."""
+"""A small explicit registry: named variants -> configs -> models.
+
+Three families share it: the DenseNets, the CIFAR ResNet baselines (``resnet_cifar``) and
+torchvision's ImageNet ResNets (``resnet_imagenet``). A config's type picks its network;
+a config stored as a dict names its family (DenseNet configs, older than the others, do not).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,24 @@ import fnmatch
 import re
 from dataclasses import replace
 
-from ..errors import ConfigError, reject_unknown_fields
-from .densenet import VARIANTS, DenseNet, DenseNetConfig, cifar_config
+from torch import nn
 
-_REGISTRY: dict[str, DenseNetConfig] = {}
+from ..errors import ConfigError, reject_unknown_fields
+from . import resnet_cifar, resnet_imagenet
+from .densenet import VARIANTS, DenseNet, DenseNetConfig, cifar_config
+from .resnet_cifar import CifarResNet, CifarResNetConfig
+from .resnet_imagenet import TorchvisionResNet, TorchvisionResNetConfig
+
+ModelConfig = DenseNetConfig | CifarResNetConfig | TorchvisionResNetConfig
+# config type -> network; the family names stored in config dicts
+_NETWORKS: dict[type, type[nn.Module]] = {
+    DenseNetConfig: DenseNet,
+    CifarResNetConfig: CifarResNet,
+    TorchvisionResNetConfig: TorchvisionResNet,
+}
+_FAMILIES: dict[str, type] = {"densenet": DenseNetConfig, **{c.family: c for c in _NETWORKS if c is not DenseNetConfig}}
+
+_REGISTRY: dict[str, ModelConfig] = {}
 
 # Any 3-block CIFAR network by name: densenet40_k12, densenet_b52_k12, densenet_c40_k12, densenet_bc100_k12.
 CIFAR_NAME = re.compile(r"^densenet(?:_(b|c|bc))?(\d+)_k(\d+)$")
@@ -20,17 +39,41 @@ class UnknownModelError(ConfigError):
     """Raised for a model name that is neither registered nor a valid CIFAR pattern."""
 
 
-def register_model(name: str, config: DenseNetConfig) -> None:
+def register_model(name: str, config: ModelConfig) -> None:
     """Add a named variant. Re-using a name is an error."""
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is already registered")
-    if not isinstance(config, DenseNetConfig):
-        raise TypeError(f"config must be a DenseNetConfig, got {type(config).__name__}")
+    if type(config) not in _NETWORKS:
+        names = ", ".join(c.__name__ for c in _NETWORKS)
+        raise TypeError(f"config must be one of {names}, got {type(config).__name__}")
     _REGISTRY[name] = config
 
 
-for _name, _config in VARIANTS.items():
-    register_model(_name, _config)
+for _table in (VARIANTS, resnet_cifar.VARIANTS, resnet_imagenet.VARIANTS):
+    for _name, _config in _table.items():
+        register_model(_name, _config)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network a config describes (``DenseNet``, ``CifarResNet`` or ``TorchvisionResNet``)."""
+    try:
+        network = _NETWORKS[type(config)]
+    except KeyError:
+        raise TypeError(f"not a model config: {type(config).__name__}") from None
+    return network(config)
+
+
+def config_from_dict(data: dict) -> ModelConfig:
+    """Inverse of ``config.to_dict()``, for any family (no ``family`` key: a DenseNet)."""
+    family = data.get("family", "densenet")
+    if family not in _FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; known: {', '.join(_FAMILIES)}")
+    return _FAMILIES[family].from_dict(data)
+
+
+def is_densenet(name: str) -> bool:
+    """Whether a registered (or CIFAR pattern) name is a DenseNet rather than a baseline."""
+    return isinstance(get_config(name), DenseNetConfig)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -38,31 +81,32 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def get_config(name: str, **overrides) -> DenseNetConfig:
+def get_config(name: str, **overrides) -> ModelConfig:
     """The config of a named variant (or CIFAR pattern name) with fields overridden."""
     config = _REGISTRY.get(name)
     if config is None:
         config = _parse_cifar_name(name)
     if not overrides:
         return config
-    reject_unknown_fields(overrides, DenseNetConfig, "model setting")
+    reject_unknown_fields(overrides, type(config), "model setting")
     return replace(config, **overrides)
 
 
-def create_model(name: str, weights: str | None = None, **overrides) -> DenseNet:
-    """Build a named variant, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``.
+def create_model(name: str, weights: str | None = None, **overrides) -> nn.Module:
+    """Build a named variant, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``
+    or a baseline, ``create_model("preact_resnet164", num_classes=100)``.
 
     ``name`` may also be an exported ``model.json`` (with its ``.safetensors`` beside it).
     ``weights`` loads a weights file into the new model: one of our checkpoints, or
-    torchvision's ``densenet121-*.pth`` (legacy key names accepted). All files are loaded
+    torchvision's ``densenet121-*.pth`` / ``resnet50-*.pth`` (legacy key names accepted). All files are loaded
     safely (no pickled code runs).
     """
     if isinstance(name, str) and name.endswith((".json", ".safetensors")):
         from ..engine.loading import load_model
 
         model = load_model(name).model.train()
-        return model if not overrides else DenseNet(replace(model.config, **overrides))
-    model = DenseNet(get_config(name, **overrides))
+        return model if not overrides else build_model(replace(model.config, **overrides))
+    model = build_model(get_config(name, **overrides))
     if weights is not None:
         from ..engine.checkpoint import load_checkpoint, state_dict_from
         from ..engine.loading import load_weights

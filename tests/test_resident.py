@@ -52,7 +52,7 @@ def test_unaugmented_batches_equal_the_dataloaders(tmp_path):
     loaders = [make_train_loader(data, kind, 16, 3, torch.device("cpu")) for kind in ("workers", "resident")]
     for loader in loaders:
         loader.start_epoch(2, 16)  # an epoch's order, resumed after one batch
-    pairs = list(zip(*loaders))
+    pairs = list(zip(*loaders, strict=True))
     assert len(pairs) == len(loaders[1]) == 2
     for (xw, yw), (xr, yr) in pairs:
         assert torch.equal(xw, xr) and torch.equal(yw, yr)
@@ -71,9 +71,9 @@ def test_augmentation_stream_is_a_function_of_seed_and_epoch(tmp_path):
     again = epoch_batches(1)
     resumed = epoch_batches(1, skip=20)
     assert len(full) == 3 and len(resumed) == 2
-    for (a, la), (b, lb) in zip(full, again):
+    for (a, la), (b, lb) in zip(full, again, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
-    for (a, la), (b, lb) in zip(full[1:], resumed):
+    for (a, la), (b, lb) in zip(full[1:], resumed, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
     assert not torch.equal(full[0][0], epoch_batches(2)[0][0])
     assert not torch.equal(full[0][0], epoch_batches(1, seed=1)[0][0])

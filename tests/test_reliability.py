@@ -220,7 +220,8 @@ def test_sigint_from_the_terminal_with_dataloader_workers_saves_and_exits_130(tm
     data = tmp_path / "data"
     write_cifar10(data, n_train=300, n_test=20)
     run = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "densenets", *_train_cli(data, run, "--checkpoint-every", "2", "--workers", "2")]
+    cmd = [sys.executable, "-m", "densenets",
+           *_train_cli(data, run, "--checkpoint-every", "2", "--workers", "2", "--loader", "workers")]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     while not (run / "last.pt").exists() or not children.read_text().split():

@@ -42,6 +42,7 @@ class Recipe:
     init: str = "fan_out"
     # execution
     seed: int = 0
+    loader: str | None = None  # workers | resident (None: resident for in-memory CIFAR/SVHN, else workers)
     workers: int | None = None  # None: 0 on the CPU (loading competes with compute), 8 on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
@@ -67,6 +68,8 @@ class Recipe:
             raise ConfigError(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
+        if self.loader not in (None, "workers", "resident"):
+            raise ConfigError(f"loader must be one of workers, resident; got {self.loader!r}")
         if self.init not in ("fan_out", "fan_in"):
             raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..data import DataBundle, DataSpec, build_data
 from ..data.determinism import derive_seed
-from ..data.samplers import ResumableSampler, ShardSampler
+from ..data.loaders import TrainLoader, default_loader, default_workers, make_train_loader
+from ..data.samplers import ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 from ..models import build_model, get_config
 from ..models.registry import ModelConfig
@@ -40,7 +41,7 @@ from .distributed import (
     shutdown_distributed,
 )
 from .loading import load_weights
-from .loop import TrainState, evaluate, train_one_epoch
+from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
 from .recipes import Recipe
 from .runfolder import RunFolder
 from .runlog import BEST, CONFIG, LAST, SUMMARY, RunLog, read_json, read_metrics, reported_result, write_json
@@ -137,6 +138,8 @@ def fit(
     folder = RunFolder(run_dir)
     recipe = _recipe_to_run(recipe, folder.path, resume, resume_overrides)
     runtime = make_runtime(recipe, dist)
+    if recipe.loader is None:  # decided once and recorded: resume must use the same augmentation stream
+        recipe = replace(recipe, loader=default_loader(recipe.data, runtime.device.type))
     if runtime.device.type == "cpu":
         tune_cpu_allocator()
     init_distributed(dist, runtime.device)
@@ -158,7 +161,8 @@ def _recipe_to_run(recipe: Recipe | None, run_dir: Path, resume: bool, changes: 
         if recipe is None:
             raise ConfigError("fit needs a recipe unless resume=True")
         return recipe
-    recorded = Recipe.from_dict(read_json(run_dir / CONFIG)["recipe"])
+    # runs recorded before the loader choice existed used worker processes
+    recorded = Recipe.from_dict({"loader": "workers", **read_json(run_dir / CONFIG)["recipe"]})
     changes = changes or {}
     bad = sorted(set(changes) - set(RESUME_OVERRIDES))
     if bad:
@@ -359,27 +363,23 @@ def _restore(run: Run) -> None:
     run.log(f"resuming {run.run_dir} at step {s.step} (epoch {s.epoch + 1}/{run.recipe.epochs})")
 
 
-def _loaders(run: Run) -> tuple[DataLoader, ResumableSampler, DataLoader, DataLoader | None]:
+def _loaders(run: Run) -> tuple[TrainLoader, DataLoader, DataLoader | None]:
     r, dist, data = run.recipe, run.runtime.dist, run.data
-    pin = run.runtime.device.type == "cuda"
-    workers = r.workers if r.workers is not None else (8 if pin else 0)
-    sampler = ResumableSampler(
-        data.train,
-        num_replicas=dist.world_size,
+    train = make_train_loader(
+        data,
+        r.loader,
+        run.per_rank_batch,
+        r.seed,
+        run.runtime.device,
+        workers=r.workers,
         rank=dist.rank,
-        seed=derive_seed(r.seed, "order") % 2**31,
-        drop_last=False,
-    )
-    train = DataLoader(
-        data.train,
-        batch_size=run.per_rank_batch,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin,
+        world_size=dist.world_size,
         drop_last=run.drop_last,
-        generator=torch.Generator(),
-        worker_init_fn=_ignore_sigint if workers else None,
+        channels_last=run.runtime.channels_last,
+        worker_init_fn=_ignore_sigint,
     )
+    pin = run.runtime.device.type == "cuda"
+    workers = r.workers if r.workers is not None else default_workers(run.runtime.device.type)
 
     def eval_loader(dataset):
         return DataLoader(
@@ -391,12 +391,12 @@ def _loaders(run: Run) -> tuple[DataLoader, ResumableSampler, DataLoader, DataLo
             worker_init_fn=_ignore_sigint if workers else None,
         )
 
-    return train, sampler, eval_loader(data.test), eval_loader(data.val) if data.val is not None else None
+    return train, eval_loader(data.test), eval_loader(data.val) if data.val is not None else None
 
 
 def _train(run: Run, show_progress: bool) -> dict:
     r, s = run.recipe, run.state
-    train_loader, sampler, test_loader, val_loader = _loaders(run)
+    train_loader, test_loader, val_loader = _loaders(run)
     metrics_log = run.on_main(lambda: RunLog(run.run_dir)) or RunLog(run.run_dir, enabled=False)
     if metrics_log.note:
         run.log(metrics_log.note)
@@ -420,12 +420,8 @@ def _train(run: Run, show_progress: bool) -> dict:
     previous_handler = _install_sigint(s)
     try:
         while s.epoch < r.epochs and not _step_limit_reached(run):
-            sampler.set_epoch(s.epoch)
-            if hasattr(run.data.train, "set_epoch"):
-                run.data.train.set_epoch(s.epoch)
             done_in_epoch = s.step - s.epoch * run.steps_per_epoch
-            sampler.set_skip(done_in_epoch * run.per_rank_batch)
-            train_loader.generator.manual_seed(derive_seed(r.seed, "workers", s.epoch, run.runtime.dist.rank))
+            train_loader.start_epoch(s.epoch, done_in_epoch * run.per_rank_batch)
             try:
                 train_metrics = train_one_epoch(
                     s, train_loader, r, run.runtime, run.steps_per_epoch, on_step, show_progress
@@ -464,7 +460,7 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     test = evaluate(model, test_loader, run.runtime)
     val = evaluate(model, val_loader, run.runtime) if val_loader is not None else None
     s.epoch += 1
-    s.epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+    s.epoch_sums = new_epoch_sums()
     record = {
         "epoch": s.epoch,
         "step": s.step,
@@ -486,7 +482,9 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     run.log(
         f"epoch {s.epoch:>3}/{r.epochs}  train loss {record['train_loss']:.4f} err {record['train_error']:5.2f}%  "
         f"test loss {test['loss']:.4f} err {test['error']:5.2f}%{val_text}  lr {record['lr']:g}  "
-        f"{record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s" + ("  *best" if is_best else "")
+        f"{record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s  "
+        f"data wait {record['data_wait_seconds']:.1f} s of {record['train_seconds']:.1f} s"
+        + ("  *best" if is_best else "")
     )
 
 

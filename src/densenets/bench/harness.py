@@ -31,7 +31,7 @@ from .report import to_markdown
 from .timing import matmul_peak_gflops
 
 SECTIONS = ("train", "infer", "memory", "levers")
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,18 @@ def contenders(work: Workload, device: torch.device) -> dict[str, dict]:
     ours = {**base, "impl": "densenets", "layout": ours_layout, "allocator": tuned}
     tv = {**base, "impl": "torchvision", "allocator": tuned}
     specs: dict[str, dict] = {}
+    if work.precision == "int8":
+        # int8 runs through ONNX Runtime's static quantization for both models (like for like);
+        # torchvision's fp32 PyTorch rows stay in so that the headline is also against them.
+        if work.task != "infer" or not onnxruntime_available(device):
+            raise ValueError("bench precision int8: inference on the CPU with onnx and onnxruntime installed only")
+        fp32 = {**tv, "precision": "fp32"}
+        return {
+            "densenets optimize_for_inference int8": {**ours, "form": "optimized", "layout": "nchw"},
+            "torchvision through ONNX Runtime int8": {**tv, "form": "onnxruntime", "layout": "nchw"},
+            "torchvision NCHW fp32": {**fp32, "layout": "nchw"},
+            "torchvision channels_last fp32": {**fp32, "layout": "cl"},
+        }
     if work.task == "train":
         specs["densenets"] = ours
         if cpu:
@@ -112,8 +124,8 @@ def contenders(work: Workload, device: torch.device) -> dict[str, dict]:
 def baseline_of(label: str, medians: dict[str, float]) -> str:
     """The row a contender is compared with: torchvision through the same runtime; for
     PyTorch rows the fastest torchvision PyTorch contender of this workload."""
-    if "ONNX Runtime" in label:
-        return "torchvision through ONNX Runtime"
+    if "ONNX Runtime" in label or label.endswith("int8"):
+        return next(k for k in medians if k.startswith("torchvision through ONNX Runtime"))
     torch_rows = [k for k in medians if k.startswith("torchvision") and "ONNX Runtime" not in k]
     return min(torch_rows, key=medians.__getitem__)
 
@@ -307,7 +319,7 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
         raise ValueError(f"unknown bench precision(s) {bad}; choose from {', '.join(PRECISION_DTYPES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     log("measuring the matrix-multiply peak of each precision")
-    peaks = {p: matmul_peak_gflops(device, PRECISION_DTYPES[p]) for p in cfg.precisions}
+    peaks = {p: matmul_peak_gflops(device, PRECISION_DTYPES[p]) for p in cfg.precisions if PRECISION_DTYPES[p]}
     results: dict = {"config": asdict(cfg), "environment": {**environment(device), "matmul_peak_gflops": peaks}}
     for task in ("train", "infer"):
         if task in cfg.sections:

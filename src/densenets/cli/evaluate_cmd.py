@@ -34,8 +34,12 @@ def add_parser(sub) -> None:
 
 
 def add_precision_options(p) -> None:
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="bf16/int8: faster on CPUs with AVX-512 bf16/VNNI, approximate (docs/inference.md)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="bf16/int8: faster on CPUs with AVX-512 bf16/VNNI, approximate (docs/inference.md)",
+    )
     p.add_argument("--calibration", help="int8: folder of calibration images, or 'auto' (default: a few hundred "
                    "training images of the run's data set)")  # fmt: skip
 
@@ -64,9 +68,8 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from ..engine.loading import load_model
-    from ..engine.prediction import format_predictions, predict_images
-
     from ..engine.precision import with_precision
+    from ..engine.prediction import format_predictions, predict_images
 
     loaded = load_model(args.checkpoint, args.model)
     loaded.model, precision = with_precision(loaded, args.precision, args.calibration)

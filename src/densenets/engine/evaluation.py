@@ -73,7 +73,9 @@ def evaluate_checkpoint(
         device = "cpu" if precision == "int8" else device  # ONNX Runtime runs on the CPU
     runtime = make_runtime(Recipe(device=device, amp="none"))
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model = loaded.model.to(runtime.device, memory_format=memory_format) if precision == "fp32" else fast.to(runtime.device)
+    model = (
+        loaded.model.to(runtime.device, memory_format=memory_format) if precision == "fp32" else fast.to(runtime.device)
+    )
     workers = workers if workers is not None else (8 if runtime.device.type == "cuda" else 0)
     loader = DataLoader(test, batch_size=batch_size, num_workers=workers)
     metrics = evaluate(model, loader, runtime, confusion=True)

@@ -33,7 +33,9 @@ def auto_calibration_set(loaded: LoadedModel):
     name = recipe["data"].removesuffix("+")  # "cifar10+" -> "cifar10": the same images, not augmented
     bundle = build_data(DataSpec(name=name, data_dir=recipe.get("data_dir", "data"),
                                  image_size=loaded.preprocess.get("crop")))  # fmt: skip
-    train = bundle.train if bundle.augment == "none" else with_transform(bundle.train, eval_transform(loaded.preprocess))
+    train = (
+        bundle.train if bundle.augment == "none" else with_transform(bundle.train, eval_transform(loaded.preprocess))
+    )
     step = max(1, len(train) // CALIBRATION_IMAGES)  # spread over the whole set (it is ordered by class for some)
     return Subset(train, range(0, len(train), step)[:CALIBRATION_IMAGES])
 
@@ -55,10 +57,8 @@ def with_precision(loaded: LoadedModel, precision: str, calibration: str | None 
 
     model = loaded.model.cpu()
     c = model.config
-    if calibration in (None, "auto"):
-        source = DataLoader(auto_calibration_set(loaded), batch_size=32)
-    else:
-        source = calibration
+    auto = calibration in (None, "auto")
+    source = DataLoader(auto_calibration_set(loaded), batch_size=32) if auto else calibration
     batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names)
     count = sum(len(b) for b in batches)
     module = optimize_for_inference(model, precision="int8", calibration=batches)

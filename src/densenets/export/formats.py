@@ -133,7 +133,8 @@ def _compare(got: torch.Tensor, expected: torch.Tensor, what: str) -> dict:
 
 
 def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None, model_name: str | None = None,
-                 input_size: int | None = None, int8: bool = False, calibration: str | None = None) -> dict:  # fmt: skip
+                 input_size: int | None = None, int8: bool = False,
+                 calibration: str | None = None) -> dict:  # fmt: skip
     """Load any supported checkpoint and export it; ``out`` defaults to the checkpoint's name.
     ``int8`` (ONNX only): statically quantized, calibrated on ``calibration`` (folder or "auto")."""
     if fmt not in FORMATS:
@@ -144,7 +145,11 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
         raise UserError("--calibration is for --int8 exports only; add --int8")
     loaded = load_model(checkpoint, model_name)
     size = input_size or loaded.preprocess.get("crop")
-    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}[fmt]
+    suffix = {
+        "onnx": ".int8.onnx" if int8 else ".onnx",
+        "torchscript": ".torchscript.pt",
+        "safetensors": ".safetensors",
+    }[fmt]
     target = Path(out) if out else loaded.source.with_name(loaded.source.stem + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx" and int8:

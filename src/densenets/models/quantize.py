@@ -55,7 +55,9 @@ def check_int8_ready() -> None:
         import onnx  # noqa: F401
         import onnxruntime.quantization  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"int8 runs through ONNX Runtime, which is missing ({exc}): pip install 'densenets[export]'") from exc
+        raise UserError(
+            f"int8 runs through ONNX Runtime, which is missing ({exc}): pip install 'densenets[export]'"
+        ) from exc
 
 
 def folded_copy(model: DenseNet) -> DenseNet:
@@ -110,12 +112,12 @@ def calibration_batches(
     for item in calibration:
         images, labels = (item, None) if isinstance(item, Tensor) else (item[0], item[1] if len(item) > 1 else None)
         images = _checked_images(images, in_channels)
-        if labels is not None and num_classes and isinstance(labels, Tensor) and labels.numel():
-            if labels.min() < 0 or labels.max() >= num_classes:
-                raise DataError(
-                    f"calibration labels run to {int(labels.max())} but the model has {num_classes} classes: "
-                    "calibrate on images of the model's own data set"
-                )
+        known = labels is not None and num_classes and isinstance(labels, Tensor) and labels.numel()
+        if known and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(
+                f"calibration labels run to {int(labels.max())} but the model has {num_classes} classes: "
+                "calibrate on images of the model's own data set"
+            )
         batches.append(images[: limit - count])
         count += len(batches[-1])
         if count >= limit:
@@ -166,7 +168,7 @@ def _folder_batches(folder: Path, in_channels: int, preprocess: dict | None, cla
 
 
 def quantize_onnx(graph: bytes, batches: Iterable[Tensor], input_name: str = "images") -> bytes:
-    """A QDQ int8 graph: per-channel int8 weights, uint8 activations calibrated (min-max) on ``batches``."""
+    """A QDQ int8 graph: per-channel int8 weights, int8 activations calibrated (min-max) on ``batches``."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -194,6 +196,6 @@ def _quantize(graph: bytes, reader) -> bytes:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shapes + conv/BN fusions
         quantize_static(
             str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
         )  # fmt: skip
         return quantized.read_bytes()

@@ -32,7 +32,7 @@ from .report import to_markdown
 from .timing import matmul_peak_gflops
 
 SECTIONS = ("train", "infer", "memory", "levers")
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
 
 
@@ -91,6 +91,16 @@ def contenders(work: Workload, device: torch.device) -> dict[str, dict]:
     ours = {**base, "impl": "densenets", "layout": ours_layout, "allocator": tuned}
     tv = {**base, "impl": "torchvision", "allocator": tuned}
     specs: dict[str, dict] = {}
+    if work.precision == "int8":
+        # int8 runs through ONNX Runtime's static quantization for both models (like for like),
+        # and is paired with torchvision channels_last in fp32 too.
+        if work.task != "infer" or not onnxruntime_available(device):
+            raise ValueError("bench precision int8: inference on the CPU with onnx and onnxruntime installed only")
+        return {
+            "densenets optimize_for_inference": {**ours, "form": "optimized", "layout": "nchw"},
+            "torchvision through ONNX Runtime": {**tv, "form": "onnxruntime", "layout": "nchw"},
+            FP32_REFERENCE: {**tv, "layout": "cl", "precision": "fp32"},
+        }
     if work.task == "train":
         specs["densenets"] = ours
         if cpu:
@@ -111,10 +121,12 @@ def contenders(work: Workload, device: torch.device) -> dict[str, dict]:
 
 def baseline_of(label: str, specs: dict[str, dict], medians: dict[str, float]) -> str:
     """The row a contender is compared with: torchvision through the same runtime (ONNX
-    Runtime rows), else the fastest torchvision PyTorch contender at the same precision."""
-    if specs[label]["form"] == "onnxruntime":
-        return next(k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == "onnxruntime")
+    Runtime rows, and int8, which both models run through ONNX Runtime's quantization),
+    else the fastest torchvision PyTorch contender at the same precision."""
     precision = specs[label]["precision"]
+    if specs[label]["form"] == "onnxruntime" or precision == "int8":
+        return next(k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == "onnxruntime"
+                    and v["precision"] == precision)  # fmt: skip
     rows = [k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == "module"
             and v["precision"] == precision]  # fmt: skip
     return min(rows, key=medians.__getitem__)
@@ -318,7 +330,7 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
         raise ValueError(f"unknown bench precision(s) {bad}; choose from {', '.join(PRECISION_DTYPES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     log("measuring the matrix-multiply peak of each precision")
-    measured = sorted({"fp32", *cfg.precisions} & set(PRECISION_DTYPES))
+    measured = sorted(p for p in {"fp32", *cfg.precisions} if PRECISION_DTYPES.get(p) is not None)
     peaks = {p: matmul_peak_gflops(device, PRECISION_DTYPES[p]) for p in measured}
     results: dict = {"config": asdict(cfg), "environment": {**environment(device), "matmul_peak_gflops": peaks}}
 

@@ -82,11 +82,14 @@ def build(spec: dict) -> Callable[[], object]:
     if spec["task"] == "train":
         y = torch.randint(0, 10, (spec["batch"],), device=device)
         return training_step_fn(model, x, y, amp_dtype(_amp_name(precision)))
+    calibration = x.cpu()  # int8 ranges from the timed batch itself: fine for timing, not for accuracy
     if spec["form"] == "optimized":
         options = {} if precision == "fp32" else {"precision": precision}
+        if precision == "int8":
+            options["calibration"] = calibration
         return inference_fn(optimize_for_inference(model, **options), x)
     if spec["form"] == "onnxruntime":
-        options = {} if precision == "fp32" else {"precision": precision}
+        options = {} if precision == "fp32" else {"precision": precision, "calibration": [calibration]}
         return inference_fn(OnnxRuntimeModule(model.cpu().eval(), x[:1].cpu(), **options), x)
     return inference_fn(model, x, amp_dtype(_amp_name(precision)))
 

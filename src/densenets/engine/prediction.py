@@ -26,7 +26,7 @@ def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5,
     or ``{"file", "error"}`` for a file that cannot be read as an image."""
     transform = image_transform(loaded.preprocess)
     model = loaded.model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime (int8) module has none: CPU
     names = loaded.class_names
     records: list[dict] = []
     ready: list[tuple[int, torch.Tensor]] = []

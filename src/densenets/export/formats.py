@@ -106,6 +106,34 @@ def export_safetensors(loaded: LoadedModel, path: str | Path) -> dict:
     return {"path": str(path), "config": str(json_path), "format": "safetensors", **parity}
 
 
+def export_onnx_int8(loaded: LoadedModel, path: str | Path, calibration: str | None) -> dict:
+    """Write an int8 QDQ ``.onnx`` (as ``--precision int8`` runs it) and check it with onnxruntime
+    against the fp32 PyTorch model on the calibration images (top-1 agreement, largest difference)."""
+    from ..engine.precision import with_precision
+
+    module, info = with_precision(loaded, "int8", calibration)
+    path = Path(path)
+    path.write_bytes(module.graph)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = _exportable(loaded.model)
+    agree = total = 0
+    diff = 0.0
+    for images in module.calibration[:4]:
+        got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+        with torch.no_grad():
+            expected = model(images)
+        if not torch.isfinite(got).all():
+            raise UserError("the int8 ONNX graph gives non-finite outputs; calibrate on images of the model's data set")
+        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+        total += len(images)
+        diff = max(diff, (got - expected).abs().max().item())
+    return {"path": str(path), "format": "onnx", "precision": "int8", "note": info["note"],
+            "verified": "onnxruntime", "top1_agreement": 100.0 * agree / total, "checked_images": total,
+            "max_abs_diff": diff}  # fmt: skip
+
+
 def _compare(got: torch.Tensor, expected: torch.Tensor, what: str) -> dict:
     diff = (got.float() - expected.float()).abs().max().item()
     scale = max(expected.abs().max().item(), 1.0)
@@ -115,15 +143,27 @@ def _compare(got: torch.Tensor, expected: torch.Tensor, what: str) -> dict:
 
 
 def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None, model_name: str | None = None,
-                 input_size: int | None = None) -> dict:  # fmt: skip
-    """Load any supported checkpoint and export it; ``out`` defaults to the checkpoint's name."""
+                 input_size: int | None = None, int8: bool = False,
+                 calibration: str | None = None) -> dict:  # fmt: skip
+    """Load any supported checkpoint and export it; ``out`` defaults to the checkpoint's name.
+    ``int8`` (ONNX only): statically quantized, calibrated on ``calibration`` (folder or "auto")."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if (int8 or calibration) and fmt != "onnx":
+        raise UserError("--int8 and --calibration are for --format onnx only")
+    if calibration and not int8:
+        raise UserError("--calibration is for --int8 exports only; add --int8")
     loaded = load_model(checkpoint, model_name)
     size = input_size or loaded.preprocess.get("crop")
-    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}[fmt]
+    suffix = {
+        "onnx": ".int8.onnx" if int8 else ".onnx",
+        "torchscript": ".torchscript.pt",
+        "safetensors": ".safetensors",
+    }[fmt]
     target = Path(out) if out else loaded.source.with_name(loaded.source.stem + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx" and int8:
+        return export_onnx_int8(loaded, target, calibration)
     if fmt == "onnx":
         return export_onnx(loaded.model, target, size)
     if fmt == "torchscript":

@@ -1,0 +1,197 @@
+"""bf16 and int8 inference: each precision runs, agrees with fp32 on a trained tiny model
+(digits and an ImageFolder made from the digits), and bad calibration input is one line, exit 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from densenets.cli.main import main
+from densenets.data import DataSpec, build_data
+from densenets.engine.evaluation import evaluate_checkpoint
+from densenets.engine.recipes import base_recipe, resolve_recipe
+from densenets.engine.trainer import fit
+from densenets.models import quantize
+from densenets.models.inference import optimize_for_inference
+
+pytest.importorskip("onnxruntime")
+needs_vnni = pytest.mark.skipif(quantize.int8_cpu_problem() is not None, reason="int8 needs VNNI on this CPU")
+
+TOLERANCE = {"bf16": 0.5, "int8": 0.5}  # points of test error against fp32, as issue 11 asks
+# On the 360-image digits test split 0.5 points is one image, so the models must be trained well
+# enough that few predictions sit on a knife edge: 12 epochs reach about 5-8% test error here.
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def train(data: str, data_dir: Path, run: Path) -> Path:
+    recipe = resolve_recipe(
+        base_recipe("digits"), model="densenet_bc22_k8", data=data, data_dir=str(data_dir),
+        epochs=12, batch_size=32, workers=0,
+    )  # fmt: skip
+    fit(recipe, run, show_progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    return train("digits", tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("digits") / "run")
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """The digits written as PNG files in class folders (train/ and val/), trained as imagefolder."""
+    root = tmp_path_factory.mktemp("digits_folder")
+    bundle = build_data(DataSpec("digits", image_size=16))
+    for part, dataset in (("train", bundle.train), ("val", bundle.test)):
+        for i in range(len(dataset)):
+            image, label = dataset[i]
+            folder = root / part / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = (image[0] * bundle.preprocess["std"][0] + bundle.preprocess["mean"][0]).clamp(0, 1)
+            Image.fromarray((pixels * 255).round().byte().numpy(), mode="L").save(folder / f"{i}.png")
+    return train("imagefolder", root, tmp_path_factory.mktemp("folder") / "run")
+
+
+def errors(run: Path, calibration=None) -> dict:
+    out = {"fp32": evaluate_checkpoint(run, precision="fp32")["error"]}
+    out["bf16"] = evaluate_checkpoint(run, precision="bf16")["error"]
+    if quantize.int8_cpu_problem() is None:
+        out["int8"] = evaluate_checkpoint(run, precision="int8", calibration=calibration)["error"]
+    return out
+
+
+@pytest.mark.parametrize("which", ["digits", "folder"])
+def test_bf16_and_int8_test_error_within_half_a_point_of_fp32(which, digits_run, folder_run):
+    run = digits_run if which == "digits" else folder_run
+    result = errors(run)
+    assert result["fp32"] < 25.0, result  # the model learnt (chance is 90%)
+    for precision in ("bf16", "int8"):
+        if precision in result:
+            assert abs(result[precision] - result["fp32"]) <= TOLERANCE[precision], result
+
+
+@needs_vnni
+def test_eval_cli_names_the_precision_and_calibrates_on_a_folder(folder_run, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "eval", folder_run, "--precision", "int8", "--calibration",
+                             folder_run.parent / "train", "--out", tmp_path / "e")  # fmt: skip
+    assert code == 0, err
+    assert "precision: int8 (approximate" in out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["precision"] == "int8"
+
+
+def test_predict_runs_each_precision(digits_run, tmp_path, capsys):
+    image = tmp_path / "three.png"
+    Image.new("L", (16, 16), 0).save(image)
+    for precision in ("fp32", "bf16", "int8"):
+        if precision == "int8" and quantize.int8_cpu_problem():
+            continue
+        code, out, err = run_cli(capsys, "predict", digits_run, image, "--precision", precision, "--json")
+        assert code == 0, err
+        probabilities = [p["probability"] for p in json.loads(out)[0]["predictions"]]
+        assert abs(sum(probabilities) - 1.0) < 0.05 or len(probabilities) < 10
+
+
+@needs_vnni
+def test_int8_onnx_export_is_checked_with_onnxruntime(digits_run, tmp_path, capsys):
+    out_file = tmp_path / "model.int8.onnx"
+    code, out, err = run_cli(capsys, "export", digits_run, "--format", "onnx", "--int8", "--calibration", "auto",
+                             "--out", out_file)  # fmt: skip
+    assert code == 0, err
+    assert out_file.is_file() and "checked with onnxruntime" in out and "int8" in out
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(out_file)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "BatchNormalization" not in [n.op_type for n in onnx.load(str(out_file)).graph.node if "conv" in n.name]
+
+
+def test_folded_copy_gives_the_same_outputs():
+    from densenets import create_model
+
+    model = create_model("densenet_bc16_k4").eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(quantize.folded_copy(model)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def make_folder(root: Path, names: list[str], channels: str = "L", size: int = 16) -> Path:
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        Image.new(channels, (size, size)).save(root / name / "a.png")
+    return root
+
+
+@needs_vnni
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "holds no image files"),
+        ("missing", "does not exist"),
+        ("classes", "class folders the model does not know"),
+    ],
+)
+def test_bad_calibration_folder_is_one_line_exit_2(case, message, digits_run, tmp_path, capsys):
+    folder = tmp_path / "calib"
+    if case == "empty":
+        folder.mkdir()
+    elif case == "classes":
+        make_folder(folder, ["cat", "dog"])
+    code, out, err = run_cli(capsys, "eval", digits_run, "--precision", "int8", "--calibration", folder)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@needs_vnni
+def test_bad_calibration_tensors_name_the_problem(digits_run):
+    from densenets.engine.loading import load_model
+    from densenets.errors import DataError
+
+    model = load_model(digits_run).model  # 1 channel, 10 classes
+    with pytest.raises(DataError, match="3 channels but the model takes 1"):
+        optimize_for_inference(model, precision="int8", calibration=torch.rand(4, 3, 16, 16))
+    with pytest.raises(DataError, match=r"shape \(N, 1, H, W\)"):
+        optimize_for_inference(model, precision="int8", calibration=torch.rand(4, 16, 16))
+    with pytest.raises(DataError, match="labels run to 11"):
+        optimize_for_inference(model, precision="int8", calibration=[(torch.rand(2, 1, 16, 16), torch.tensor([0, 11]))])
+    with pytest.raises(DataError, match="no images"):
+        optimize_for_inference(model, precision="int8", calibration=[])
+
+
+def test_int8_without_vnni_or_onnxruntime_is_one_line_exit_2(digits_run, monkeypatch, capsys):
+    monkeypatch.setattr(quantize, "int8_cpu_problem", lambda: "this CPU has no VNNI int8 instructions")
+    code, _, err = run_cli(capsys, "eval", digits_run, "--precision", "int8")
+    assert code == 2 and "int8 needs a CPU with VNNI" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime.quantization", None)
+    code, _, err = run_cli(capsys, "predict", digits_run, digits_run / "config.json", "--precision", "int8")
+    assert code == 2 and "pip install 'densenets[export]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_calibration_without_int8_is_refused(digits_run, capsys):
+    code, _, err = run_cli(capsys, "eval", digits_run, "--precision", "bf16", "--calibration", "auto")
+    assert code == 2 and "--calibration is for --precision int8 only" in err
+
+
+@needs_vnni
+def test_bench_int8_rows_are_like_for_like_and_run():
+    from densenets.bench.harness import Workload, contenders
+    from densenets.bench.worker import run
+
+    specs = contenders(Workload("infer", "densenet_bc16_k4", 2, 32, "int8"), torch.device("cpu"))
+    assert {s["precision"] for k, s in specs.items() if "int8" in k} == {"int8"}
+    assert {s["precision"] for k, s in specs.items() if k.endswith("fp32")} == {"fp32"}
+    for label in ("densenets optimize_for_inference int8", "torchvision through ONNX Runtime int8"):
+        result = run({**specs[label], "reps": 1, "warmup": 1})
+        assert result["median_s"] > 0

@@ -73,7 +73,7 @@ def workloads(task: str, quick: bool) -> list[tuple[str, int, int]]:
 
 def ours_channels_last(device: torch.device, precision: str) -> bool:
     """The training engine's default layout for this device and precision (one rule, in runtime)."""
-    return default_channels_last(device, amp_dtype("none" if precision == "fp32" else precision))
+    return default_channels_last(device, amp_dtype("bf16" if precision == "bf16" else "none"))
 
 
 def onnxruntime_available(device: torch.device) -> bool:

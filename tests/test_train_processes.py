@@ -66,7 +66,12 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """2 CPU processes under torchrun; the timeout only catches a hang (gloo's own is 30 minutes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if done.returncode != 0 and "Connection reset by peer" in done.stderr:
+        # gloo's TCP rendezvous on a loaded 2-core machine occasionally drops a connection
+        # (seen once in several runs); one fresh launch, the assertions stay the same.
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    return done
 
 
 def test_torchrun_two_cpu_ranks_agree_and_match_one_process_at_the_same_global_batch(tmp_path):

@@ -67,9 +67,11 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if done.returncode != 0 and "Connection reset by peer" in done.stderr:
-        # gloo's TCP rendezvous on a loaded 2-core machine occasionally drops a connection
-        # (seen once in several runs); one fresh launch, the assertions stay the same.
+    for _ in range(2):
+        if done.returncode == 0 or "gloo" not in done.stderr:
+            break
+        # gloo's TCP setup on a loaded 2-core machine occasionally fails (connection reset, process
+        # group creation); a fresh launch, the assertions stay the same.
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     return done
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, reject_unknown_fields
+from .layers import init_weights, make_classifier
 
 Stem = Literal["cifar", "imagenet"]
 DropoutPlacement = Literal["paper", "torchvision"]
@@ -303,21 +304,10 @@ class DenseNet(nn.Module):
         self._init_weights(c.init)
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
-        if num_classes == 0:
-            return nn.Identity()
-        layer = nn.Linear(self.num_features, num_classes)
-        nn.init.zeros_(layer.bias)
-        return layer
+        return make_classifier(self.num_features, num_classes)
 
     def _init_weights(self, scheme: InitScheme) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode=scheme, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, scheme)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, num_features, h, w), after the final BN and ReLU."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .layers import init_weights, make_classifier
 
 Unit = Literal["basic", "preact_bottleneck", "wide"]
 Shortcut = Literal["A", "B"]
@@ -289,19 +290,10 @@ class CifarResNet(nn.Module):
         self._init_weights(c.init)
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
-        if num_classes == 0:
-            return nn.Identity()
-        layer = nn.Linear(self.num_features, num_classes)
-        nn.init.zeros_(layer.bias)
-        return layer
+        return make_classifier(self.num_features, num_classes)
 
     def _init_weights(self, scheme: str) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode=scheme, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, scheme)
 
     def _stem(self, x: Tensor) -> Tensor:
         x = self.conv1(x)

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -62,8 +63,8 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
         assert torch.equal(full[key], resumed[key]), key
 
 
-def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """2 CPU processes under torchrun; the timeout only catches a hang (gloo's own is 30 minutes)."""
+def torchrun(*args: str, run: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """2 CPU processes under torchrun writing to `run`; the timeout only catches a hang (gloo's own is 30 minutes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -71,7 +72,8 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         if done.returncode == 0 or "gloo" not in done.stderr:
             break
         # gloo's TCP setup on a loaded 2-core machine occasionally fails (connection reset, process
-        # group creation); a fresh launch, the assertions stay the same.
+        # group creation); a fresh launch into an empty run folder, the assertions stay the same.
+        shutil.rmtree(run, ignore_errors=True)
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     return done
 
@@ -79,7 +81,7 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_torchrun_two_cpu_ranks_agree_and_match_one_process_at_the_same_global_batch(tmp_path):
     write_cifar10(tmp_path / "data", n_train=80, n_test=20)
     run = tmp_path / "run"
-    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "agree", str(tmp_path / "data"), str(run))
+    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "agree", str(tmp_path / "data"), str(run), run=run)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x2 processes" in done.stdout
     rank0, rank1 = (torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -115,7 +117,7 @@ def test_readme_torchrun_command_runs_to_the_end(tmp_path):
     run = tmp_path / "run"
     done = torchrun(
         "-m", "densenets", "train", "--epochs", "2", "--no-progress", "--model", "densenet_bc16_k4",
-        "--data", "cifar10+", "--data-dir", str(tmp_path / "data"), "--batch-size", "20", "--run-dir", str(run),
+        "--data", "cifar10+", "--data-dir", str(tmp_path / "data"), "--batch-size", "20", "--run-dir", str(run), run=run,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "final test error" in done.stdout and "x2 processes" in done.stdout
@@ -127,7 +129,7 @@ def test_an_error_on_rank_0_alone_stops_every_rank(tmp_path):
     """Rank 0's disk is full: rank 0 reports it and rank 1 stops with it, instead of waiting in a collective."""
     write_cifar10(tmp_path / "data", n_train=80, n_test=20)
     done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "full-disk", str(tmp_path / "data"),
-                    str(tmp_path / "run"), timeout=180)  # fmt: skip
+                    str(tmp_path / "run"), run=tmp_path / "run", timeout=180)  # fmt: skip
     assert done.returncode != 0
     assert "No space left on device" in done.stderr
     assert "stopped because rank 0 failed: CheckpointError: could not write checkpoint" in done.stderr

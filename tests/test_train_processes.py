@@ -1,8 +1,8 @@
 """Training in real processes: killed with SIGKILL and resumed; two ranks under torchrun."""
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -117,7 +117,8 @@ def test_readme_torchrun_command_runs_to_the_end(tmp_path):
     run = tmp_path / "run"
     done = torchrun(
         "-m", "densenets", "train", "--epochs", "2", "--no-progress", "--model", "densenet_bc16_k4",
-        "--data", "cifar10+", "--data-dir", str(tmp_path / "data"), "--batch-size", "20", "--run-dir", str(run), run=run,
+        "--data", "cifar10+", "--data-dir", str(tmp_path / "data"), "--batch-size", "20", "--run-dir", str(run),
+        run=run,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "final test error" in done.stdout and "x2 processes" in done.stdout

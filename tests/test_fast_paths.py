@@ -44,7 +44,9 @@ def test_fused_block_equals_plain_layers(settings, kernels):
     if kernels == "compiled" and not cpu_kernels.available():
         pytest.skip("no C compiler: the compiled kernels are unavailable here")
     torch.manual_seed(0)
-    fused = DenseNet(tiny(**settings)).to(memory_format=CL)
+    efficient = settings.get("memory_efficient", False)
+    config = tiny(**{k: v for k, v in settings.items() if k != "memory_efficient"})
+    fused = DenseNet(config, memory_efficient=efficient).to(memory_format=CL)
     plain = copy.deepcopy(fused)
     plain.set_fused(False)
     size = 32 if settings.get("stem") == "imagenet" else 8

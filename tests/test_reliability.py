@@ -22,10 +22,10 @@ from densenets.data import DataSpec, build_data
 from densenets.engine import base_recipe, resolve_recipe
 from densenets.engine import checkpoint as checkpoint_module
 from densenets.engine.checkpoint import load_checkpoint
-from densenets.engine.loading import load_model
 from densenets.engine.prediction import predict_images
 from densenets.engine.trainer import fit
 from densenets.errors import CheckpointError, DataError, TrainingDiverged
+from densenets.models.weights import load_model
 
 from .fakedata import write_cifar10, write_image_folder
 

@@ -123,7 +123,7 @@ def test_bf16_autocast_and_memory_efficient_train_on_cpu(tmp_path):
     recipe = tiny_recipe(tmp_path / "data", amp="bf16", memory_efficient=True, channels_last=False, max_steps=2)
     result = fit(recipe, tmp_path / "run", show_progress=False)
     assert result.summary["steps"] == 2
-    assert result.model.config.memory_efficient
+    assert result.model.memory_efficient
 
 
 def test_sync_bn_on_cpu_is_refused_clearly(tmp_path):

@@ -69,7 +69,7 @@ def _variant_cost(name: str, num_classes: int) -> tuple[int, int]:
 
 def run_cost(run: dict) -> tuple[int, int]:
     """(parameters, FLOPs per image) of a run's model, from its config."""
-    config = DenseNetConfig.from_dict({**run["config"]["model"], "memory_efficient": False})
+    config = DenseNetConfig.from_dict(run["config"]["model"])
     from ..models import DenseNet
 
     model = DenseNet(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..engine.loading import resolve_checkpoint_path
+from ..models.weights import resolve_checkpoint_path
 
 
 def add_parser(sub) -> None:
@@ -53,8 +53,8 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..engine.loading import load_model
     from ..engine.prediction import format_predictions, predict_images
+    from ..models.weights import load_model
 
     loaded = load_model(args.checkpoint, args.model)
     records = predict_images(loaded, args.images, args.top_k)

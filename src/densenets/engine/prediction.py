@@ -9,7 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..data.transforms import image_transform
-from .loading import LoadedModel
+from ..models.weights import LoadedModel
 
 
 def read_image(path: str | Path) -> Image.Image:

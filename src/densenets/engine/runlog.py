@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..models.weights import RUN_CHECKPOINTS
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-LAST = "last.pt"
-BEST = "best.pt"
+BEST, LAST = RUN_CHECKPOINTS  # the files a run folder stands for (models.weights reads them)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -19,6 +19,7 @@ from ..data.determinism import derive_seed
 from ..data.samplers import ResumableSampler, ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 from ..models import DenseNet, DenseNetConfig, get_config
+from ..models.weights import load_backbone
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -37,7 +38,6 @@ from .distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from .loading import load_weights
 from .loop import TrainState, evaluate, train_one_epoch
 from .recipes import Recipe
 from .runlog import BEST, CONFIG, LAST, SUMMARY, RunLog, read_json, write_json
@@ -163,7 +163,6 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
         in_channels=data.in_channels,
         dropout=recipe.dropout,
         init=recipe.init,
-        memory_efficient=recipe.memory_efficient,
     )
     config = {
         "recipe": recipe.to_dict(),
@@ -186,7 +185,7 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     }
     if resume:
         saved = read_json(run_dir / CONFIG)
-        if saved["model"] != config["model"]:
+        if DenseNetConfig.from_dict(saved["model"]) != model_config:
             raise UserError(f"{run_dir}/{CONFIG} describes a different model than the recipe builds")
         config = saved
     elif dist.is_main:
@@ -197,7 +196,7 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     per_rank_batch = recipe.batch_size // dist.world_size
 
     torch.manual_seed(derive_seed(recipe.seed, "init"))
-    model: nn.Module = DenseNet(model_config)
+    model: nn.Module = DenseNet(model_config, memory_efficient=recipe.memory_efficient)
     if recipe.weights and not resume:
         _init_from_weights(model, recipe.weights, dist.is_main)
     if recipe.sync_bn and runtime.device.type != "cuda":
@@ -240,15 +239,10 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
 def _init_from_weights(model: DenseNet, path: str, verbose: bool) -> None:
     """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
     state = state_dict_from(load_checkpoint(path))
-    own = model.state_dict()
     theirs = state.get("classifier.weight")
-    if theirs is not None and theirs.shape != own["classifier.weight"].shape:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
-        if verbose:
-            print(f"{path}: {theirs.shape[0]} classes in the file, {own['classifier.weight'].shape[0]} in the data: "
-                  "classifier re-initialised", flush=True)  # fmt: skip
-    load_weights(model, state, path)
+    if load_backbone(model, state, path) and verbose:
+        print(f"{path}: {theirs.shape[0]} classes in the file, {model.config.num_classes} in the data: "
+              "classifier re-initialised", flush=True)  # fmt: skip
 
 
 def _restore(run: Run) -> None:

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..engine.loading import LoadedModel, load_model
 from ..errors import UserError
 from ..models import DenseNet
 from ..models.onnx_runtime import onnx_bytes
 from ..models.onnx_runtime import plain_eval_copy as _exportable
+from ..models.weights import MODEL_FORMAT, LoadedModel, load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors")
-MODEL_FORMAT = "densenets-model/1"
 
 
 def _example(model: DenseNet, input_size: int | None, batch: int = 2) -> torch.Tensor:
@@ -79,7 +78,7 @@ def export_safetensors(loaded: LoadedModel, path: str | Path) -> dict:
     meta = {
         "format": MODEL_FORMAT,
         "name": loaded.name,
-        "model": {**loaded.model.config.to_dict(), "memory_efficient": False},
+        "model": loaded.model.config.to_dict(),
         "preprocess": loaded.preprocess,
         "class_names": loaded.class_names,
         "weights": path.name,

@@ -1,4 +1,4 @@
-"""DenseNet models: the network, its config, and the registry of named variants."""
+"""DenseNet models: the network, its config, the registry of named variants, and weights."""
 
 from .densenet import (
     VARIANTS,
@@ -10,7 +10,10 @@ from .densenet import (
     cifar_config,
     imagenet_config,
 )
-from .registry import UnknownModelError, create_model, get_config, list_models, register_model
+from .factory import create_model
+from .features import DenseNetFeatures
+from .pretrained import PretrainedEntry, data_config, list_pretrained, register_weights
+from .registry import UnknownModelError, get_config, list_models, register_model
 
 __all__ = [
     "VARIANTS",
@@ -18,12 +21,17 @@ __all__ = [
     "DenseLayer",
     "DenseNet",
     "DenseNetConfig",
+    "DenseNetFeatures",
+    "PretrainedEntry",
     "Transition",
     "UnknownModelError",
     "cifar_config",
     "create_model",
+    "data_config",
     "get_config",
     "imagenet_config",
     "list_models",
+    "list_pretrained",
     "register_model",
+    "register_weights",
 ]

@@ -113,3 +113,28 @@ def _resize_steps(preprocess: dict) -> list:
 
 def _to_rgb(img):
     return img.convert("RGB") if getattr(img, "mode", "RGB") != "RGB" else img
+
+
+_INTERPOLATION = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+
+
+def transforms_from_config(config: dict, train: bool = False) -> T.Compose:
+    """torchvision transforms for a ``data_config`` dict (input_size, interpolation, mean, std, crop_pct).
+
+    Test: resize the shorter side to ``size / crop_pct``, centre-crop ``size``. Train:
+    random-resized crop and flip. One-channel models get greyscale, others RGB, so the
+    tensor always has the channels the model takes.
+    """
+    channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
+    mode = _INTERPOLATION.get(config.get("interpolation", "bilinear"), T.InterpolationMode.BILINEAR)
+    steps = [T.Grayscale(1)] if channels == 1 else [T.Lambda(_to_rgb)]
+    if train:
+        steps += [T.RandomResizedCrop(size, interpolation=mode), T.RandomHorizontalFlip()]
+    else:
+        pct = float(config.get("crop_pct", 1.0))
+        steps += [T.Resize(round(size / pct), interpolation=mode), T.CenterCrop(size)]
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(config["mean"], config["std"])])

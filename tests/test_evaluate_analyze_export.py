@@ -64,7 +64,7 @@ def test_ten_crop_eval_on_an_image_folder(tmp_path, capsys):
     write_image_folder(tmp_path / "data", classes=3, per_class=6, size=40)
     recipe = resolve_recipe(
         base_recipe("imagefolder"), model="densenet_bc16_k4", data_dir=str(tmp_path / "data"), image_size=32,
-        epochs=1, batch_size=6, workers=0,
+        augment="imagenet", epochs=1, batch_size=6, workers=0,
     )  # fmt: skip
     fit(recipe, tmp_path / "run", show_progress=False)
     capsys.readouterr()

@@ -22,6 +22,8 @@ from densenets.errors import CheckpointError, ConfigError
 from densenets.models import DenseNet, get_config
 from densenets.models.pretrained import PretrainedEntry, register_weights, unregister_weights
 
+from .fakedata import write_image_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_MODEL = "densenet40_k12"  # small, registered (so hubconf exposes it), CIFAR stem
 
@@ -186,3 +188,38 @@ def test_create_model_from_a_saved_model_keeps_its_weights_or_refuses_shape_chan
     with pytest.raises(ConfigError, match="would change the shapes") as info:
         create_model(str(tmp_path / "m.json"), num_classes=10)
     assert "\n" not in str(info.value)
+
+
+def test_finetune_an_image_folder_from_named_weights_beats_chance(fake_entry, tmp_path, capsys):
+    data = write_image_folder(tmp_path / "folder", classes=3, per_class=12, size=20)
+    run = tmp_path / "run"
+    code = main([
+        "train", "--data", "imagefolder", "--data-dir", str(data), "--model", FAKE_MODEL, "--pretrained",
+        "--image-size", "16", "--epochs", "3", "--batch-size", "12", "--accum-steps", "2", "--freeze-epochs", "1",
+        "--lr", "0.05", "--run-dir", str(run), "--no-progress",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"starting from {FAKE_MODEL}.fake" in out and "new classifier for 3 classes" in out
+    assert "augmentation: crop-flip (chosen for 16px images" in out
+    config = json.loads((run / "config.json").read_text())
+    recipe = config["recipe"]
+    assert (recipe["schedule"], recipe["label_smoothing"], recipe["lr"]) == ("cosine", 0.1, 0.05)
+    assert config["data"]["preprocess"]["mean"] == [0.5, 0.5, 0.5]  # the weights', not ImageNet's
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_error"] < 100 * (1 - 1 / 3)  # better than guessing among 3 classes
+
+
+def test_freeze_epochs_keep_the_backbone_and_train_the_head(fake_entry, tmp_path):
+    from densenets.engine import base_recipe, resolve_recipe
+    from densenets.engine.trainer import fit
+
+    _, _, state = fake_entry
+    data = write_image_folder(tmp_path / "folder", classes=3, per_class=4, size=16)
+    recipe = resolve_recipe(
+        base_recipe(data="imagefolder", pretrained=True), model=FAKE_MODEL, data_dir=str(data), image_size=16,
+        epochs=1, batch_size=6, freeze_epochs=1,
+    )  # fmt: skip
+    model = fit(recipe, tmp_path / "run", show_progress=False).model
+    torch.testing.assert_close(model.features.conv0.weight, state["features.conv0.weight"], rtol=0, atol=0)
+    assert model.classifier.bias.abs().sum() > 0  # the new head (bias initialised to zero) did train

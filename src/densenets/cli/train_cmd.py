@@ -37,7 +37,7 @@ def recipe_from_args(args) -> Recipe:
     if args.config:
         base = Recipe.from_dict(read_json(Path(args.config))["recipe"])
     else:
-        base = base_recipe(args.recipe, overrides.get("data"))
+        base = base_recipe(args.recipe, overrides.get("data"), overrides.get("pretrained", False))
     return resolve_recipe(base, **overrides)
 
 

@@ -42,7 +42,8 @@ class Lighting:
 
 
 def train_transform(preprocess: dict, augment: str) -> T.Compose:
-    """``augment``: ``"none"``, ``"cifar"`` (pad 4, random crop, flip) or ``"imagenet"``."""
+    """``augment``: ``"none"``, ``"crop"`` (pad 4, random crop), ``"crop-flip"`` (and flip; also
+    called ``"cifar"``) or ``"imagenet"`` (random-resized crop at scale 0.08-1, flip, colour)."""
     size = preprocess["crop"]
     normalize = T.Normalize(preprocess["mean"], preprocess["std"])
     if augment == "imagenet":
@@ -57,9 +58,15 @@ def train_transform(preprocess: dict, augment: str) -> T.Compose:
             ]
         )
     steps = [T.Grayscale(1)] if preprocess["channels"] == 1 else []
-    if augment == "cifar":
+    if augment == "cifar":  # CIFAR's images are already 32x32: no resize
         steps += [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
-    return T.Compose([*steps, *_resize_steps(preprocess), T.ToTensor(), normalize])
+        return T.Compose([*steps, T.ToTensor(), normalize])
+    steps += _resize_steps(preprocess)
+    if augment in ("crop", "crop-flip"):
+        steps.append(T.RandomCrop(size, padding=4))
+    if augment == "crop-flip":
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.ToTensor(), normalize])
 
 
 def eval_transform(preprocess: dict) -> T.Compose:

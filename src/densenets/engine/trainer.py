@@ -19,7 +19,8 @@ from ..data.determinism import derive_seed
 from ..data.samplers import ResumableSampler, ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 from ..models import DenseNet, DenseNetConfig, get_config
-from ..models.weights import load_backbone
+from ..models.pretrained import PretrainedEntry, get_weights_entry
+from ..models.weights import fetch_pretrained, load_backbone
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -145,18 +146,8 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from exc
-    data = build_data(
-        DataSpec(
-            recipe.data,
-            recipe.data_dir,
-            recipe.download,
-            recipe.image_size,
-            recipe.val_split,
-            recipe.seed,
-            recipe.verify_images,
-            recipe.skip_bad_images,
-        )  # fmt: skip
-    )
+    entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
+    data = build_data(_data_spec(recipe, entry))
     model_config = get_config(
         recipe.model,
         num_classes=data.num_classes,
@@ -199,6 +190,8 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     model: nn.Module = DenseNet(model_config, memory_efficient=recipe.memory_efficient)
     if recipe.weights and not resume:
         _init_from_weights(model, recipe.weights, dist.is_main)
+    elif entry is not None and not resume:
+        _init_from_pretrained(model, entry, dist.is_main)
     if recipe.sync_bn and runtime.device.type != "cuda":
         raise ConfigError(
             "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
@@ -211,7 +204,7 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        _param_groups(model, recipe),
         lr=recipe.lr,
         momentum=recipe.momentum,
         dampening=0.0,
@@ -234,6 +227,55 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
         remove_stale_temporaries(run_dir)
         _restore(run)
     return run
+
+
+def _data_spec(recipe: Recipe, entry: PretrainedEntry | None) -> DataSpec:
+    """What to load; with named weights, at their input size, channels and normalisation."""
+    spec = DataSpec(
+        recipe.data, recipe.data_dir, recipe.download, recipe.image_size, recipe.val_split, recipe.seed,
+        recipe.verify_images, recipe.skip_bad_images, recipe.augment,
+    )  # fmt: skip
+    if entry is None:
+        return spec
+    return replace(
+        spec,
+        image_size=recipe.image_size or entry.input_size[-1],
+        mean=tuple(entry.mean),
+        std=tuple(entry.std),
+        channels=entry.input_size[0],
+    )
+
+
+def _init_from_pretrained(model: DenseNet, entry: PretrainedEntry, verbose: bool) -> None:
+    """Start from named weights; the classifier is new unless the classes match the weights'."""
+    replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name)
+    model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
+    if verbose:
+        head = f"new classifier for {model.config.num_classes} classes" if replaced else "its classifier kept"
+        size = "x".join(str(s) for s in entry.input_size)
+        print(f"starting from {entry.name} ({entry.file_name}): {head}; input {size}, "
+              f"mean {list(entry.mean)}, std {list(entry.std)}", flush=True)  # fmt: skip
+
+
+def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0."""
+    if not recipe.freeze_epochs:
+        return [{"params": list(model.parameters())}]
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    return [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
+
+
+def _describe_data(run: Run) -> None:
+    """Say what was chosen for the user's images (augmentation, channels) in the run's first lines."""
+    r, data = run.recipe, run.data
+    if r.data not in ("imagefolder",):
+        return
+    how = "as asked" if r.augment else f"chosen for {data.image_size}px images; set --augment to change"
+    grey = "grey images, one channel" if data.in_channels == 1 else "RGB"
+    run.log(f"augmentation: {data.augment} ({how}); {grey}; normalised with mean {data.preprocess['mean']}")
+    if r.freeze_epochs:
+        run.log(f"classifier only for the first {r.freeze_epochs} epoch(s), then the whole network")
 
 
 def _init_from_weights(model: DenseNet, path: str, verbose: bool) -> None:
@@ -308,6 +350,7 @@ def _train(run: Run, show_progress: bool) -> dict:
         + (f" x{run.runtime.dist.world_size} processes" if run.runtime.dist.enabled else "")
     )
     run.log(f"run folder: {run.run_dir}")
+    _describe_data(run)
 
     def on_step(state: TrainState) -> None:
         if run.runtime.dist.enabled and _any_rank(state.stop_requested, run):

@@ -1,6 +1,8 @@
 """eval, predict, analyze, plot, report and export on a tiny trained model."""
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +200,21 @@ def test_torchvision_weights_file_with_legacy_keys(tmp_path, images, capsys):
         torch.testing.assert_close(model(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
     code, out, _ = run_cli(capsys, "predict", path, images / "red.png", "--top-k", "2", "--json")
     assert code == 0 and len(json.loads(out)[0]["predictions"]) == 2
+
+
+def test_predict_over_a_folder_and_a_glob_into_csv(trained_run, images, tmp_path, capsys):
+    out_csv = tmp_path / "predictions.csv"
+    code, out, _ = run_cli(
+        capsys, "predict", trained_run, images, str(images / "*.png"), "--batch-size", "2", "--top-k", "2",
+        "--csv", out_csv, "--device", "cpu",
+    )  # fmt: skip
+    assert code == 1 and "unreadable" in out  # broken.jpg is in the folder
+    rows = list(csv.DictReader(out_csv.open()))
+    names = [Path(r["file"]).name for r in rows]
+    # the folder (sorted, torchvision's image extensions: no .gif) then the pattern's three PNGs
+    assert names == ["broken.jpg", "gray.png", "green_alpha.png", "red.png", "gray.png", "green_alpha.png", "red.png"]
+    assert rows[0]["error"] and not rows[0]["class_1"]
+    for row in rows[1:]:
+        assert row["class_1"].startswith("class") and float(row["probability_1"]) >= float(row["probability_2"])
+    code, _, err = run_cli(capsys, "predict", trained_run, images, "--device", "tpu")
+    assert code == 2 and "device" in err and "\n" not in err.strip()

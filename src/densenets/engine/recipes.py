@@ -9,8 +9,12 @@ recipe written to the run folder repeats the run on its own.
 from __future__ import annotations
 
 import difflib
+import json
 import typing
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import yaml
 
 from ..errors import ConfigError
 
@@ -212,3 +216,27 @@ def resolve_recipe(recipe: Recipe, **overrides) -> Recipe:
     if recipe.dropout is None:
         recipe = replace(recipe, dropout=0.0 if recipe.data in AUGMENTED_DATA else 0.2)
     return recipe
+
+
+def read_recipe_file(path: str | Path) -> Recipe:
+    """A recipe from a run's ``config.json`` or a YAML/JSON file of recipe fields (flat, or under ``recipe:``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid {kind} ({first})") from exc
+    if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
+        data = data["recipe"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected recipe fields (name: value), found {type(data).__name__}")
+    if isinstance(data.get("lr_milestones"), list):
+        data = {**data, "lr_milestones": tuple(data["lr_milestones"])}
+    return Recipe.from_dict(data)

@@ -223,3 +223,22 @@ def test_freeze_epochs_keep_the_backbone_and_train_the_head(fake_entry, tmp_path
     model = fit(recipe, tmp_path / "run", show_progress=False).model
     torch.testing.assert_close(model.features.conv0.weight, state["features.conv0.weight"], rtol=0, atol=0)
     assert model.classifier.bias.abs().sum() > 0  # the new head (bias initialised to zero) did train
+
+
+def test_a_grey_image_folder_trains_a_one_channel_model_without_rgb_conversion(tmp_path, capsys):
+    from densenets.engine import base_recipe, resolve_recipe
+    from densenets.engine.trainer import fit
+
+    for c in range(2):
+        folder = tmp_path / "grey" / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (12, 12), 40 + 160 * c + i).save(folder / f"{i}.png")
+    recipe = resolve_recipe(
+        base_recipe("imagefolder"), model="densenet_bc16_k4", data_dir=str(tmp_path / "grey"), image_size=12,
+        epochs=1, batch_size=4,
+    )  # fmt: skip
+    result = fit(recipe, tmp_path / "run", show_progress=False)
+    out = capsys.readouterr().out
+    assert result.model.config.in_channels == 1
+    assert "augmentation: crop-flip (chosen for 12px images" in out and "grey images, one channel" in out

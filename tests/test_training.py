@@ -161,3 +161,12 @@ def test_gradient_accumulation_gives_the_same_step_as_one_batch():
     assert results[1][1] == results[0][1]
     for a, b in zip(results[0][2], results[1][2], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_finetune_recipe_is_picked_for_a_pretrained_image_folder_and_a_weights_file_replaces_named_weights():
+    recipe = resolve_recipe(base_recipe(data="imagefolder", pretrained=True))
+    assert (recipe.pretrained, recipe.schedule, recipe.lr) == (True, "cosine", 0.01)
+    assert resolve_recipe(base_recipe("finetune"), weights="run/best.pt").pretrained is False
+    with pytest.raises(ConfigError, match="not both"):
+        resolve_recipe(base_recipe("finetune"), weights="run/best.pt", pretrained=True)
+    assert base_recipe(data="imagefolder").pretrained is False and RECIPES["cifar"].schedule == "step"

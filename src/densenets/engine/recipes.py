@@ -212,6 +212,8 @@ def resolve_recipe(recipe: Recipe, **overrides) -> Recipe:
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
+    if overrides.get("weights") and "pretrained" not in overrides:
+        overrides = {**overrides, "pretrained": False}  # a weights file replaces the recipe's named weights
     recipe = replace(recipe, **overrides)
     if recipe.dropout is None:
         recipe = replace(recipe, dropout=0.0 if recipe.data in AUGMENTED_DATA else 0.2)

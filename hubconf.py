@@ -1,7 +1,7 @@
 """torch.hub entry points: ``torch.hub.load("<owner>/densenets", "densenet121", pretrained=True)``.
 
 Every named variant of ``densenets list`` is an entry point taking ``pretrained`` (True, or
-a tag such as ``"imagenet"``) and any DenseNetConfig field. Works from a fresh clone: the
+a tag such as ``"imagenet"``) and any field of its config (the ResNet baselines too). Works from a fresh clone: the
 package is imported from ``src/`` next to this file.
 """
 

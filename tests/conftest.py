@@ -19,3 +19,20 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+
+
+_REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+_CACHES = {".pytest_cache", ".ruff_cache", "__pycache__", ".venv", ".git"}
+
+
+def _repo_entries() -> set[str]:
+    return {p.name for p in _REPO.iterdir() if p.name not in _CACHES}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_writes_only_under_tmp():
+    """The suite writes only under pytest's temporary folders: no runs/, plots/ or data/ in the clone."""
+    before = _repo_entries()
+    yield
+    left = sorted(_repo_entries() - before)
+    assert not left, f"the test suite left {left} in {_REPO}"

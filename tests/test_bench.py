@@ -3,18 +3,36 @@
 import importlib.util
 import json
 
-from densenets.bench.harness import BenchConfig, run_benchmarks, to_markdown
+import pytest
+import torch
+
+from densenets.bench import memory
+from densenets.bench.harness import (
+    FP32_REFERENCE,
+    BenchConfig,
+    Workload,
+    baseline_of,
+    contenders,
+    paired_ratio,
+    run_benchmarks,
+)
 from densenets.bench.memory import fit_growth
 from densenets.bench.reference import check_same_outputs, torchvision_twin
+from densenets.bench.report import to_markdown
+from densenets.bench.worker import run
 from densenets.models import create_model
+
+HAVE_ORT = bool(importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"))
 
 
 def test_torchvision_twin_has_our_weights_and_outputs():
     ours = create_model("densenet_bc16_k4").eval()
     twin = torchvision_twin(ours).eval()
-    import torch
-
     assert check_same_outputs(ours, twin, torch.randn(2, 3, 32, 32)) < 1e-5
+    with torch.no_grad():
+        twin.classifier.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="not timing them"):
+        check_same_outputs(ours, twin, torch.randn(2, 3, 32, 32))
 
 
 def test_growth_fit_tells_linear_from_quadratic():
@@ -24,38 +42,94 @@ def test_growth_fit_tells_linear_from_quadratic():
     assert fit_growth(depths, [d * d + 1.0 for d in depths])["quadratic"]["r2"] > 0.999
 
 
-def test_quick_harness_writes_tables(tmp_path):
-    config = BenchConfig(device="cpu", reps=1, rounds=1, sections=("infer",), quick=True, out_dir=str(tmp_path))
+def test_paired_ratio_and_baseline_choice():
+    r = paired_ratio([2.0, 3.0, 4.0], [1.0, 2.0, 1.0])
+    assert r["per_round"] == [2.0, 1.5, 4.0] and (r["median"], r["min"], r["max"]) == (2.0, 1.5, 4.0)
+    work = Workload("infer", "densenet_bc16_k4", 4, 32, "bf16")
+    specs = contenders(work, torch.device("cpu"))
+    assert specs[FP32_REFERENCE]["precision"] == "fp32"  # lower precision is also judged against fp32
+    medians = {label: 1.0 for label in specs}
+    medians.update({"torchvision NCHW": 2.0, "torchvision channels_last": 1.5, FP32_REFERENCE: 0.1})
+    # the fastest torchvision row at the same precision, however fast the fp32 row is
+    assert baseline_of("densenets module", specs, medians) == "torchvision channels_last"
+    fp32 = contenders(Workload("infer", "densenet_bc16_k4", 4, 32, "fp32"), torch.device("cpu"))
+    if HAVE_ORT:
+        medians = {label: 1.0 for label in fp32}
+        assert baseline_of("densenets through ONNX Runtime", fp32, medians) == "torchvision through ONNX Runtime"
+
+
+def test_quick_harness_writes_like_for_like_tables(tmp_path):
+    # fp32 only here (each contender is a fresh process); bf16 settings: test_worker_settings_build_and_run
+    config = BenchConfig(device="cpu", reps=1, rounds=2, precisions=("fp32",), sections=("train", "infer"),
+                         quick=True, out_dir=str(tmp_path), log=False)  # fmt: skip
     results = run_benchmarks(config)
-    rows = results["infer"]
-    expected = {"torchvision", "densenets module", "densenets optimize_for_inference"}
-    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        expected.add("densenets optimize_for_inference, onnxruntime")
-    assert {r["impl"] for r in rows} == expected
-    assert all(r["images_per_s"] > 0 and r["ratio_vs_torchvision"] > 0 for r in rows)
-    assert [r["ratio_vs_torchvision"] for r in rows if r["impl"] == "torchvision"] == [1.0, 1.0]
+    train = {w["precision"]: w for w in results["train"]}
+    assert set(train) == {"fp32"}
+    labels = {r["impl"] for r in train["fp32"]["rows"]}
+    assert labels == {"densenets", "densenets, default allocator", "torchvision NCHW", "torchvision channels_last"}
+    infer = {w["precision"]: w for w in results["infer"]}
+    expected = {"densenets optimize_for_inference", "densenets module", "torchvision NCHW", "torchvision channels_last"}
+    if HAVE_ORT:
+        expected |= {"densenets through ONNX Runtime", "torchvision through ONNX Runtime"}
+    assert {r["impl"] for r in infer["fp32"]["rows"]} == expected
+    for work in results["train"] + results["infer"]:
+        rows = {r["impl"]: r for r in work["rows"]}
+        for row in rows.values():
+            assert len(row["seconds_per_round"]) == 2 and row["images_per_s"] > 0
+            base = rows[row["baseline"]]
+            assert row["baseline"].startswith("torchvision")
+            assert base["ratio"]["per_round"] == [1.0, 1.0]  # a baseline against itself
+        h = work["headline"]
+        assert h["ours"] == ("densenets" if work["task"] == "train" else "densenets optimize_for_inference")
+        assert h["min"] <= h["median"] <= h["max"]
+        torch_rows = [r for r in rows.values() if r["impl"].startswith("torchvision") and "ONNX" not in r["impl"]]
+        assert h["baseline"] == min(torch_rows, key=lambda r: r["seconds"])["impl"]
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["environment"]["matmul_peak_gflops"] > 0
+    assert set(saved["environment"]["matmul_peak_gflops"]) == {"fp32"}
     markdown = (tmp_path / "results.md").read_text()
-    assert markdown == to_markdown(results) and "| densenet_bc16_k4 | 4 | 32x32 | torchvision |" in markdown
+    assert markdown == to_markdown(results)
+    assert "Headline: **densenets" in markdown and "| torchvision channels_last | cl | tuned | fp32 |" in markdown
 
 
-def test_every_worker_variant_builds_and_runs():
-    import pytest
+@pytest.mark.parametrize("task", ["train", "infer"])
+@pytest.mark.parametrize("impl", ["densenets", "torchvision"])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_worker_settings_build_and_run(task, impl, layout, precision):
+    spec = {"task": task, "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu", "impl": impl,
+            "layout": layout, "allocator": "default", "precision": precision, "form": "module", "reps": 1}  # fmt: skip
+    result = run(spec)
+    assert len(result["samples_s"]) == 1 and result["median_s"] > 0
 
-    from densenets.bench.worker import VARIANTS, run
 
-    have_ort = importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")
-    for variant in VARIANTS:
-        if variant == "onnxruntime" and not have_ort:
-            continue
-        for task in ("train", "infer"):
-            if variant == "onnxruntime" and task == "train":
-                continue
-            spec = {"task": task, "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu",
-                    "variant": variant, "reps": 1, "warmup": 1}  # fmt: skip
-            samples = run(spec)["samples_s"]
-            assert len(samples) == 1 and samples[0] > 0, (variant, task)
-    with pytest.raises(KeyError):
-        run({"task": "infer", "model": "densenet_bc16_k4", "batch": 1, "size": 16, "device": "cpu", "variant": "nope",
-             "reps": 1})  # fmt: skip
+def test_worker_optimised_forms_and_bad_specs():
+    spec = {"task": "infer", "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu",
+            "impl": "densenets", "layout": "cl", "allocator": "tuned", "precision": "fp32", "reps": 1}  # fmt: skip
+    assert run({**spec, "form": "optimized"})["median_s"] > 0
+    if HAVE_ORT:
+        for impl in ("densenets", "torchvision"):
+            assert run({**spec, "impl": impl, "form": "onnxruntime"})["median_s"] > 0
+    for bad, match in (({"layout": "nhwc"}, "layout must be"), ({"impl": "timm"}, "impl must be"),
+                       ({"form": "optimized", "impl": "torchvision"}, "our DenseNet only"),
+                       ({"task": "train", "form": "optimized"}, "only the module form trains")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            run({**spec, "form": "module", **bad})
+
+
+def test_memory_probe_measures_each_default_path():
+    ours, x = memory.probe_model("densenet_bc16_k4", "densenets", False, 2, 16, torch.device("cpu"))
+    assert ours.features.conv0.weight.is_contiguous(memory_format=torch.channels_last)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    theirs, _ = memory.probe_model("densenet_bc16_k4", "torchvision", True, 2, 16, torch.device("cpu"))
+    assert theirs.features.conv0.weight.is_contiguous()
+    assert all(layer.memory_efficient for layer in theirs.modules() if hasattr(layer, "memory_efficient"))
+    with pytest.raises(ValueError, match="impl must be densenets or torchvision"):
+        memory.probe_model("densenet_bc16_k4", "ours", False, 2, 16, torch.device("cpu"))
+
+
+def test_default_layout_rule_follows_the_measurements():
+    from densenets.engine.runtime import default_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_channels_last(cpu, None) and not default_channels_last(cpu, torch.bfloat16)
+    assert not default_channels_last(cuda, None) and default_channels_last(cuda, torch.bfloat16)

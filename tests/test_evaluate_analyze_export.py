@@ -51,7 +51,10 @@ def run_cli(capsys, *args):
 def test_eval_writes_metrics_and_confusion(trained_run, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "eval", trained_run, "--out", tmp_path / "eval")
     assert code == 0 and "error" in out and "top-5" in out
+    # a run without a validation split: the final epoch, never the test-selected best.pt
+    assert f"evaluated {trained_run / 'last.pt'} (last.pt: the final epoch" in out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(trained_run / "last.pt")
     assert metrics["count"] == 40 and 0 <= metrics["error"] <= 100
     assert abs(metrics["top1"] + metrics["error"] - 100) < 1e-6 and metrics["top5"] >= metrics["top1"]
     confusion = torch.tensor(metrics["confusion"])

@@ -10,7 +10,7 @@ from densenets.paper import PARAMS_10, PARAMS_100, PARAMS_IMAGENET
 
 from .conftest import randomize_batchnorm
 
-ALL = list_models()
+ALL = list_models("densenet*")  # the ResNet baselines: test_baselines.py
 
 
 def _input_for(model: DenseNet, batch: int = 2) -> torch.Tensor:
@@ -239,11 +239,8 @@ def test_init_schemes():
 
 
 def test_dropout_placement_counts():
-    # Counted on the layer-by-layer path; the fused path draws the same masks (test_fast_paths).
     paper = create_model("densenet_bc100_k12", dropout=0.2)
     tv = create_model("densenet_bc100_k12", dropout=0.2, dropout_placement="torchvision")
-    paper.set_fused(False)
-    tv.set_fused(False)
     x = torch.ones(1, 3, 32, 32)
 
     def dropout_calls(model):

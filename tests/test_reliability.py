@@ -21,6 +21,7 @@ from densenets.cli import main
 from densenets.data import DataSpec, build_data
 from densenets.engine import base_recipe, resolve_recipe
 from densenets.engine import checkpoint as checkpoint_module
+from densenets.engine import loop as loop_module
 from densenets.engine.checkpoint import load_checkpoint
 from densenets.engine.prediction import predict_images
 from densenets.engine.trainer import fit
@@ -168,6 +169,7 @@ def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
                         pass
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"trial {trial}: the run ended before the kill"
         tried += 1
         during_write += any(run.glob(".last.pt.tmp-*")) or any(run.glob(".best.pt.tmp-*"))
         ckpt = torch.load(run / "last.pt", weights_only=True)  # the last good checkpoint is intact
@@ -181,7 +183,8 @@ def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
     print(
         f"kills tried {tried}, resumed to identical weights {resumed}, killed inside a checkpoint write {during_write}"
     )
-    assert resumed == tried
+    assert tried == resumed == 5
+    assert during_write >= 1, "no kill landed inside a checkpoint write: the test did not test atomicity"
 
 
 def test_sigint_saves_and_exits_cleanly_then_resumes(tmp_path):
@@ -204,6 +207,121 @@ def test_sigint_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     expected, got = _weights(tmp_path / "full"), _weights(run)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def _train_cli(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "--no-progress", "--model", "densenet_bc16_k4", "--data", "cifar10+", "--data-dir", str(data),
+            "--epochs", "1", "--batch-size", "10", "--workers", "0", "--run-dir", str(run), *extra]  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker signal masks from Linux's /proc")
+def test_sigint_from_the_terminal_with_dataloader_workers_saves_and_exits_130(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group, DataLoader workers included."""
+    data = tmp_path / "data"
+    write_cifar10(data, n_train=300, n_test=20)
+    run = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "densenets",
+           *_train_cli(data, run, "--checkpoint-every", "2", "--workers", "2", "--loader", "workers")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    while not (run / "last.pt").exists() or not children.read_text().split():
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.01)
+    # The workers leave Ctrl-C to the main process (a worker that dies of it mid-fetch makes the
+    # main process fail with "DataLoader worker exited unexpectedly" instead of saving).
+    for pid in children.read_text().split():
+        ignored = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                           if line.startswith("SigIgn:")).split()[1], 16)  # fmt: skip
+        assert ignored & (1 << (signal.SIGINT - 1)), f"DataLoader worker {pid} would die of Ctrl-C"
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: the main process and its workers
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert f"interrupted at step {step}" in err and "Traceback" not in err
+
+
+def test_a_run_folder_is_locked_while_a_run_uses_it(tmp_path, capsys):
+    from densenets.engine.runfolder import RunFolder
+
+    write_cifar10(tmp_path / "data", n_train=20, n_test=10)
+    run = tmp_path / "run"
+    holder = RunFolder(run)
+    holder.open()  # another densenets train holds the folder
+    code, _, err = run_cli(capsys, *_train_cli(tmp_path / "data", run))
+    assert code == 2 and "is in use by another densenets train" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "config.json").exists()
+    holder.close()
+    # a lock left by a process that died (SIGKILL) is no obstacle: the kernel drops it with the process
+    crash = "import os, signal, sys; from densenets.engine.runfolder import RunFolder; "
+    crash += "RunFolder(sys.argv[1]).open(); os.kill(os.getpid(), signal.SIGKILL)"
+    done = subprocess.run([sys.executable, "-c", crash, str(run)])
+    assert done.returncode == -signal.SIGKILL and (run / ".lock").exists()
+    code, _, err = run_cli(capsys, *_train_cli(tmp_path / "data", run))
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data", "cifar10", "--data-dir", "{tmp}/missing"], "CIFAR-10 not found"),
+        (["--model", "densenet_bc98_k12"], "depth 98 is impossible"),
+        (["--data", "imagenett"], "unknown data set"),
+    ],
+)
+def test_a_train_that_fails_before_its_first_step_leaves_no_folder(tmp_path, capsys, args, expected):
+    run = tmp_path / "runs" / "new"
+    code, _, err = run_cli(capsys, "train", "--no-progress", "--run-dir", run, *(a.format(tmp=tmp_path) for a in args))
+    assert code == 2 and expected in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_failing_before_its_first_checkpoint_removes_the_folder_it_created(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    recipe = resolve_recipe(base_recipe("cifar"), model="densenet_bc16_k4", data="cifar10+",
+                            data_dir=str(tmp_path / "data"), epochs=1, batch_size=10, workers=0)  # fmt: skip
+
+    def broken_step(*args, **kwargs):
+        raise DataError("an image of the first batch is unreadable")
+
+    monkeypatch.setattr(loop_module, "train_step", broken_step)
+    with pytest.raises(DataError):
+        fit(recipe, tmp_path / "runs" / "a", show_progress=False)
+    assert not (tmp_path / "runs").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()  # a folder the user made is never removed
+    with pytest.raises(DataError):
+        fit(recipe, existing, show_progress=False)
+    assert existing.is_dir()
+
+
+@pytest.mark.parametrize("poisoned", ["parameter", "buffer"])
+def test_non_finite_weights_or_statistics_never_overwrite_a_good_checkpoint(tmp_path, monkeypatch, poisoned):
+    """A NaN in a weight or in a BatchNorm running statistic (which leaves the training loss
+    finite) is refused at save: last.pt keeps the previous step, byte for byte."""
+    write_cifar10(tmp_path / "data", n_train=60, n_test=20)
+    recipe = resolve_recipe(base_recipe("cifar"), model="densenet_bc16_k4", data="cifar10+",
+                            data_dir=str(tmp_path / "data"), epochs=1, batch_size=10, workers=0,
+                            checkpoint_every=1)  # fmt: skip
+    real_step, saved = loop_module.train_step, {}
+
+    def poisoning_step(state, *args, **kwargs):
+        result = real_step(state, *args, **kwargs)
+        if state.step == 2:  # the third step: checkpoints of steps 1 and 2 are on disk
+            saved["bytes"] = (tmp_path / "run" / "last.pt").read_bytes()
+            bn = state.model.features.denseblock2.denselayer1.norm1
+            with torch.no_grad():
+                (bn.weight if poisoned == "parameter" else bn.running_var)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(loop_module, "train_step", poisoning_step)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite by step 3") as info:
+        fit(recipe, tmp_path / "run", show_progress=False)
+    name = "weight" if poisoned == "parameter" else "running_var"
+    assert f"features.denseblock2.denselayer1.norm1.{name}" in str(info.value)
+    assert "last.pt (step 2)" in str(info.value)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == saved["bytes"]
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["step"] == 2 and all(torch.isfinite(v).all() for v in kept["model"].values())
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -257,7 +375,8 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
         (["summary", "densenet_bc100_k0"], "growth_rate must be a positive integer"),
         (["summary", "densenet121", "--set", "compression=1.5"], "compression must be in (0, 1]"),
         (["summary", "densenet121", "--set", "compression=0"], "compression must be in (0, 1]"),
-        (["summary", "resnet50"], "unknown model 'resnet50'"),
+        (["summary", "resnet51"], "unknown model 'resnet51'"),
+        (["summary", "resnet110", "--set", "memory_efficient=true"], "a ResNet has no concatenations"),
         (["train", "--data", "imagenett"], "unknown data set 'imagenett'"),
         (["train", "--set", "lr=fast"], "'lr' must be float"),
         (["train", "--set", "epochs=2.5"], "'epochs' must be int"),

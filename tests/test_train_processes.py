@@ -9,6 +9,12 @@ from pathlib import Path
 
 import torch
 
+from densenets.data.determinism import derive_seed
+from densenets.engine import base_recipe, resolve_recipe
+from densenets.engine.trainer import fit
+from densenets.models import DenseNet, get_config
+
+from .batchnorm_fixed import fixed_batchnorm_statistics
 from .fakedata import write_cifar10
 
 TRAIN = [sys.executable, "-m", "densenets", "train", "--no-progress"]
@@ -56,15 +62,17 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
         assert torch.equal(full[key], resumed[key]), key
 
 
-def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
+def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """2 CPU processes under torchrun; the timeout only catches a hang (gloo's own is 30 minutes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_torchrun_two_cpu_ranks_agree_and_match_one_process_at_the_same_global_batch(tmp_path):
     write_cifar10(tmp_path / "data", n_train=80, n_test=20)
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path / "data"), str(run),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "agree", str(tmp_path / "data"), str(run))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x2 processes" in done.stdout
     rank0, rank1 = (torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -75,3 +83,44 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
     assert saved["step"] == 6  # 6 optimiser steps of 10 images per rank
     for key, value in saved["model"].items():  # rank 0 saved the weights both ranks hold
         assert torch.equal(value, rank0[key]), key
+
+    # 2 ranks at batch 10 each against one process at batch 20, on the same data: equal to
+    # float rounding once BatchNorm uses fixed statistics (per-rank batch statistics are the
+    # one difference DDP has by design).
+    two = torch.load(run / "fixed-bn" / "rank0.pt", weights_only=True)
+    recipe = resolve_recipe(base_recipe("cifar"), model="densenet_bc16_k4", data="cifar10+",
+                            data_dir=str(tmp_path / "data"), epochs=2, batch_size=20, workers=0, device="cpu",
+                            max_steps=3, lr=0.01)  # fmt: skip
+    with fixed_batchnorm_statistics():
+        one = fit(recipe, tmp_path / "one", show_progress=False).model.state_dict()
+    torch.manual_seed(derive_seed(recipe.seed, "init"))  # the run's initial weights
+    start = DenseNet(get_config("densenet_bc16_k4", num_classes=10, dropout=0.0)).state_dict()
+    floats = [key for key in one if one[key].is_floating_point()]
+    moved = max((one[key] - start[key]).abs().max().item() for key in floats)
+    assert moved > 100 * 2e-5  # training moved the weights far more than the tolerance below
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-5, msg=key)
+
+
+def test_readme_torchrun_command_runs_to_the_end(tmp_path):
+    """`torchrun --nproc_per_node=2 -m densenets train --epochs 2 ...` saves, summarises and exits 0 on every rank."""
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    run = tmp_path / "run"
+    done = torchrun(
+        "-m", "densenets", "train", "--epochs", "2", "--no-progress", "--model", "densenet_bc16_k4",
+        "--data", "cifar10+", "--data-dir", str(tmp_path / "data"), "--batch-size", "20", "--run-dir", str(run),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "final test error" in done.stdout and "x2 processes" in done.stdout
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    assert (run / "summary.json").is_file()
+
+
+def test_an_error_on_rank_0_alone_stops_every_rank(tmp_path):
+    """Rank 0's disk is full: rank 0 reports it and rank 1 stops with it, instead of waiting in a collective."""
+    write_cifar10(tmp_path / "data", n_train=80, n_test=20)
+    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "full-disk", str(tmp_path / "data"),
+                    str(tmp_path / "run"), timeout=180)  # fmt: skip
+    assert done.returncode != 0
+    assert "No space left on device" in done.stderr
+    assert "stopped because rank 0 failed: CheckpointError: could not write checkpoint" in done.stderr

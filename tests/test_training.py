@@ -55,7 +55,15 @@ def test_lr_schedule_divides_by_ten_at_half_and_three_quarters():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("epochs", "ten"), ("lr", "fast"), ("nesterov", "yes"), ("batch_size", 6.5), ("amp", "fp8"), ("epochs", 0)],
+    [
+        ("epochs", "ten"),
+        ("lr", "fast"),
+        ("nesterov", "yes"),
+        ("batch_size", 6.5),
+        ("amp", "fp8"),
+        ("epochs", 0),
+        ("loader", "disk"),
+    ],
 )
 def test_bad_recipe_values_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -98,11 +106,12 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
+@pytest.mark.parametrize("loader", ["workers", "resident"])
 @pytest.mark.parametrize("data", ["cifar10", "cifar10+"])  # dropout / augmentation randomness
 @pytest.mark.parametrize("stop_at", [3, 5, 7])  # mid-epoch, at an epoch end, mid-epoch 2
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, data, stop_at):
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, data, stop_at, loader):
     write_cifar10(tmp_path / "data", n_train=100, n_test=20)
-    recipe = tiny_recipe(tmp_path / "data", data=data)
+    recipe = tiny_recipe(tmp_path / "data", data=data, loader=loader)
     full = fit(recipe, tmp_path / "full", show_progress=False)
     fit(resolve_recipe(recipe, max_steps=stop_at), tmp_path / "cut", show_progress=False)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == stop_at

@@ -31,3 +31,20 @@ class TrainingInterrupted(UserError):
     """Ctrl-C: a resumable checkpoint was saved."""
 
     exit_code = 130
+
+
+def reject_unknown_fields(given, cls, what: str) -> None:
+    """Raise one :class:`ConfigError` naming the keys of ``given`` that are not fields of dataclass ``cls``.
+
+    The one place that checks user-supplied field names (recipe, model config, overrides);
+    close matches are suggested.
+    """
+    import difflib
+    from dataclasses import fields
+
+    valid = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        close = sorted({m for name in unknown for m in difflib.get_close_matches(name, valid, n=1)})
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown {what} field(s) {unknown}; {hint}valid fields: {', '.join(valid)}")

@@ -63,3 +63,80 @@ def paper_params(name: str, num_classes: int) -> int | None:
     if num_classes == 100:
         return PARAMS_100.get(name)
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# The baselines (Table 2, Figures 3 and 4)
+# ---------------------------------------------------------------------------------------
+
+_SETS = ("cifar10", "cifar10+", "cifar100", "cifar100+", "svhn")
+
+
+def _errors(*values: float | None) -> dict[str, float | None]:
+    return dict(zip(_SETS, values, strict=True))
+
+
+# Table 2, every row above the DenseNets, in the paper's order: method, depth, parameters (M,
+# as printed), errors (C10, C10+, C100, C100+, SVHN; None where the cell is empty), and the
+# registered model that builds it (None: not built here). "*" in the paper (C10/C100 of the
+# pre-activation ResNets: run by the DenseNet authors) is kept as a note.
+TABLE2_BASELINES: list[dict] = [
+    {"method": "Network in Network", "depth": None, "params_m": None, "model": None,
+     "errors": _errors(10.41, 8.81, 35.68, None, 2.35)},
+    {"method": "All-CNN", "depth": None, "params_m": None, "model": None,
+     "errors": _errors(9.08, 7.25, None, 33.71, None)},
+    {"method": "Deeply Supervised Net", "depth": None, "params_m": None, "model": None,
+     "errors": _errors(9.69, 7.97, None, 34.57, 1.92)},
+    {"method": "Highway Network", "depth": None, "params_m": None, "model": None,
+     "errors": _errors(None, 7.72, None, 32.39, None)},
+    {"method": "FractalNet", "depth": 21, "params_m": 38.6, "model": None,
+     "errors": _errors(10.18, 5.22, 35.34, 23.30, 2.01)},
+    {"method": "FractalNet with Dropout/Drop-path", "depth": 21, "params_m": 38.6, "model": None,
+     "errors": _errors(7.33, 4.60, 28.20, 23.73, 1.87)},
+    {"method": "ResNet (He et al. 2016a)", "depth": 110, "params_m": 1.7, "model": "resnet110",
+     "errors": _errors(None, 6.61, None, None, None)},
+    {"method": "ResNet (reported by Huang et al. 2016)", "depth": 110, "params_m": 1.7, "model": "resnet110",
+     "errors": _errors(13.63, 6.41, 44.74, 27.22, 2.01)},
+    {"method": "ResNet with Stochastic Depth", "depth": 110, "params_m": 1.7, "model": "resnet110_sd",
+     "errors": _errors(11.66, 5.23, 37.80, 24.58, 1.75)},
+    {"method": "ResNet with Stochastic Depth", "depth": 1202, "params_m": 10.2, "model": "resnet1202_sd",
+     "errors": _errors(None, 4.91, None, None, None)},
+    {"method": "Wide ResNet", "depth": 16, "params_m": 11.0, "model": "wrn16_8",
+     "errors": _errors(None, 4.81, None, 22.07, None)},
+    {"method": "Wide ResNet", "depth": 28, "params_m": 36.5, "model": "wrn28_10",
+     "errors": _errors(None, 4.17, None, 20.50, None)},
+    {"method": "Wide ResNet with Dropout", "depth": 16, "params_m": 2.7, "model": "wrn16_4_dropout",
+     "errors": _errors(None, None, None, None, 1.64)},
+    {"method": "ResNet (pre-activation)", "depth": 164, "params_m": 1.7, "model": "preact_resnet164",
+     "errors": _errors(11.26, 5.46, 35.58, 24.33, None), "note": "C10/C100 run by the DenseNet authors"},
+    {"method": "ResNet (pre-activation)", "depth": 1001, "params_m": 10.2, "model": "preact_resnet1001",
+     "errors": _errors(10.56, 4.62, 33.47, 22.71, None), "note": "C10/C100 run by the DenseNet authors"},
+]  # fmt: skip
+
+# Table 2 prints 10.2M for the 1202-layer ResNet; that network (n = 200 basic units of 16/32/64
+# maps) has 19.4M parameters, the figure He et al. 2016a give for it (their Table 6).
+OWN_PAPER_PARAMS_M = {"resnet1202": (19.4, "He et al. 2016a"), "resnet1202_sd": (19.4, "He et al. 2016a")}
+
+# Figure 3: ImageNet top-1 single-crop validation error (%) of the ResNets. The paper draws these
+# points without printing them; its ResNets are the public Torch implementation
+# (fb.resnet.torch), whose published single-crop errors these are.
+FIGURE3_RESNET_TOP1 = {"resnet34": 26.73, "resnet50": 24.01, "resnet101": 22.44, "resnet152": 22.16}
+
+
+def baseline_params_m(name: str) -> float | None:
+    """Table 2's rounded parameter count (millions) for a registered baseline, if it has a row."""
+    return next((row["params_m"] for row in TABLE2_BASELINES if row["model"] == name), None)
+
+
+def paper_params_rounded(name: str, num_classes: int) -> tuple[int, str] | None:
+    """(count, source) of a baseline's published rounded parameter count, for 10 or 100 classes.
+
+    The baselines' own papers' figure wins where Table 2 disagrees with it (ResNet-1202).
+    """
+    if num_classes not in (10, 100):
+        return None
+    if name in OWN_PAPER_PARAMS_M:
+        millions, source = OWN_PAPER_PARAMS_M[name]
+        return round(millions * 1e6), source
+    millions = baseline_params_m(name)
+    return (round(millions * 1e6), "Table 2") if millions is not None else None

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models import DenseBlock, DenseNet, Transition
 
 
@@ -34,6 +35,10 @@ def feature_reuse(model: DenseNet) -> list[dict]:
     ``matrix[s][t]`` is None where target t does not read source s (a layer reads only
     earlier layers).
     """
+    if not isinstance(model, DenseNet):
+        raise ConfigError(
+            f"feature reuse (Figure 5) reads the weights of dense connections; a {type(model).__name__} has none"
+        )
     children = list(model.features.named_children())
     results = []
     for index, (name, block) in enumerate(children):

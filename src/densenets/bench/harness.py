@@ -1,9 +1,15 @@
-"""``densenets bench``: our DenseNet against torchvision's, same architecture, same weights,
-same input, timed in one run (round-robin), reported as absolute figures and ratios."""
+"""``densenets bench``: our DenseNet against the strongest torchvision a user gets in a line.
+
+For every workload (task, model, batch, input size, precision) the contenders are timed
+in fresh processes, alternated round by round in one run. torchvision's DenseNet (same
+architecture, same weights, outputs checked equal first) runs in NCHW and in
+channels_last with the same allocator setting as ours; ONNX Runtime rows run both models
+through ONNX Runtime the same way. Every ratio is paired per round against a named
+baseline row, and reported as the median with its min-max spread.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -11,59 +17,276 @@ import platform
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from ..analysis.summary import count_flops
-from ..models import DenseNet, create_model
+from ..engine.runtime import amp_dtype, default_channels_last, resolve_device
+from ..models import create_model
 from ..models.inference import optimize_for_inference
 from .memory import fit_growth, measure_step_memory, plot_memory
-from .reference import torchvision_twin
+from .reference import check_same_outputs, torchvision_twin
+from .report import to_markdown
 from .timing import matmul_peak_gflops
 
 SECTIONS = ("train", "infer", "memory", "levers")
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FP32_REFERENCE = "torchvision channels_last, fp32"
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     device: str = "auto"
-    reps: int = 3  # timed steps per contender process
-    rounds: int = 2  # processes per contender, alternated round-robin
-    amp: str = "none"
-    sections: tuple[str, ...] = ("train", "infer", "memory")
+    reps: int = 2  # timed calls per contender process (after the warm-up)
+    rounds: int = 5  # processes per contender, alternated round by round
+    warmup: int = 1
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    sections: tuple[str, ...] = ("train", "infer")
+    only: tuple[str, ...] = ()  # run just the workloads whose title contains one of these
     quick: bool = False  # tiny models and batches: checks the harness, measures nothing useful
     out_dir: str = "bench-results"
     log: bool = True
 
 
-@dataclass
-class _Cases:
-    train: list = field(default_factory=list)  # (model, batch, size)
-    infer: list = field(default_factory=list)
-    memory_depths: tuple = ()
-    memory_batch: int = 64
-    efficient_case: tuple = ()  # (model, batch, size) for the memory-efficient time/memory target
+@dataclass(frozen=True)
+class Workload:
+    task: str  # "train" or "infer"
+    model: str
+    batch: int
+    size: int
+    precision: str = "fp32"
+
+    @property
+    def title(self) -> str:
+        return f"{self.task} {self.model}, batch {self.batch}, {self.size}x{self.size}, {self.precision}"
 
 
-def _cases(quick: bool) -> _Cases:
+def workloads(task: str, quick: bool) -> list[tuple[str, int, int]]:
     if quick:
-        return _Cases([("densenet_bc16_k4", 8, 32)], [("densenet_bc16_k4", 1, 32), ("densenet_bc16_k4", 4, 32)],
-                      (16, 28, 40), 8, ("densenet_bc28_k4", 8, 32))  # fmt: skip
-    return _Cases(
-        train=[("densenet_bc100_k12", 64, 32), ("densenet121", 16, 224)],
-        infer=[("densenet121", 1, 224), ("densenet121", 16, 224)],
-        memory_depths=(40, 100, 190, 250),
-        memory_batch=64,
-        efficient_case=("densenet_bc250_k24", 64, 32),
+        return [("densenet_bc16_k4", 8, 32)] if task == "train" else [("densenet_bc16_k4", 4, 32)]
+    if task == "train":
+        return [("densenet_bc100_k12", 64, 32), ("densenet121", 16, 224)]
+    return [("densenet121", 16, 224), ("densenet121", 1, 224)]
+
+
+def ours_channels_last(device: torch.device, precision: str) -> bool:
+    """The training engine's default layout for this device and precision (one rule, in runtime)."""
+    return default_channels_last(device, amp_dtype("none" if precision == "fp32" else precision))
+
+
+def onnxruntime_available(device: torch.device) -> bool:
+    return device.type == "cpu" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
+
+
+def contenders(work: Workload, device: torch.device) -> dict[str, dict]:
+    """label -> worker spec. Ours as the engine runs it; torchvision in both layouts with the
+    same allocator setting; ours without the allocator setting; ONNX Runtime for both."""
+    cpu = device.type == "cpu"
+    tuned = "tuned" if cpu else "default"
+    base = {"task": work.task, "model": work.model, "batch": work.batch, "size": work.size,
+            "device": device.type, "precision": work.precision, "form": "module"}  # fmt: skip
+    ours_layout = "cl" if ours_channels_last(device, work.precision) else "nchw"
+    ours = {**base, "impl": "densenets", "layout": ours_layout, "allocator": tuned}
+    tv = {**base, "impl": "torchvision", "allocator": tuned}
+    specs: dict[str, dict] = {}
+    if work.task == "train":
+        specs["densenets"] = ours
+        if cpu:
+            specs["densenets, default allocator"] = {**ours, "allocator": "default"}
+    else:
+        specs["densenets optimize_for_inference"] = {**ours, "form": "optimized"}
+        specs["densenets module"] = ours
+    specs["torchvision NCHW"] = {**tv, "layout": "nchw"}
+    specs["torchvision channels_last"] = {**tv, "layout": "cl"}
+    if work.task == "infer" and work.precision == "fp32" and onnxruntime_available(device):
+        specs["densenets through ONNX Runtime"] = {**ours, "form": "onnxruntime", "layout": "nchw"}
+        specs["torchvision through ONNX Runtime"] = {**tv, "form": "onnxruntime", "layout": "nchw"}
+    if work.task == "infer" and work.precision != "fp32":
+        # Lower precision is judged against full precision too, timed in the same rounds.
+        specs[FP32_REFERENCE] = {**tv, "layout": "cl", "precision": "fp32"}
+    return specs
+
+
+def baseline_of(label: str, specs: dict[str, dict], medians: dict[str, float]) -> str:
+    """The row a contender is compared with: torchvision through the same runtime (ONNX
+    Runtime rows), else the fastest torchvision PyTorch contender at the same precision."""
+    if specs[label]["form"] == "onnxruntime":
+        return next(k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == "onnxruntime")
+    precision = specs[label]["precision"]
+    rows = [k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == "module"
+            and v["precision"] == precision]  # fmt: skip
+    return min(rows, key=medians.__getitem__)
+
+
+def _run_worker(spec: dict) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "densenets.bench.worker", json.dumps(spec)], capture_output=True, text=True, check=False
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed for {spec}: {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+def time_rounds(specs: dict[str, dict], cfg: BenchConfig, log) -> dict[str, list[float]]:
+    """Per contender, one median time per round; each round runs every contender once, in
+    an order rotated each round so that no contender always follows the same one."""
+    labels = list(specs)
+    per_round: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(cfg.rounds):
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
+        for label in order:
+            result = _run_worker({**specs[label], "reps": cfg.reps, "warmup": cfg.warmup})
+            per_round[label].append(result["median_s"])
+        log(f"  round {r + 1}/{cfg.rounds} done")
+    return per_round
+
+
+def paired_ratio(baseline: list[float], ours: list[float]) -> dict:
+    """baseline time / our time, round by round: the median and its min-max spread."""
+    ratios = [b / o for b, o in zip(baseline, ours, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_round": ratios}
+
+
+def measure_workload(work: Workload, cfg: BenchConfig, device: torch.device, peaks: dict, log) -> dict:
+    specs = contenders(work, device)
+    log(f"{work.title}: {len(specs)} contenders x {cfg.rounds} rounds")
+    per_round = time_rounds(specs, cfg, log)
+    medians = {label: statistics.median(times) for label, times in per_round.items()}
+    flops = paper_flops(work.model, work.size) * work.batch
+    if work.task == "train":
+        flops *= 3  # forward + backward (about twice the forward)
+    rows = []
+    for label, times in per_round.items():
+        peak = peaks.get(specs[label]["precision"])
+        base = baseline_of(label, specs, medians)
+        gflops = flops / medians[label] / 1e9
+        rows.append(
+            {
+                "impl": label,
+                "setting": {k: specs[label][k] for k in ("impl", "layout", "allocator", "precision", "form")},
+                "seconds": medians[label],
+                "images_per_s": work.batch / medians[label],
+                "seconds_per_round": times,
+                "baseline": base,
+                "ratio": paired_ratio(per_round[base], times),
+                "gflops_per_s": gflops,
+                "fraction_of_matmul_peak": gflops / peak if peak else None,
+            }
+        )
+    # Headline: ours as a user runs it (the engine's training step; optimize_for_inference)
+    # against the strongest torchvision contender at the same precision.
+    first = next(iter(specs))
+    best = baseline_of(first, specs, medians)
+    headline = {"ours": first, "baseline": best, **paired_ratio(per_round[best], per_round[first])}
+    if FP32_REFERENCE in per_round:
+        headline["against_fp32"] = {"baseline": FP32_REFERENCE, **paired_ratio(per_round[FP32_REFERENCE],
+                                                                                per_round[first])}  # fmt: skip
+    return {**asdict(work), "flops": flops, "rows": rows, "headline": headline}
+
+
+def paper_flops(name: str, size: int) -> int:
+    """Forward FLOPs of one image as the paper counts them (transitions convolve, then pool),
+    counted on torchvision's twin, which runs in that order."""
+    twin = torchvision_twin(create_model(name)).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        twin(torch.zeros(1, 3, size, size))
+    return int(counter.get_total_flops())
+
+
+def check_equal_outputs(name: str, size: int, device: torch.device) -> None:
+    """Refuse to time anything whose outputs differ from torchvision's (same weights)."""
+    torch.manual_seed(0)
+    ours = create_model(name).to(device).eval()
+    reference = torchvision_twin(ours).to(device).eval()
+    x = torch.randn(2, 3, size, size, device=device)
+    check_same_outputs(ours, reference, x)
+    check_same_outputs(optimize_for_inference(ours), reference, x)
+
+
+def speed_section(task: str, cfg: BenchConfig, device: torch.device, peaks: dict, log, save) -> list[dict]:
+    results = []
+    for name, batch, size in workloads(task, cfg.quick):
+        works = [Workload(task, name, batch, size, p) for p in cfg.precisions]
+        works = [w for w in works if not cfg.only or any(o in w.title for o in cfg.only)]
+        if works:
+            check_equal_outputs(name, 64 if size > 64 else size, device)
+        for work in works:
+            results.append(measure_workload(work, cfg, device, peaks, log))
+            save(task, results)  # a long run keeps what it measured so far
+    return results
+
+
+def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log, save) -> dict:
+    depths, batch, efficient_case = ((16, 28, 40), 8, ("densenet_bc28_k4", 8, 32)) if cfg.quick else (
+        (40, 100, 190, 250), 64, ("densenet_bc250_k24", 64, 32))  # fmt: skip
+    rows = []
+    for depth in depths:
+        name = f"densenet_bc{depth}_k{4 if cfg.quick else 12}"
+        for impl in ("densenets", "torchvision"):
+            for efficient in (False, True):
+                log(f"memory {name} batch {batch}: {impl}{', memory-efficient' if efficient else ''}")
+                peak = measure_step_memory(name, impl, efficient, batch, 32, device.type)
+                label = f"{impl}, {'memory-efficient' if efficient else 'normal'}"
+                rows.append({"model": name, "depth": depth, "label": label, "peak_mib": peak / 2**20})
+    fits = {}
+    for label in sorted({r["label"] for r in rows}):
+        pts = [(r["depth"], r["peak_mib"]) for r in rows if r["label"] == label]
+        fits[label] = fit_growth([p[0] for p in pts], [p[1] for p in pts])
+    plot_path = out_dir / "memory_vs_depth.png"
+    plot_memory(rows, str(plot_path))
+    result = {"rows": rows, "fits": fits, "plot": str(plot_path)}
+    save("memory", result)
+
+    name, batch, size = efficient_case
+    log(f"memory-efficient target: {name} batch {batch}: peak memory and step time")
+    try:
+        normal = measure_step_memory(name, "densenets", False, batch, size, device.type)
+        efficient = measure_step_memory(name, "densenets", True, batch, size, device.type)
+    except RuntimeError as exc:  # e.g. the normal mode does not fit in this machine's memory
+        log(f"memory-efficient target not measured: {exc}")
+        return {**result, "efficient_target": {"model": name, "batch": batch, "error": str(exc)}}
+    work = Workload("train", name, batch, size)
+    base = contenders(work, device)["densenets"]
+    per_round = time_rounds({"normal": base, "memory-efficient": {**base, "memory_efficient": True}}, cfg, log)
+    overhead = paired_ratio(per_round["memory-efficient"], per_round["normal"])
+    target = {
+        "model": name,
+        "batch": batch,
+        "peak_mib_normal": normal / 2**20,
+        "peak_mib_efficient": efficient / 2**20,
+        "memory_ratio": efficient / normal,
+        "seconds_normal": statistics.median(per_round["normal"]),
+        "seconds_efficient": statistics.median(per_round["memory-efficient"]),
+        "time_ratio": overhead,  # efficient time / normal time, per round
+    }
+    return {**result, "efficient_target": target}
+
+
+def levers_section(cfg: BenchConfig, device: torch.device, log) -> list[dict]:
+    """What each setting buys our own model, one at a time."""
+    rows = []
+    for task, steps in (
+        ("train", [("layer by layer, NCHW, default allocator", {"layout": "nchw", "allocator": "default"}),
+                   ("+ channels_last", {"layout": "cl", "allocator": "default"}),
+                   ("+ tuned allocator (what densenets train uses)", {"layout": "cl", "allocator": "tuned"})]),
+        ("infer", [("module, NCHW", {"layout": "nchw"}),
+                   ("module, channels_last", {"layout": "cl"}),
+                   ("optimize_for_inference (BN folded, shared block buffer)", {"layout": "cl", "form": "optimized"})]),
+    ):  # fmt: skip
+        name, batch, size = workloads(task, cfg.quick)[0]
+        base = {"task": task, "model": name, "batch": batch, "size": size, "device": device.type,
+                "precision": "fp32", "impl": "densenets", "allocator": "tuned", "form": "module"}  # fmt: skip
+        specs = {label: {**base, **change} for label, change in steps}
+        log(f"levers: {task} {name} batch {batch}")
+        per_round = time_rounds(specs, cfg, log)
+        first = next(iter(per_round))
+        for label, times in per_round.items():
+            rows.append({"task": task, "model": name, "batch": batch, "lever": label,
+                         "images_per_s": batch / statistics.median(times),
+                         "speedup": paired_ratio(per_round[first], times)})  # fmt: skip
+    return rows
 
 
 def environment(device: torch.device) -> dict:
@@ -76,221 +299,12 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        from ..models import cpu_kernels
-
-        env["fused_cpu_kernels"] = "compiled" if cpu_kernels.available() else "torch fallback"
     return env
 
 
-@contextlib.contextmanager
-def _exact_fp32():
-    """Compare in true fp32: TF32 convolutions on NVIDIA GPUs differ by ~1e-3 between algorithms."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def _pair(name: str, device: torch.device) -> tuple[DenseNet, torch.nn.Module]:
-    """Ours and torchvision's twin with identical weights; checks their outputs agree first."""
-    torch.manual_seed(0)
-    ours = create_model(name).to(device)
-    reference = torchvision_twin(ours).to(device)
-    size = 64 if ours.config.stem == "imagenet" else 32
-    x = torch.randn(2, 3, size, size, device=device)
-    ours.eval()
-    reference.eval()
-    with torch.no_grad(), _exact_fp32():
-        a, b = ours(x), reference(x)
-    scale = max(b.abs().max().item(), 1.0)
-    if not (a - b).abs().max().item() <= 1e-4 * scale:
-        raise AssertionError(f"{name}: our outputs differ from torchvision's; refusing to benchmark")
-    return ours, reference
-
-
-def _run_worker(spec: dict) -> list[float]:
-    done = subprocess.run(
-        [sys.executable, "-m", "densenets.bench.worker", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed for {spec}: {done.stderr.strip()[-800:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["samples_s"]
-
-
-def time_contenders(specs: dict[str, dict], cfg: BenchConfig) -> dict[str, dict]:
-    """Each contender in fresh processes, alternated round-robin; median over all samples."""
-    samples: dict[str, list[float]] = {name: [] for name in specs}
-    for _ in range(cfg.rounds):
-        for name, spec in specs.items():
-            samples[name] += _run_worker({**spec, "reps": cfg.reps})
-    return {name: {"median_s": statistics.median(s), "samples_s": s} for name, s in samples.items()}
-
-
-def train_section(cfg: BenchConfig, device: torch.device, peak: float, log) -> list[dict]:
-    rows = []
-    cpu = device.type == "cpu"
-    for name, batch, size in _cases(cfg.quick).train:
-        ours, _ = _pair(name, device)
-        flops = 3 * count_flops(ours, size) * batch  # forward + backward (about twice the forward)
-        base = {"task": "train", "model": name, "batch": batch, "size": size, "device": device.type, "amp": cfg.amp}
-        specs = {"torchvision": {**base, "variant": "torchvision"}}
-        if cpu:
-            specs["torchvision + tuned allocator"] = {**base, "variant": "torchvision", "tune_allocator": True}
-            specs["densenets, default allocator"] = {**base, "variant": "default"}
-            specs["densenets"] = {**base, "variant": "default", "tune_allocator": True}
-        else:
-            specs["torchvision, channels_last"] = {**base, "variant": "torchvision-cl"}
-            specs["densenets"] = {**base, "variant": "default"}
-        log(f"train {name} batch {batch} {size}x{size}: {', '.join(specs)}")
-        rows += _rows("train", name, batch, size, time_contenders(specs, cfg), flops, peak)
-    return rows
-
-
-def infer_section(cfg: BenchConfig, device: torch.device, peak: float, log) -> list[dict]:
-    rows = []
-    for name, batch, size in _cases(cfg.quick).infer:
-        ours, reference = _pair(name, device)
-        flops = count_flops(ours, size) * batch
-        base = {"task": "infer", "model": name, "batch": batch, "size": size, "device": device.type, "amp": cfg.amp}
-        specs = {
-            "torchvision": {**base, "variant": "torchvision"},
-            "densenets module": {**base, "variant": "default"},
-            "densenets optimize_for_inference": {**base, "variant": "optimized"},
-        }
-        fast = {"densenets optimize_for_inference": optimize_for_inference(ours)}
-        if _onnxruntime_available(device):
-            label = "densenets optimize_for_inference, onnxruntime"
-            fast[label] = optimize_for_inference(ours, backend="onnxruntime")
-            specs[label] = {**base, "variant": "onnxruntime"}
-        x = torch.randn(batch, 3, size, size, device=device)
-        with torch.no_grad(), _exact_fp32():
-            expected = reference(x)
-            scale = max(expected.abs().max().item(), 1.0)
-            for label, module in fast.items():
-                if not (module(x) - expected).abs().max().item() <= 1e-4 * scale:
-                    raise AssertionError(f"{name}: {label} output differs from torchvision's")
-        log(f"infer {name} batch {batch} {size}x{size}: {', '.join(specs)}")
-        rows += _rows("infer", name, batch, size, time_contenders(specs, cfg), flops, peak)
-    return rows
-
-
-def _onnxruntime_available(device: torch.device) -> bool:
-    return device.type == "cpu" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
-
-
-def _rows(kind: str, name: str, batch: int, size: int, timing: dict, flops: int, peak: float) -> list[dict]:
-    base = timing["torchvision"]["median_s"]
-    out = []
-    for impl, t in timing.items():
-        seconds = t["median_s"]
-        gflops = flops / seconds / 1e9
-        out.append(
-            {
-                "kind": kind,
-                "model": name,
-                "batch": batch,
-                "size": size,
-                "impl": impl,
-                "seconds": seconds,
-                "images_per_s": batch / seconds,
-                "ratio_vs_torchvision": base / seconds,
-                "gflops_per_s": gflops,
-                "fraction_of_matmul_peak": gflops / peak,
-                "samples_s": t["samples_s"],
-            }
-        )
-    return out
-
-
-def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log) -> dict:
-    cases = _cases(cfg.quick)
-    rows = []
-    contenders = [("densenets", False), ("densenets", True), ("torchvision", False), ("torchvision", True)]
-    for depth in cases.memory_depths:
-        name = f"densenet_bc{depth}_k12" if not cfg.quick else f"densenet_bc{depth}_k4"
-        for impl, efficient in contenders:
-            log(f"memory {name} batch {cases.memory_batch}: {impl}{', memory-efficient' if efficient else ''}")
-            peak = measure_step_memory(name, impl, efficient, cases.memory_batch, 32, device.type)
-            label = f"{impl}, {'memory-efficient' if efficient else 'normal'}"
-            rows.append({"model": name, "depth": depth, "label": label, "peak_mib": peak / 2**20})
-    fits = {}
-    for label in sorted({r["label"] for r in rows}):
-        pts = [(r["depth"], r["peak_mib"]) for r in rows if r["label"] == label]
-        fits[label] = fit_growth([p[0] for p in pts], [p[1] for p in pts])
-    plot_path = out_dir / "memory_vs_depth.png"
-    plot_memory(rows, str(plot_path))
-
-    name, batch, size = cases.efficient_case
-    log(f"memory-efficient target: {name} batch {batch}: peak memory and step time")
-    normal = measure_step_memory(name, "densenets", False, batch, size, device.type)
-    efficient = measure_step_memory(name, "densenets", True, batch, size, device.type)
-    base = {"task": "train", "model": name, "batch": batch, "size": size, "device": device.type, "variant": "default",
-            "tune_allocator": device.type == "cpu"}  # fmt: skip
-    timing = time_contenders({"normal": base, "memory-efficient": {**base, "memory_efficient": True}}, cfg)
-    target = {
-        "model": name,
-        "batch": batch,
-        "peak_mib_normal": normal / 2**20,
-        "peak_mib_efficient": efficient / 2**20,
-        "memory_ratio": efficient / normal,
-        "seconds_normal": timing["normal"]["median_s"],
-        "seconds_efficient": timing["memory-efficient"]["median_s"],
-        "time_overhead": timing["memory-efficient"]["median_s"] / timing["normal"]["median_s"] - 1,
-    }
-    return {"rows": rows, "fits": fits, "plot": str(plot_path), "efficient_target": target}
-
-
-def levers_section(cfg: BenchConfig, device: torch.device, log) -> list[dict]:
-    """Each optimisation switched on one at a time, on our own model."""
-    rows = []
-    cases = _cases(cfg.quick)
-    name, batch, size = cases.train[0]
-    base = {"task": "train", "model": name, "batch": batch, "size": size, "device": device.type}
-    specs = {
-        "layer by layer, NCHW": {**base, "variant": "plain-nchw"},
-        "+ channels_last (and pool before transition conv)": {**base, "variant": "plain-cl"},
-        "+ fused block (shared buffer, fused BN+ReLU kernels)": {**base, "variant": "default"},
-        "+ tuned allocator (what densenets train uses)": {**base, "variant": "default", "tune_allocator": True},
-    }
-    log(f"levers: training {name}")
-    rows += _lever_rows("train", name, batch, time_contenders(specs, cfg))
-
-    name, batch, size = cases.infer[-1]
-    base = {"task": "infer", "model": name, "batch": batch, "size": size, "device": device.type}
-    specs = {
-        "layer by layer, NCHW": {**base, "variant": "plain-nchw"},
-        "+ channels_last": {**base, "variant": "plain-cl"},
-        "+ fused block": {**base, "variant": "default"},
-        "optimize_for_inference (BN folded, one fused pass per BN-ReLU)": {**base, "variant": "optimized"},
-    }
-    if _onnxruntime_available(device):
-        specs["ONNX Runtime (CPU provider)"] = {**base, "variant": "onnxruntime"}
-    log(f"levers: inference {name} batch {batch}")
-    rows += _lever_rows("infer", name, batch, time_contenders(specs, cfg))
-    return rows
-
-
-def _lever_rows(kind: str, name: str, batch: int, timing: dict) -> list[dict]:
-    first = next(iter(timing.values()))["median_s"]
-    return [
-        {
-            "kind": kind,
-            "model": name,
-            "lever": lever,
-            "images_per_s": batch / t["median_s"],
-            "speedup": first / t["median_s"],
-        }
-        for lever, t in timing.items()
-    ]
-
-
 def run_benchmarks(cfg: BenchConfig) -> dict:
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)  # the training engine's rule (auto: CUDA when available)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
         if cfg.log:
@@ -299,72 +313,25 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
     unknown = sorted(set(cfg.sections) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown bench section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    log("measuring the fp32 matrix-multiply peak")
-    peak = matmul_peak_gflops(device)
-    results: dict = {"config": asdict(cfg), "environment": {**environment(device), "matmul_peak_gflops": peak}}
-    if "train" in cfg.sections:
-        results["train"] = train_section(cfg, device, peak, log)
-    if "infer" in cfg.sections:
-        results["infer"] = infer_section(cfg, device, peak, log)
+    bad = sorted(set(cfg.precisions) - set(PRECISION_DTYPES))
+    if bad:
+        raise ValueError(f"unknown bench precision(s) {bad}; choose from {', '.join(PRECISION_DTYPES)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log("measuring the matrix-multiply peak of each precision")
+    measured = sorted({"fp32", *cfg.precisions} & set(PRECISION_DTYPES))
+    peaks = {p: matmul_peak_gflops(device, PRECISION_DTYPES[p]) for p in measured}
+    results: dict = {"config": asdict(cfg), "environment": {**environment(device), "matmul_peak_gflops": peaks}}
+
+    def save(section: str, value) -> None:
+        results[section] = value
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        (out_dir / "results.md").write_text(to_markdown(results))
+
+    for task in ("train", "infer"):
+        if task in cfg.sections:
+            save(task, speed_section(task, cfg, device, peaks, log, save))
     if "memory" in cfg.sections:
-        results["memory"] = memory_section(cfg, device, out_dir, log)
+        save("memory", memory_section(cfg, device, out_dir, log, save))
     if "levers" in cfg.sections:
-        results["levers"] = levers_section(cfg, device, log)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(to_markdown(results))
+        save("levers", levers_section(cfg, device, log))
     return results
-
-
-def to_markdown(results: dict) -> str:
-    env = results["environment"]
-    lines = [
-        f"Device: {env.get('gpu', env['cpu'])} ({env['device']}, {env['threads']} threads), torch {env['torch']}; "
-        f"fp32 matmul peak {env['matmul_peak_gflops']:.0f} GFLOP/s"
-        + (f"; fused CPU kernels: {env['fused_cpu_kernels']}" if "fused_cpu_kernels" in env else ""),
-        "",
-    ]
-    for kind, title in (("train", "Training (forward + backward + SGD step)"), ("infer", "Inference (eval)")):
-        if kind not in results:
-            continue
-        lines += [f"### {title}", "", "| model | batch | input | implementation | images/s | vs torchvision | "
-                  "GFLOP/s | % of matmul peak |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in results[kind]:
-            lines.append(
-                f"| {r['model']} | {r['batch']} | {r['size']}x{r['size']} | {r['impl']} | {r['images_per_s']:.1f} | "
-                f"{r['ratio_vs_torchvision']:.2f}x | {r['gflops_per_s']:.0f} | "
-                f"{100 * r['fraction_of_matmul_peak']:.0f}% |"
-            )
-        lines.append("")
-    if "memory" in results:
-        mem = results["memory"]
-        depths = sorted({r["depth"] for r in mem["rows"]})
-        labels = sorted({r["label"] for r in mem["rows"]})
-        lines += ["### Peak memory of one training step (MiB), DenseNet-BC k=12", ""]
-        lines += ["| implementation | " + " | ".join(f"L={d}" for d in depths) + " | log-log slope |"]
-        lines += ["|---|" + "---|" * (len(depths) + 1)]
-        for label in labels:
-            cells = [
-                f"{r['peak_mib']:.0f}" for d in depths for r in mem["rows"] if r["label"] == label and r["depth"] == d
-            ]
-            slope = mem["fits"][label]["loglog_slope"]
-            slope_text = f"{slope:.2f}" if slope is not None else "-"
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {slope_text} |")
-        t = mem["efficient_target"]
-        lines += [
-            "",
-            f"Memory-efficient mode, {t['model']} batch {t['batch']}: peak {t['peak_mib_efficient']:.0f} MiB vs "
-            f"{t['peak_mib_normal']:.0f} MiB normal ({100 * t['memory_ratio']:.0f}%), step "
-            f"{t['seconds_efficient']:.2f}s vs {t['seconds_normal']:.2f}s ({100 * t['time_overhead']:+.0f}% time).",
-            "",
-        ]
-    if "levers" in results:
-        lines += [
-            "### Levers, one at a time (our model)",
-            "",
-            "| task | lever | images/s | speed-up |",
-            "|---|---|---|---|",
-        ]
-        for r in results["levers"]:
-            lines.append(f"| {r['kind']} {r['model']} | {r['lever']} | {r['images_per_s']:.1f} | {r['speedup']:.2f}x |")
-        lines.append("")
-    return "\n".join(lines)

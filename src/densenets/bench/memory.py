@@ -46,11 +46,14 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _build(name: str, impl: str, memory_efficient: bool, batch: int, size: int, device: torch.device):
-    """A training step of ``impl`` ("ours": default fast path; "torchvision": its DenseNet)."""
+def probe_model(name: str, impl: str, memory_efficient: bool, batch: int, size: int, device: torch.device):
+    """Model and input of ``impl`` as its default path runs it: ``densenets`` as the training
+    engine does (channels_last on the CPU), ``torchvision`` as its DenseNet (NCHW)."""
+    if impl not in ("densenets", "torchvision"):
+        raise ValueError(f"memory probe: impl must be densenets or torchvision, got {impl!r}")
     torch.manual_seed(0)
     model = create_model(name, memory_efficient=memory_efficient)
-    channels_last = impl == "ours"
+    channels_last = impl == "densenets" and device.type == "cpu"
     if impl == "torchvision":
         model = torchvision_twin(model)
         for layer in model.modules():
@@ -59,6 +62,12 @@ def _build(name: str, impl: str, memory_efficient: bool, batch: int, size: int, 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    return model, x
+
+
+def _build(name: str, impl: str, memory_efficient: bool, batch: int, size: int, device: torch.device):
+    """One training step of ``impl`` (see :func:`probe_model`)."""
+    model, x = probe_model(name, impl, memory_efficient, batch, size, device)
     y = torch.randint(0, model.classifier.out_features, (batch,), device=device)
     return training_step_fn(model, x, y)
 
@@ -89,7 +98,8 @@ def measure_step_memory(
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"memory probe failed for {name} ({impl}): {done.stderr.strip()[-500:]}")
+        why = "killed (out of memory?)" if done.returncode == -9 else done.stderr.strip()[-500:]
+        raise RuntimeError(f"memory probe failed for {name} ({impl}, exit {done.returncode}): {why}")
     return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 

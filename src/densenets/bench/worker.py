@@ -1,70 +1,101 @@
 """One benchmark contender in its own process: ``python -m densenets.bench.worker SPEC_JSON``.
 
-Each contender runs in a fresh process so that none inherits another's allocator state,
-caches or thread pools; the harness alternates processes round-robin.
+Each contender runs in a fresh process so that none inherits another's allocator setting,
+caches or thread pools; the harness alternates the processes round by round.
+
+A spec names what a user would write:
+
+- ``impl``: ``densenets`` (our module) or ``torchvision`` (its DenseNet, same weights);
+- ``layout``: ``nchw`` or ``cl`` (``model.to(memory_format=torch.channels_last)``);
+- ``allocator``: ``tuned`` (``tune_cpu_allocator()``, what ``densenets train`` applies) or ``default``;
+- ``precision``: ``fp32``, ``bf16`` (autocast for modules; ``optimize_for_inference(...,
+  precision="bf16")`` for the optimised form) or ``int8`` (optimised forms only);
+- ``form``: ``module``, ``optimized`` (``optimize_for_inference``) or ``onnxruntime`` (the
+  model exported to ONNX and run by ONNX Runtime, for either implementation).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import torch
 
+from ..engine.runtime import amp_dtype
 from ..models import create_model
 from ..models.inference import optimize_for_inference
+from ..models.onnx_runtime import OnnxRuntimeModule
 from .reference import torchvision_twin
 from .timing import inference_fn, synchronize, training_step_fn
 
-# variant -> (memory format, fused block, inference form)
-VARIANTS = {
-    "torchvision": ("nchw", None, "module"),
-    "torchvision-cl": ("cl", None, "module"),
-    "default": ("cl", True, "module"),
-    "plain-nchw": ("nchw", False, "module"),
-    "plain-cl": ("cl", False, "module"),
-    "optimized": ("nchw", True, "optimized"),
-    "onnxruntime": ("nchw", True, "onnxruntime"),
-}
+IMPLS = ("densenets", "torchvision")
+LAYOUTS = ("nchw", "cl")
+ALLOCATORS = ("tuned", "default")
+PRECISIONS = ("fp32", "bf16", "int8")
+FORMS = ("module", "optimized", "onnxruntime")
+
+
+def _amp_name(precision: str) -> str:
+    return "none" if precision == "fp32" else precision
+
+
+def check_spec(spec: dict) -> None:
+    """Refuse a spec that names no real setting (a typo would otherwise time something else)."""
+    for key, valid in (("impl", IMPLS), ("layout", LAYOUTS), ("allocator", ALLOCATORS), ("form", FORMS)):
+        if spec.get(key) not in valid:
+            raise ValueError(f"bench spec: {key} must be one of {', '.join(valid)}; got {spec.get(key)!r}")
+    precision = spec.get("precision", "fp32")
+    if precision not in PRECISIONS and precision != "fp16":
+        raise ValueError(f"bench spec: precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if spec["task"] == "train" and spec["form"] != "module":
+        raise ValueError("bench spec: only the module form trains")
+    if precision == "int8" and spec["form"] == "module":
+        raise ValueError("bench spec: int8 needs an optimised form (optimized or onnxruntime)")
+    if spec["form"] == "optimized" and spec["impl"] != "densenets":
+        raise ValueError("bench spec: optimize_for_inference takes our DenseNet only")
 
 
 def build(spec: dict) -> Callable[[], object]:
+    check_spec(spec)
     device = torch.device(spec["device"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the training engine does
-    if spec.get("tune_allocator"):
+    if spec["allocator"] == "tuned":
         from ..engine.runtime import tune_cpu_allocator
 
         tune_cpu_allocator()
-    layout, fused, form = VARIANTS[spec["variant"]]
-    if spec["variant"] == "default" and device.type == "cuda" and spec.get("amp", "none") == "none":
-        layout = "nchw"  # the engine's rule: channels_last on CUDA only with AMP
     torch.manual_seed(0)
     model = create_model(spec["model"], memory_efficient=spec.get("memory_efficient", False))
-    if spec["variant"].startswith("torchvision"):
+    if spec["impl"] == "torchvision":
         model = torchvision_twin(model)
-    elif fused is not None:
-        model.set_fused(fused)
-    memory_format = torch.channels_last if layout == "cl" else torch.contiguous_format
+        if spec.get("memory_efficient"):
+            for layer in model.modules():
+                if hasattr(layer, "memory_efficient"):  # torchvision's own checkpointing switch
+                    layer.memory_efficient = True
+    memory_format = torch.channels_last if spec["layout"] == "cl" else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     x = torch.randn(spec["batch"], 3, spec["size"], spec["size"], device=device).contiguous(memory_format=memory_format)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.get("amp", "none")]
+    precision = spec.get("precision", "fp32")
     if spec["task"] == "train":
         y = torch.randint(0, 10, (spec["batch"],), device=device)
-        return training_step_fn(model, x, y, amp)
-    if form == "optimized":
-        return inference_fn(optimize_for_inference(model), x)
-    if form == "onnxruntime":
-        return inference_fn(optimize_for_inference(model, backend="onnxruntime"), x)
-    return inference_fn(model, x, amp)
+        return training_step_fn(model, x, y, amp_dtype(_amp_name(precision)))
+    if spec["form"] == "optimized":
+        options = {} if precision == "fp32" else {"precision": precision}
+        return inference_fn(optimize_for_inference(model, **options), x)
+    if spec["form"] == "onnxruntime":
+        options = {} if precision == "fp32" else {"precision": precision}
+        return inference_fn(OnnxRuntimeModule(model.cpu().eval(), x[:1].cpu(), **options), x)
+    return inference_fn(model, x, amp_dtype(_amp_name(precision)))
 
 
 def run(spec: dict) -> dict:
+    """Warm up, then time ``reps`` calls; returns every sample and their median (seconds)."""
     fn = build(spec)
     device = torch.device(spec["device"])
-    for _ in range(spec.get("warmup", 2)):
+    for _ in range(spec.get("warmup", 1)):
         fn()
     synchronize(device)
     samples = []
@@ -73,7 +104,7 @@ def run(spec: dict) -> dict:
         fn()
         synchronize(device)
         samples.append(time.perf_counter() - start)
-    return {"samples_s": samples}
+    return {"samples_s": samples, "median_s": statistics.median(samples)}
 
 
 if __name__ == "__main__":

@@ -14,13 +14,22 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="folder for feature_reuse.png/.svg/.json (default: beside the checkpoint)")
     p.set_defaults(run=run_analyze)
 
-    p = sub.add_parser("plot", help="error curves and error vs parameters/FLOPs of runs (Figures 3 and 4)")
-    p.add_argument("runs", nargs="+", help="run folders")
+    p = sub.add_parser("plot", help="the paper's Figures 3 and 4 with your runs; error curves and error vs cost")
+    p.add_argument("runs", nargs="*", help="run folders")
+    p.add_argument(
+        "--figure", type=int, choices=(3, 4),
+        help="3: ImageNet error vs parameters and FLOPs, DenseNets vs ResNets; 4: C10+ error vs parameters "
+        "(DenseNet variants; DenseNet-BC vs pre-activation ResNet) and training curves of the runs side by side. "
+        "Without it: error curves and error vs parameters/FLOPs of the runs",
+    )  # fmt: skip
     p.add_argument("--out", default="plots", help="folder for the PNG files")
     p.set_defaults(run=run_plot)
 
-    p = sub.add_parser("report", help="markdown table of every variant: our params/FLOPs and the paper's results")
-    p.add_argument("--out", help="also write the table to this file")
+    p = sub.add_parser(
+        "report", help="the paper's Tables 2 and 3 and Figure 3's ResNets: our params/FLOPs, its errors, your runs'"
+    )
+    p.add_argument("runs", nargs="*", help="run folders whose final test error goes beside the paper's")
+    p.add_argument("--out", help="also write the tables to this file")
     p.set_defaults(run=run_report)
 
 
@@ -44,17 +53,26 @@ def run_analyze(args) -> int:
 
 
 def run_plot(args) -> int:
-    from ..analysis.plots import plot_runs
+    from ..analysis.plots import plot_figure, plot_runs
+    from ..errors import UserError
 
+    if args.figure is not None:
+        path, notes = plot_figure(args.figure, args.runs, args.out)
+        for note in notes:
+            print(note)
+        print(f"written {path}")
+        return 0
+    if not args.runs:
+        raise UserError("give run folders to plot, or --figure 3 / --figure 4 for the paper's figures")
     for path in plot_runs(args.runs, args.out):
         print(f"written {path}")
     return 0
 
 
 def run_report(args) -> int:
-    from ..analysis.report import report_markdown
+    from ..analysis.report import report_markdown, run_results
 
-    text = report_markdown()
+    text = report_markdown(runs=run_results(args.runs))
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

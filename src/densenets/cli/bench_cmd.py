@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
-from ..bench.harness import SECTIONS, BenchConfig, run_benchmarks, to_markdown
+from ..bench.harness import PRECISION_DTYPES, SECTIONS, BenchConfig, run_benchmarks
+from ..bench.report import to_markdown
 from ..errors import ConfigError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="training/inference speed and memory against torchvision's DenseNet",
-        description="Times our DenseNet and torchvision's (same architecture, same weights, same input) "
-        "round-robin in one run; writes results.md, results.json and a memory plot to --out.",
+        help="training/inference speed and memory against torchvision's DenseNet, like for like",
+        description="Times our DenseNet against torchvision's (same architecture, weights and input; NCHW and "
+        "channels_last, same allocator setting, same precision; ONNX Runtime against torchvision through ONNX "
+        "Runtime) in fresh processes, alternated round by round; every ratio is paired per round against a named "
+        "row. Writes results.md, results.json (and a memory plot) to --out.",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
-    p.add_argument("--reps", type=int, default=3, help="timed steps per contender process (after 2 warm-up steps)")
-    p.add_argument("--rounds", type=int, default=2, help="processes per contender, alternated round-robin")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast for every contender")
-    p.add_argument("--sections", default="train,infer,memory", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--reps", type=int, default=2, help="timed calls per contender process (after the warm-up)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per contender process")
+    p.add_argument("--rounds", type=int, default=5, help="processes per contender, alternated round by round")
+    p.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help=f"comma-separated subset of {','.join(PRECISION_DTYPES)} (bf16: autocast, or "
+        "optimize_for_inference(precision='bf16') for the optimised rows)",
+    )
+    p.add_argument("--sections", default="train,infer", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only workloads whose title contains this text, e.g. 'train densenet_bc100_k12' or 'bf16' "
+        "(repeatable)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny models: checks the harness runs, in seconds")
     p.add_argument("--out", default="bench-results", help="folder for results.md/json and plots")
     p.set_defaults(run=run_bench)
@@ -28,9 +44,25 @@ def run_bench(args) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown bench section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    if args.reps < 1 or args.rounds < 1:
-        raise ConfigError(f"--reps and --rounds must be >= 1, got {args.reps} and {args.rounds}")
-    config = BenchConfig(args.device, args.reps, args.rounds, args.amp, sections, args.quick, args.out)
+    precisions = tuple(s.strip() for s in args.precisions.split(",") if s.strip())
+    bad = sorted(set(precisions) - set(PRECISION_DTYPES)) or ([] if precisions else ["(none)"])
+    if bad:
+        raise ConfigError(f"unknown bench precision(s) {bad}; choose from {', '.join(PRECISION_DTYPES)}")
+    if args.reps < 1 or args.rounds < 1 or args.warmup < 0:
+        raise ConfigError(
+            f"--reps and --rounds must be >= 1 and --warmup >= 0; got {args.reps}, {args.rounds}, {args.warmup}"
+        )
+    config = BenchConfig(
+        device=args.device,
+        reps=args.reps,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        precisions=precisions,
+        sections=sections,
+        only=tuple(args.only),
+        quick=args.quick,
+        out_dir=args.out,
+    )
     results = run_benchmarks(config)
     print(to_markdown(results))
     print(f"written to {args.out}/results.md, results.json")

@@ -51,7 +51,8 @@ def run_eval(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
         return 0
-    crops = ", ten-crop" if args.ten_crop else ""
+    print(f"evaluated {result['checkpoint']} ({result['checkpoint_choice']})")
+    crops = ", ten-crop (logits summed over the crops)" if args.ten_crop else ""
     print(f"{result['data']} test set ({result['count']} images{crops}): error {result['error']:.2f}%  "
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")  # fmt: skip
     worst = sorted(result["per_class_accuracy"].items(), key=lambda kv: kv[1])[:5]

@@ -30,17 +30,19 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def add_dataclass_options(parser, cls, help_prefix: str = "") -> None:
+def add_dataclass_options(parser, cls, describe_default: typing.Callable[[str], str] | None = None) -> None:
     """One ``--field-name`` option per dataclass field, typed from its annotation.
 
-    Defaults are ``None`` ("not given") so only what the user typed overrides the recipe.
+    Defaults are ``None`` ("not given") so only what the user typed overrides the recipe;
+    ``describe_default(name)`` says in the help what a run uses when it is not given.
     """
     hints = typing.get_type_hints(cls)
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     for name, hint in hints.items():
         flag = "--" + name.replace("_", "-")
         kind = _base_type(hint)
-        text = f"{help_prefix}(recipe default: {defaults[name]})"
+        text = describe_default(name) if describe_default else f"default: {defaults[name]}"
+        text = text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind is tuple:

@@ -12,7 +12,10 @@ from .options import parse_overrides
 
 def add_parser(sub) -> None:
     p = sub.add_parser("summary", help="parameters, FLOPs and block layout of a model")
-    p.add_argument("name", help="a name from `densenets list`, or densenet[_b|_c|_bc]<depth>_k<growth>")
+    p.add_argument(
+        "name",
+        help="a name from `densenets list` (DenseNets, ResNet baselines) or densenet[_b|_c|_bc]<depth>_k<growth>",
+    )
     p.add_argument("--input-size", type=int, default=None, help="square input side (default: 32 CIFAR, 224 ImageNet)")
     p.add_argument("--num-classes", type=int, default=None, help="override the number of classes")
     p.add_argument(
@@ -20,12 +23,12 @@ def add_parser(sub) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override any DenseNetConfig field, e.g. --set growth_rate=24 (repeatable)",
+        help="override any config field, e.g. --set growth_rate=24 or --set stochastic_depth=0.5 (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=run_summary)
 
-    p = sub.add_parser("list", help="list the named variants")
+    p = sub.add_parser("list", help="list the named variants (DenseNets and ResNet baselines)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'densenet_bc*'")
     p.add_argument(
         "--pretrained", action="store_true", help="list the named weights instead (create_model(..., pretrained=TAG))"

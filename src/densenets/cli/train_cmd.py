@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from ..engine.recipes import RECIPES, Recipe, base_recipe, read_recipe_file, resolve_recipe
+from ..engine.recipes import RECIPES, Recipe, base_recipe, describe_default, read_recipe_file, resolve_recipe
 from ..errors import UserError
 from .options import add_dataclass_options, collect_overrides, parse_overrides
 
@@ -15,8 +15,9 @@ from .options import add_dataclass_options, collect_overrides, parse_overrides
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a DenseNet with the paper's protocol (default: DenseNet-BC-40 on the bundled digits)",
-        description="Train a DenseNet. Start from a named recipe (chosen by --data when not given), "
+        help="train a DenseNet (or a ResNet baseline) with the paper's protocol (default: DenseNet-BC-40 on digits)",
+        description="Train a DenseNet or one of the paper's ResNet baselines. Start from a named recipe (chosen by "
+        "--data when not given), "
         "override any field, or repeat a run from its config.json.",
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), help="base protocol (default: implied by --data)")
@@ -30,8 +31,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines are always printed)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any recipe field")
-    group = p.add_argument_group("recipe fields (each overrides the recipe)")
-    add_dataclass_options(group, Recipe)
+    group = p.add_argument_group(
+        "recipe fields (each overrides the recipe; the help gives the value a run uses when it is not given)"
+    )
+    add_dataclass_options(group, Recipe, describe_default)
     p.set_defaults(run=run_train)
 
 
@@ -64,6 +67,12 @@ def run_train(args) -> int:
     if args.dry_run:
         print(json.dumps(recipe.to_dict(), indent=2))
         return 0
+    if args.dropout is None and "dropout" not in parse_overrides(args.set) and not args.config:
+        from ..models.registry import is_densenet
+
+        if not is_densenet(recipe.model):
+            print(f"{recipe.model}: dropout {recipe.dropout:g}, its own paper's setting (the DenseNet rule, 0.2 "
+                  "without augmentation, is for DenseNets; --dropout overrides)", flush=True)  # fmt: skip
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
     fit(recipe, run_dir, show_progress=not args.no_progress)
     return 0

@@ -23,6 +23,7 @@ from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from ..errors import DataError
+from .cifar_files import SafeCifarMixin
 from .determinism import EpochSeededDataset
 from .digits import digits_datasets
 from .transforms import (
@@ -74,11 +75,12 @@ class DataBundle:
 
 # --------------------------------------------------------------------------------------
 # torchvision classes, checking that files are present (checksums only when downloading:
-# users keep re-packed or partial copies, and tests write tiny files in the same format)
+# users keep re-packed or partial copies, and tests write tiny files in the same format);
+# CIFAR batches are read by a restricted unpickler (cifar_files), never by pickle.load
 # --------------------------------------------------------------------------------------
 
 
-class _CIFAR10(tvd.CIFAR10):
+class _CIFAR10(SafeCifarMixin, tvd.CIFAR10):
     meta = {**tvd.CIFAR10.meta, "md5": None}
 
     def _check_integrity(self) -> bool:
@@ -86,7 +88,7 @@ class _CIFAR10(tvd.CIFAR10):
         return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
 
-class _CIFAR100(tvd.CIFAR100):
+class _CIFAR100(SafeCifarMixin, tvd.CIFAR100):
     meta = {**tvd.CIFAR100.meta, "md5": None}
 
     def _check_integrity(self) -> bool:

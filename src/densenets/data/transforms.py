@@ -42,8 +42,9 @@ class Lighting:
 
 
 def train_transform(preprocess: dict, augment: str) -> T.Compose:
-    """``augment``: ``"none"``, ``"crop"`` (pad 4, random crop), ``"crop-flip"`` (and flip; also
-    called ``"cifar"``) or ``"imagenet"`` (random-resized crop at scale 0.08-1, flip, colour)."""
+    """``augment``: ``"none"``, ``"crop"`` (normalise, zero-pad 4, random crop), ``"crop-flip"``
+    (and flip; also called ``"cifar"``) or ``"imagenet"`` (random-resized crop at scale 0.08-1,
+    flip, colour)."""
     size = preprocess["crop"]
     normalize = T.Normalize(preprocess["mean"], preprocess["std"])
     if augment == "imagenet":
@@ -58,15 +59,14 @@ def train_transform(preprocess: dict, augment: str) -> T.Compose:
             ]
         )
     steps = [T.Grayscale(1)] if preprocess["channels"] == 1 else []
-    if augment == "cifar":  # CIFAR's images are already 32x32: no resize
-        steps += [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
-        return T.Compose([*steps, T.ToTensor(), normalize])
-    steps += _resize_steps(preprocess)
-    if augment in ("crop", "crop-flip"):
-        steps.append(T.RandomCrop(size, padding=4))
-    if augment == "crop-flip":
+    steps += [*_resize_steps(preprocess), T.ToTensor(), normalize]
+    if augment in ("crop", "crop-flip", "cifar"):
+        # The authors' order (fb.resnet.torch): normalise first, then pad with zeros and crop,
+        # so the 4-pixel border is the mean colour, not black.
+        steps.append(T.RandomCrop(size, padding=4, fill=0))
+    if augment in ("crop-flip", "cifar"):
         steps.append(T.RandomHorizontalFlip())
-    return T.Compose([*steps, T.ToTensor(), normalize])
+    return T.Compose(steps)
 
 
 def eval_transform(preprocess: dict) -> T.Compose:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -74,3 +76,31 @@ def average_buffers(model: torch.nn.Module) -> None:
             buffer.div_(world)
         else:
             dist.broadcast(buffer, src=0)
+
+
+def run_on_main(fn, info: DistInfo):
+    """Call ``fn`` on rank 0 only (file writes); if it raises, every rank stops with its error.
+
+    Without this, an error only rank 0 meets (full disk, non-finite weights at save) would
+    leave the other ranks waiting in the next collective until the process-group timeout.
+    Rank 0 re-raises its own exception; the others raise a :class:`UserError` quoting it.
+    """
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([1.0 if error is not None else 0.0])
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag)
+        if flag.item() > 0:
+            message = [f"{type(error).__name__}: {error}" if error is not None else None]
+            dist.broadcast_object_list(message, src=0)
+            if error is None:
+                raise UserError(f"stopped because rank 0 failed: {message[0]}")
+    if error is not None:
+        raise error
+    return result

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..data import DataSpec, build_data
 from ..data.transforms import ten_crop_transform
 from ..errors import ConfigError, DataError
-from ..models.weights import load_model
+from ..models.weights import choose_checkpoint, load_model
 from .loop import evaluate
 from .recipes import Recipe
 from .runtime import make_runtime
@@ -41,8 +41,12 @@ def evaluate_checkpoint(
     model_name: str | None = None,
     out_dir: str | Path | None = None,
 ) -> dict:
-    """Evaluate a trained model on a data set's test split; writes metrics and figures to ``out_dir``."""
-    loaded = load_model(checkpoint, model_name)
+    """Evaluate a trained model on a data set's test split; writes metrics and figures to ``out_dir``.
+
+    A run folder means the checkpoint :func:`choose_checkpoint` picks; the result names it and why.
+    """
+    path, reason = choose_checkpoint(checkpoint)
+    loaded = load_model(path, model_name)
     recipe = loaded.run_config.get("recipe", {})
     data = data or recipe.get("data")
     if data is None:
@@ -71,6 +75,7 @@ def evaluate_checkpoint(
     names = loaded.class_names if len(loaded.class_names) == bundle.num_classes else bundle.class_names
     result = {
         "checkpoint": str(loaded.source),
+        "checkpoint_choice": reason,
         "data": data,
         "ten_crop": ten_crop,
         **{k: v for k, v in metrics.items() if k != "confusion"},

@@ -21,6 +21,11 @@ from .runtime import Runtime
 from .schedule import lr_at
 
 
+def new_epoch_sums() -> dict:
+    """Running sums of an epoch; ``data_seconds``: time spent waiting for batches."""
+    return {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0, "data_seconds": 0.0}
+
+
 @dataclass
 class TrainState:
     """What changes during training; everything in it goes into a checkpoint."""
@@ -32,7 +37,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     best: dict = field(default_factory=dict)
     # Running sums of the epoch in progress, so a mid-epoch resume reports the same metrics.
-    epoch_sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0})
+    epoch_sums: dict = field(default_factory=new_epoch_sums)
     stop_requested: bool = False  # set by the SIGINT handler
 
 
@@ -94,11 +99,12 @@ def train_one_epoch(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    tick = time.perf_counter()
+    tick = waiting_since = time.perf_counter()
     for images, targets in loader:
         if recipe.max_steps and state.step >= recipe.max_steps:
             break
         images, targets = runtime.to_device(images), targets.to(runtime.device, non_blocking=True)
+        sums["data_seconds"] = sums.get("data_seconds", 0.0) + time.perf_counter() - waiting_since
         # Dropout masks depend only on (seed, step, rank): resume reproduces them exactly.
         torch.manual_seed(derive_seed(recipe.seed, "step", state.step, runtime.dist.rank))
         lr = lr_at(state.step, recipe, steps_per_epoch)
@@ -124,17 +130,20 @@ def train_one_epoch(
             on_step(state)
         if state.stop_requested:
             break
+        waiting_since = time.perf_counter()
     bar.close()
-    loss, correct, count, seconds = all_reduce_sum(
-        [sums["loss"], sums["correct"], sums["count"], sums["seconds"]], runtime.device
+    loss, correct, count, seconds, data_seconds = all_reduce_sum(
+        [sums["loss"], sums["correct"], sums["count"], sums["seconds"], sums.get("data_seconds", 0.0)], runtime.device
     )
     seconds /= runtime.dist.world_size
+    data_seconds /= runtime.dist.world_size
     count = max(count, 1.0)
     return {
         "train_loss": loss / count,
         "train_error": 100.0 * (1.0 - correct / count),
         "train_images": int(count),
         "train_seconds": seconds,
+        "data_wait_seconds": data_seconds,
         "images_per_s": count / max(seconds, 1e-9),
         "lr": lr_at(max(state.step - 1, 0), recipe, steps_per_epoch),
     }
@@ -144,7 +153,8 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False) -> dict:
     """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks.
 
-    Batches of shape (N, n_crops, C, H, W) are averaged over the crops (ten-crop testing).
+    Batches of shape (N, n_crops, C, H, W) are ten-crop testing: the crops' logits are
+    averaged (the authors sum them: the same argmax) and the loss is that of the mean.
     With ``confusion``, also the confusion matrix (rows: true class) and per-class accuracy.
     """
     model.eval()
@@ -188,6 +198,7 @@ def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.T
     with runtime.autocast():
         logits = model(images).float()
     if crops:
-        # Average the softmax over crops, returned as log-probabilities (a valid logit vector).
-        logits = logits.softmax(1).view(n, c, -1).mean(1).log()
+        # The authors' code (fb.resnet.torch) sums the crops' outputs, the logits, before
+        # the argmax; their mean ranks classes the same and keeps the loss on the usual scale.
+        logits = logits.view(n, c, -1).mean(1)
     return logits

@@ -2,8 +2,9 @@
 
 A recipe holds everything that decides a run: model and data names, optimiser, schedule,
 regularisation and execution options. ``resolve_recipe`` applies the paper's rules that
-depend on the data set (dropout exactly when there is no augmentation) so the resolved
-recipe written to the run folder repeats the run on its own.
+depend on the data set (DenseNets: dropout exactly when there is no augmentation) so the
+resolved recipe written to the run folder repeats the run on its own. The ResNet baselines
+train under the same recipes; only their dropout default is their own paper's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Recipe:
     init: str = "fan_out"
     # execution
     seed: int = 0
+    loader: str | None = None  # workers | resident (None: resident for in-memory CIFAR/SVHN, else workers)
     workers: int | None = None  # None: 0 on the CPU (loading competes with compute), 8 on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
@@ -89,6 +91,8 @@ class Recipe:
             raise ConfigError("give either pretrained (named weights) or weights (a file), not both")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
+        if self.loader not in (None, "workers", "resident"):
+            raise ConfigError(f"loader must be one of workers, resident; got {self.loader!r}")
         if self.init not in ("fan_out", "fan_in"):
             raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -104,10 +108,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
+        reject_unknown_fields(data, cls, "recipe")
         return cls(**data)
 
 
@@ -190,6 +191,38 @@ RECIPE_FOR_DATA = {
 AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder"}
 
 
+# What a field left at None means (resolved by resolve_recipe or at run time).
+AUTO_MEANING = {
+    "image_size": "the data set's own size",
+    "verify_images": "image folders yes, ImageNet no",
+    "weights": "none: random initialisation",
+    "augment": "chosen by the data set and image size",
+    "loader": "resident for in-memory CIFAR/SVHN, else workers",
+    "dropout": "0.2 without data augmentation, 0 with (the paper's rule)",
+    "workers": "0 on the CPU, 8 on CUDA",
+    "channels_last": "on the CPU; on CUDA only with --amp",
+}
+
+
+def describe_default(name: str) -> str:
+    """What a run uses for recipe field ``name`` when it is not given: the default run's
+    value (the digits recipe) and, where they differ, each recipe's."""
+
+    def show(value) -> str:
+        if value is None:
+            return AUTO_MEANING.get(name, "none")
+        if isinstance(value, tuple):
+            return ",".join(f"{v:.3g}" for v in value)
+        return str(value)
+
+    values = {recipe_name: show(getattr(recipe, name)) for recipe_name, recipe in RECIPES.items()}
+    default = values[RECIPE_FOR_DATA[Recipe.data]]
+    if len(set(values.values())) == 1:
+        return f"default: {default}"
+    others = ", ".join(f"{r} {v}" for r, v in values.items() if r != RECIPE_FOR_DATA[Recipe.data])
+    return f"default run (digits): {default}; other recipes: {others}"
+
+
 def base_recipe(name: str | None = None, data: str | None = None, pretrained: bool | str = False) -> Recipe:
     """The named recipe, or the one the data set implies (digits when neither is given;
     ``finetune`` for an image folder with pretrained weights)."""
@@ -208,15 +241,12 @@ def base_recipe(name: str | None = None, data: str | None = None, pretrained: bo
 
 def resolve_recipe(recipe: Recipe, **overrides) -> Recipe:
     """Apply overrides, then the paper's data-dependent rules; the result has no ``None`` left to decide."""
-    valid = {f.name for f in fields(Recipe)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
+    reject_unknown_fields(overrides, Recipe, "recipe")
     if overrides.get("weights") and "pretrained" not in overrides:
         overrides = {**overrides, "pretrained": False}  # a weights file replaces the recipe's named weights
     recipe = replace(recipe, **overrides)
     if recipe.dropout is None:
-        recipe = replace(recipe, dropout=0.0 if recipe.data in AUGMENTED_DATA else 0.2)
+        recipe = replace(recipe, dropout=default_dropout(recipe.model, recipe.data))
     return recipe
 
 
@@ -242,3 +272,13 @@ def read_recipe_file(path: str | Path) -> Recipe:
     if isinstance(data.get("lr_milestones"), list):
         data = {**data, "lr_milestones": tuple(data["lr_milestones"])}
     return Recipe.from_dict(data)
+
+
+def default_dropout(model: str, data: str) -> float:
+    """The DenseNet paper's rule (0.2 without augmentation, else 0) for DenseNets; a baseline
+    keeps its own paper's setting (none for He et al.'s ResNets, as registered for the WRNs)."""
+    from ..models.registry import get_config, is_densenet
+
+    if is_densenet(model):
+        return 0.0 if data in AUGMENTED_DATA else 0.2
+    return float(get_config(model).dropout)

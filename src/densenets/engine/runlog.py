@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from ..models.weights import RUN_CHECKPOINTS
 
-CONFIG = "config.json"
+# the files a run folder stands for; models.weights reads them, so they are named there
+from ..models.weights import BEST as BEST
+from ..models.weights import CONFIG as CONFIG
+from ..models.weights import LAST as LAST
+
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-BEST, LAST = RUN_CHECKPOINTS  # the files a run folder stands for (models.weights reads them)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -55,20 +57,44 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def reported_result(records: list[dict]) -> dict:
+    """The epoch whose test error the paper's protocol reports, from a run's per-epoch records.
+
+    With a validation split (SVHN) the epoch with the lowest validation error (the first
+    one on a tie, as ``best.pt``); without one (CIFAR) the final epoch: choosing an epoch by
+    its test error would report an optimistic number.
+    """
+    if any("val_error" in r for r in records):
+        chosen = min((r for r in records if "val_error" in r), key=lambda r: r["val_error"])
+        rule = "best validation epoch"
+    else:
+        chosen, rule = records[-1], "final epoch"
+    return {"test_error": chosen["test_error"], "epoch": chosen["epoch"], "rule": rule}
+
+
 class RunLog:
-    """Appends per-epoch metrics; mirrors them to TensorBoard when it is installed."""
+    """Appends per-epoch metrics; mirrors them to TensorBoard when it is installed.
+
+    ``note`` says when TensorBoard is not installed; any other TensorBoard failure is an error.
+    """
 
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.note: str | None = None
         self._tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: JSON lines only
-                self._tb = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.note = "TensorBoard is not installed: metrics go to metrics.jsonl only (pip install tensorboard)"
+            return
+        folder = self.run_dir / "tensorboard"
+        try:
+            self._tb = SummaryWriter(str(folder))
+        except OSError as exc:
+            raise UserError(f"cannot write TensorBoard logs to {folder}: {exc.strerror or exc}") from exc
 
     def epoch(self, record: dict) -> None:
         if not self.enabled:
@@ -82,10 +108,13 @@ class RunLog:
         except OSError as exc:
             raise UserError(f"could not append to {path}: {exc.strerror or exc}") from exc
         if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    self._tb.add_scalar(key, value, record["epoch"])
-            self._tb.flush()
+            try:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "epoch":
+                        self._tb.add_scalar(key, value, record["epoch"])
+                self._tb.flush()
+            except OSError as exc:
+                raise UserError(f"could not write TensorBoard logs in {self.run_dir}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         if self._tb is not None:

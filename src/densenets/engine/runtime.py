@@ -37,8 +37,19 @@ class Runtime:
         return self.amp_dtype == torch.float16
 
 
-def resolve_device(name: str, dist: DistInfo) -> torch.device:
-    """``auto``: CUDA (this rank's local GPU) when available, else CPU."""
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(name: str) -> torch.dtype | None:
+    """The autocast dtype an ``--amp`` name means (``none``: no autocast)."""
+    if name not in AMP_DTYPES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_DTYPES)}; got {name!r}")
+    return AMP_DTYPES[name]
+
+
+def resolve_device(name: str = "auto", dist: DistInfo | None = None) -> torch.device:
+    """``auto``: CUDA (this rank's local GPU) when available, else CPU; makes a CUDA device current."""
+    dist = dist or DistInfo()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -56,19 +67,30 @@ def resolve_device(name: str, dist: DistInfo) -> torch.device:
     return device
 
 
+def default_channels_last(device: torch.device, amp: torch.dtype | None) -> bool:
+    """Whether our model runs NHWC by default on ``device`` with autocast ``amp``.
+
+    Measured (docs/benchmarks.md): on the CPU, NHWC is faster in fp32 (torchvision's
+    DenseNet-BC-100 training: 55.7 vs 48.6 img/s) but slower under bf16 autocast (67.7 vs
+    87.6 img/s); on GPUs it is faster for tensor-core (AMP) convolutions and slower for
+    fp32 cuDNN convolutions (H200: 0.72x on DenseNet-BC-100).
+    """
+    if device.type == "cpu":
+        return amp is None
+    return amp is not None
+
+
 def make_runtime(recipe: Recipe, dist: DistInfo | None = None) -> Runtime:
     dist = dist or DistInfo.from_env()
     device = resolve_device(recipe.device, dist)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.amp]
+    amp = amp_dtype(recipe.amp)
     if amp is torch.float16 and device.type != "cuda":
         raise ConfigError("amp fp16 needs a CUDA GPU; on the CPU use --amp bf16")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     channels_last = recipe.channels_last
     if channels_last is None:
-        # NHWC is faster for CPU convolutions and for tensor-core (AMP) convolutions on GPUs,
-        # but slower than NCHW for fp32 cuDNN convolutions (H200: 0.72x on DenseNet-BC-100).
-        channels_last = device.type == "cpu" or amp is not None
+        channels_last = default_channels_last(device, amp)
     return Runtime(device=device, dist=dist, amp_dtype=amp, channels_last=channels_last)
 
 

@@ -16,11 +16,13 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..data import DataBundle, DataSpec, build_data
 from ..data.determinism import derive_seed
-from ..data.samplers import ResumableSampler, ShardSampler
+from ..data.loaders import TrainLoader, default_loader, default_workers, make_train_loader
+from ..data.samplers import ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from ..models import DenseNet, DenseNetConfig, get_config
+from ..models import build_model, config_from_dict, get_config
 from ..models.pretrained import PretrainedEntry, get_weights_entry
-from ..models.weights import fetch_pretrained, load_backbone
+from ..models.registry import ModelConfig
+from ..models.weights import classifier_prefix, fetch_pretrained, load_backbone
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -37,11 +39,13 @@ from .distributed import (
     average_buffers,
     barrier,
     init_distributed,
+    run_on_main,
     shutdown_distributed,
 )
-from .loop import TrainState, evaluate, train_one_epoch
+from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
 from .recipes import Recipe
-from .runlog import BEST, CONFIG, LAST, SUMMARY, RunLog, read_json, write_json
+from .runfolder import RunFolder
+from .runlog import BEST, CONFIG, LAST, SUMMARY, RunLog, read_json, read_metrics, reported_result, write_json
 from .runtime import Runtime, make_runtime, tune_cpu_allocator
 
 
@@ -53,7 +57,7 @@ class Run:
     runtime: Runtime
     run_dir: Path
     data: DataBundle
-    model_config: DenseNetConfig
+    model_config: ModelConfig
     config: dict
     state: TrainState
     steps_per_epoch: int
@@ -64,20 +68,30 @@ class Run:
         if self.runtime.dist.is_main:
             print(message, flush=True)
 
-    def save(self, name: str) -> None:
-        """Rank 0 writes the checkpoint; every rank's state is identical under DDP.
+    def on_main(self, fn):
+        """Run a file write on rank 0; an error there stops every rank (see ``run_on_main``)."""
+        return run_on_main(fn, self.runtime.dist)
 
-        Weights that are no longer finite are never written over a good checkpoint.
+    def save(self, *names: str) -> None:
+        """Rank 0 writes the checkpoint(s); every rank's state is identical under DDP.
+
+        Weights or buffers (BatchNorm running statistics) that are no longer finite are
+        never written over a good checkpoint.
         """
-        if not self.runtime.dist.is_main:
-            return
+        self.on_main(lambda: self._write(names))
+
+    def _write(self, names: tuple[str, ...]) -> None:
         s = self.state
-        params = list(unwrap_model(s.model).parameters())
-        if not torch.stack([p.detach().isfinite().all() for p in params]).all().item():
-            raise TrainingDiverged(f"the weights became NaN or infinite by step {s.step} (epoch {s.epoch + 1})")
+        model = unwrap_model(s.model)
+        bad = non_finite_tensors(model)
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite by step {s.step} (epoch {s.epoch + 1}): {shown}"
+            )
         payload = {
             "format": FORMAT,
-            "model": unwrap_model(s.model).state_dict(),
+            "model": model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "scaler": s.scaler.state_dict() if s.scaler is not None else None,
             "step": s.step,
@@ -87,7 +101,14 @@ class Run:
             "rng": capture_rng(),
             "config": self.config,
         }
-        save_checkpoint(self.run_dir / name, payload)
+        for name in names:
+            save_checkpoint(self.run_dir / name, payload)
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``model`` holding NaN or infinity."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in tensors if t.is_floating_point() and not bool(t.detach().isfinite().all())]
 
 
 @dataclass
@@ -111,43 +132,52 @@ def fit(
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint; the recipe
     then comes from the run's config.json, with only ``RESUME_OVERRIDES`` changeable.
+    The folder is locked for the run's life; a run that fails before its first checkpoint
+    removes the folder it created.
     """
     dist = DistInfo.from_env()
-    run_dir = Path(run_dir)
-    if resume:
-        recipe = Recipe.from_dict(read_json(run_dir / CONFIG)["recipe"])
-        changes = resume_overrides or {}
-        bad = sorted(set(changes) - set(RESUME_OVERRIDES))
-        if bad:
-            raise ConfigError(f"cannot change {bad} when resuming; only {', '.join(RESUME_OVERRIDES)} may change")
-        recipe = replace(recipe, **changes)
-    elif recipe is None:
-        raise ConfigError("fit needs a recipe unless resume=True")
+    folder = RunFolder(run_dir)
+    recipe = _recipe_to_run(recipe, folder.path, resume, resume_overrides)
     runtime = make_runtime(recipe, dist)
+    if recipe.loader is None:  # decided once and recorded: resume must use the same augmentation stream
+        recipe = replace(recipe, loader=default_loader(recipe.data, runtime.device.type))
     if runtime.device.type == "cpu":
         tune_cpu_allocator()
     init_distributed(dist, runtime.device)
+    failed = True
     try:
-        run = _build(recipe, runtime, run_dir, resume)
+        run = _build(recipe, runtime, folder, resume)
         summary = _train(run, show_progress)
+        failed = False
         return FitResult(summary, unwrap_model(run.state.model))
     finally:
+        if dist.is_main:
+            folder.close(failed=failed)
         shutdown_distributed()
 
 
-def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run:
+def _recipe_to_run(recipe: Recipe | None, run_dir: Path, resume: bool, changes: dict | None) -> Recipe:
+    """The recipe itself, or on resume the run's recorded recipe with the allowed changes."""
+    if not resume:
+        if recipe is None:
+            raise ConfigError("fit needs a recipe unless resume=True")
+        return recipe
+    # runs recorded before the loader choice existed used worker processes
+    recorded = Recipe.from_dict({"loader": "workers", **read_json(run_dir / CONFIG)["recipe"]})
+    changes = changes or {}
+    bad = sorted(set(changes) - set(RESUME_OVERRIDES))
+    if bad:
+        raise ConfigError(f"cannot change {bad} when resuming; only {', '.join(RESUME_OVERRIDES)} may change")
+    return replace(recorded, **changes)
+
+
+def _build(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool) -> Run:
+    """Everything the recipe names; the run folder is opened only once all of it was built."""
     dist = runtime.dist
-    if not resume and (run_dir / LAST).exists():
-        raise UserError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
-        )
-    if dist.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from exc
+    if not resume:
+        _refuse_existing_run(folder.path)
     entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
-    data = build_data(_data_spec(recipe, entry))
+    data = _load_data(recipe, entry)
     model_config = get_config(
         recipe.model,
         num_classes=data.num_classes,
@@ -155,7 +185,68 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
         dropout=recipe.dropout,
         init=recipe.init,
     )
-    config = {
+    config = _run_config(recipe=recipe, model_config=model_config, data=data, runtime=runtime)
+    if resume:
+        config = _recorded_config(folder.path, config)
+    per_rank_batch = _per_rank_batch(recipe, dist)
+    model = _make_model(recipe=recipe, model_config=model_config, runtime=runtime, entry=entry, load_weights=not resume)
+    optimizer = _make_optimizer(recipe, model)
+    model = _wrap_model(model, recipe=recipe, runtime=runtime)
+    scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
+    state = TrainState(model=model, optimizer=optimizer, scaler=scaler)
+    steps_per_epoch, drop_last = _epoch_length(len(data.train), per_rank_batch, dist.world_size)
+    run_on_main(lambda: _open_folder(folder, config=config, resume=resume), dist)
+    run = Run(
+        recipe=recipe,
+        runtime=runtime,
+        run_dir=folder.path,
+        data=data,
+        model_config=model_config,
+        config=config,
+        state=state,
+        steps_per_epoch=steps_per_epoch,
+        per_rank_batch=per_rank_batch,
+        drop_last=drop_last,
+    )
+    if resume:
+        _restore(run)
+    return run
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / LAST).exists():
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
+        )
+
+
+def _load_data(recipe: Recipe, entry: PretrainedEntry | None) -> DataBundle:
+    """The data set; with named weights, at their input size, channels and normalisation."""
+    spec = DataSpec(
+        name=recipe.data,
+        data_dir=recipe.data_dir,
+        download=recipe.download,
+        image_size=recipe.image_size,
+        val_split=recipe.val_split,
+        seed=recipe.seed,
+        verify_images=recipe.verify_images,
+        skip_bad_images=recipe.skip_bad_images,
+        augment=recipe.augment,
+    )
+    if entry is not None:
+        spec = replace(
+            spec,
+            image_size=recipe.image_size or entry.input_size[-1],
+            mean=tuple(entry.mean),
+            std=tuple(entry.std),
+            channels=entry.input_size[0],
+        )
+    return build_data(spec)
+
+
+def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, runtime: Runtime) -> dict:
+    """config.json: the resolved recipe, the model, the data and the environment."""
+    return {
         "recipe": recipe.to_dict(),
         "model": model_config.to_dict(),
         "data": {
@@ -171,39 +262,54 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
             "densenets": __version__,
             "torch": str(torch.__version__),
             "device": str(runtime.device),
-            "world_size": dist.world_size,
+            "world_size": runtime.dist.world_size,
         },
     }
-    if resume:
-        saved = read_json(run_dir / CONFIG)
-        if DenseNetConfig.from_dict(saved["model"]) != model_config:
-            raise UserError(f"{run_dir}/{CONFIG} describes a different model than the recipe builds")
-        config = saved
-    elif dist.is_main:
-        write_json(run_dir / CONFIG, config)
 
+
+def _recorded_config(run_dir: Path, config: dict) -> dict:
+    """On resume the run keeps its own config.json, which must describe the same model."""
+    saved = read_json(run_dir / CONFIG)
+    # compared as configs: files written before memory_efficient became a runtime switch carry it
+    if config_from_dict(saved["model"]) != config_from_dict(config["model"]):
+        raise UserError(f"{run_dir}/{CONFIG} describes a different model than the recipe builds")
+    return saved
+
+
+def _per_rank_batch(recipe: Recipe, dist: DistInfo) -> int:
     if recipe.batch_size % dist.world_size:
         raise ConfigError(f"batch_size {recipe.batch_size} is not divisible by the {dist.world_size} processes")
-    per_rank_batch = recipe.batch_size // dist.world_size
+    return recipe.batch_size // dist.world_size
 
+
+def _make_model(
+    *, recipe: Recipe, model_config: ModelConfig, runtime: Runtime, entry: PretrainedEntry | None, load_weights: bool
+) -> nn.Module:
+    """The network on its device, from the recipe's seed, its ``weights`` file or its named weights."""
     torch.manual_seed(derive_seed(recipe.seed, "init"))
-    model: nn.Module = DenseNet(model_config, memory_efficient=recipe.memory_efficient)
-    if recipe.weights and not resume:
-        _init_from_weights(model, recipe.weights, dist.is_main)
-    elif entry is not None and not resume:
-        _init_from_pretrained(model, entry, dist.is_main)
+    model: nn.Module = build_model(model_config)
+    if recipe.memory_efficient:
+        model.set_memory_efficient(True)  # DenseNets only: a baseline refuses in one line
+    if recipe.weights and load_weights:
+        _init_from_weights(model, recipe.weights, runtime.dist.is_main)
+    elif entry is not None and load_weights:
+        _init_from_pretrained(model, entry, runtime.dist.is_main)
     if recipe.sync_bn and runtime.device.type != "cuda":
         raise ConfigError(
             "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
         )
-    if recipe.sync_bn and dist.enabled:
+    if recipe.sync_bn and runtime.dist.enabled:
         if recipe.memory_efficient:
             raise ConfigError("sync_bn cannot be combined with memory_efficient (recomputation would sync twice)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
+    return model
+
+
+def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
         _param_groups(model, recipe),
         lr=recipe.lr,
         momentum=recipe.momentum,
@@ -211,42 +317,38 @@ def _build(recipe: Recipe, runtime: Runtime, run_dir: Path, resume: bool) -> Run
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
     )
-    if dist.enabled:
+
+
+def _wrap_model(model: nn.Module, *, recipe: Recipe, runtime: Runtime) -> nn.Module:
+    """DDP across ranks, then ``torch.compile`` when asked; checkpoints unwrap both."""
+    if runtime.dist.enabled:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids)
+        # Stochastic depth skips whole units on some steps: their parameters get no gradient then.
+        skips = getattr(getattr(model, "config", None), "stochastic_depth", 0) > 0
+        model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skips)
     if recipe.compile:
         model = torch.compile(model)
-    scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
-    state = TrainState(model=model, optimizer=optimizer, scaler=scaler)
+    return model
 
-    per_rank_samples = -(-len(data.train) // dist.world_size)
+
+def _epoch_length(train_size: int, per_rank_batch: int, world_size: int) -> tuple[int, bool]:
+    """(steps per epoch, drop_last): full batches only, unless the data is smaller than one batch."""
+    per_rank_samples = -(-train_size // world_size)
     drop_last = per_rank_samples >= per_rank_batch
-    steps_per_epoch = per_rank_samples // per_rank_batch if drop_last else 1
-    run = Run(recipe, runtime, run_dir, data, model_config, config, state, steps_per_epoch, per_rank_batch, drop_last)
+    return (per_rank_samples // per_rank_batch if drop_last else 1), drop_last
+
+
+def _open_folder(folder: RunFolder, *, config: dict, resume: bool) -> None:
+    """Create and lock the run folder (rank 0), then record the config or clear a crash's leftovers."""
+    folder.open()
     if resume:
-        remove_stale_temporaries(run_dir)
-        _restore(run)
-    return run
+        remove_stale_temporaries(folder.path)
+    else:
+        _refuse_existing_run(folder.path)  # another run may have finished here meanwhile
+        write_json(folder.path / CONFIG, config)
 
 
-def _data_spec(recipe: Recipe, entry: PretrainedEntry | None) -> DataSpec:
-    """What to load; with named weights, at their input size, channels and normalisation."""
-    spec = DataSpec(
-        recipe.data, recipe.data_dir, recipe.download, recipe.image_size, recipe.val_split, recipe.seed,
-        recipe.verify_images, recipe.skip_bad_images, recipe.augment,
-    )  # fmt: skip
-    if entry is None:
-        return spec
-    return replace(
-        spec,
-        image_size=recipe.image_size or entry.input_size[-1],
-        mean=tuple(entry.mean),
-        std=tuple(entry.std),
-        channels=entry.input_size[0],
-    )
-
-
-def _init_from_pretrained(model: DenseNet, entry: PretrainedEntry, verbose: bool) -> None:
+def _init_from_pretrained(model: nn.Module, entry: PretrainedEntry, verbose: bool) -> None:
     """Start from named weights; the classifier is new unless the classes match the weights'."""
     replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name)
     model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
@@ -261,8 +363,9 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     """One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0."""
     if not recipe.freeze_epochs:
         return [{"params": list(model.parameters())}]
-    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    prefix = classifier_prefix(model)
+    head = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+    body = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
     return [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
 
 
@@ -278,11 +381,12 @@ def _describe_data(run: Run) -> None:
         run.log(f"classifier only for the first {r.freeze_epochs} epoch(s), then the whole network")
 
 
-def _init_from_weights(model: DenseNet, path: str, verbose: bool) -> None:
+def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
     """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
     state = state_dict_from(load_checkpoint(path))
-    theirs = state.get("classifier.weight")
-    if load_backbone(model, state, path) and verbose:
+    head = classifier_prefix(model)
+    theirs = state.get(head + "weight")
+    if load_backbone(model, state, path) and verbose and theirs is not None:
         print(f"{path}: {theirs.shape[0]} classes in the file, {model.config.num_classes} in the data: "
               "classifier re-initialised", flush=True)  # fmt: skip
 
@@ -304,26 +408,23 @@ def _restore(run: Run) -> None:
     run.log(f"resuming {run.run_dir} at step {s.step} (epoch {s.epoch + 1}/{run.recipe.epochs})")
 
 
-def _loaders(run: Run) -> tuple[DataLoader, ResumableSampler, DataLoader, DataLoader | None]:
+def _loaders(run: Run) -> tuple[TrainLoader, DataLoader, DataLoader | None]:
     r, dist, data = run.recipe, run.runtime.dist, run.data
-    pin = run.runtime.device.type == "cuda"
-    workers = r.workers if r.workers is not None else (8 if pin else 0)
-    sampler = ResumableSampler(
-        data.train,
-        num_replicas=dist.world_size,
+    train = make_train_loader(
+        data,
+        r.loader,
+        run.per_rank_batch,
+        r.seed,
+        run.runtime.device,
+        workers=r.workers,
         rank=dist.rank,
-        seed=derive_seed(r.seed, "order") % 2**31,
-        drop_last=False,
-    )
-    train = DataLoader(
-        data.train,
-        batch_size=run.per_rank_batch,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin,
+        world_size=dist.world_size,
         drop_last=run.drop_last,
-        generator=torch.Generator(),
+        channels_last=run.runtime.channels_last,
+        worker_init_fn=_ignore_sigint,
     )
+    pin = run.runtime.device.type == "cuda"
+    workers = r.workers if r.workers is not None else default_workers(run.runtime.device.type)
 
     def eval_loader(dataset):
         return DataLoader(
@@ -332,15 +433,18 @@ def _loaders(run: Run) -> tuple[DataLoader, ResumableSampler, DataLoader, DataLo
             sampler=ShardSampler(len(dataset), dist.rank, dist.world_size),
             num_workers=workers,
             pin_memory=pin,
+            worker_init_fn=_ignore_sigint if workers else None,
         )
 
-    return train, sampler, eval_loader(data.test), eval_loader(data.val) if data.val is not None else None
+    return train, eval_loader(data.test), eval_loader(data.val) if data.val is not None else None
 
 
 def _train(run: Run, show_progress: bool) -> dict:
     r, s = run.recipe, run.state
-    train_loader, sampler, test_loader, val_loader = _loaders(run)
-    metrics_log = RunLog(run.run_dir, enabled=run.runtime.dist.is_main)
+    train_loader, test_loader, val_loader = _loaders(run)
+    metrics_log = run.on_main(lambda: RunLog(run.run_dir)) or RunLog(run.run_dir, enabled=False)
+    if metrics_log.note:
+        run.log(metrics_log.note)
     params = sum(p.numel() for p in unwrap_model(s.model).parameters())
     sizes = run.config["data"]["sizes"]
     run.log(
@@ -362,12 +466,8 @@ def _train(run: Run, show_progress: bool) -> dict:
     previous_handler = _install_sigint(s)
     try:
         while s.epoch < r.epochs and not _step_limit_reached(run):
-            sampler.set_epoch(s.epoch)
-            if hasattr(run.data.train, "set_epoch"):
-                run.data.train.set_epoch(s.epoch)
             done_in_epoch = s.step - s.epoch * run.steps_per_epoch
-            sampler.set_skip(done_in_epoch * run.per_rank_batch)
-            train_loader.generator.manual_seed(derive_seed(r.seed, "workers", s.epoch, run.runtime.dist.rank))
+            train_loader.start_epoch(s.epoch, done_in_epoch * run.per_rank_batch)
             try:
                 train_metrics = train_one_epoch(
                     s, train_loader, r, run.runtime, run.steps_per_epoch, on_step, show_progress
@@ -394,9 +494,8 @@ def _train(run: Run, show_progress: bool) -> dict:
         metrics_log.close()
     barrier()
     summary = _summary(run, test_loader, time.perf_counter() - started, params)
-    if run.runtime.dist.is_main:
-        write_json(run.run_dir / SUMMARY, summary)
-        _print_summary(run, summary)
+    run.on_main(lambda: write_json(run.run_dir / SUMMARY, summary))
+    _print_summary(run, summary)
     return summary
 
 
@@ -407,7 +506,7 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     test = evaluate(model, test_loader, run.runtime)
     val = evaluate(model, val_loader, run.runtime) if val_loader is not None else None
     s.epoch += 1
-    s.epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+    s.epoch_sums = new_epoch_sums()
     record = {
         "epoch": s.epoch,
         "step": s.step,
@@ -423,37 +522,39 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     is_best = not s.best or error < s.best["error"]
     if is_best:
         s.best = {"error": error, "epoch": s.epoch, "selected_on": selected_on, "test_error": test["error"]}
-        run.save(BEST)
-    run.save(LAST)
-    metrics_log.epoch(record)
+    run.save(*([BEST] if is_best else []), LAST)
+    run.on_main(lambda: metrics_log.epoch(record))
     val_text = f"  val err {val['error']:5.2f}%" if val is not None else ""
     run.log(
         f"epoch {s.epoch:>3}/{r.epochs}  train loss {record['train_loss']:.4f} err {record['train_error']:5.2f}%  "
         f"test loss {test['loss']:.4f} err {test['error']:5.2f}%{val_text}  lr {record['lr']:g}  "
-        f"{record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s" + ("  *best" if is_best else "")
+        f"{record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s  "
+        f"data wait {record['data_wait_seconds']:.1f} s of {record['train_seconds']:.1f} s"
+        + ("  *best" if is_best else "")
     )
 
 
 def _summary(run: Run, test_loader, wall: float, params: int) -> dict:
-    from .runlog import read_metrics
-
+    s = run.state
     records = read_metrics(run.run_dir) if run.runtime.dist.is_main else []
-    last = records[-1] if records else None
-    if last is None or last["step"] != run.state.step:
-        test = evaluate(unwrap_model(run.state.model), test_loader, run.runtime)
-        final_error = test["error"]
+    # Rank 0 alone can read the metrics file; every rank must agree whether to evaluate
+    # (a collective), or the ranks that evaluate wait for the others forever.
+    stale = not records or records[-1]["step"] != s.step
+    if all_reduce_sum([float(stale)], run.runtime.device)[0] > 0:
+        final_error = evaluate(unwrap_model(s.model), test_loader, run.runtime)["error"]
     else:
-        final_error = last["test_error"]
+        final_error = records[-1]["test_error"]
     seconds = sum(rec["train_seconds"] for rec in records)
     images = sum(rec["train_images"] for rec in records)
     return {
         "model": run.recipe.model,
         "data": run.recipe.data,
         "parameters": params,
-        "epochs_completed": run.state.epoch,
-        "steps": run.state.step,
+        "epochs_completed": s.epoch,
+        "steps": s.step,
         "final_test_error": final_error,
-        "best": run.state.best,
+        "best": s.best,
+        "reported": reported_result(records) if records else None,
         "wall_seconds": wall,
         "train_images_per_s": images / seconds if seconds else None,
         "run_dir": str(run.run_dir),
@@ -462,18 +563,27 @@ def _summary(run: Run, test_loader, wall: float, params: int) -> dict:
 
 def _print_summary(run: Run, summary: dict) -> None:
     best = summary["best"]
-    best_text = (
-        f"best {best['selected_on']} error {best['error']:.2f}% at epoch {best['epoch']} "
-        f"(test error then {best['test_error']:.2f}%)"
-        if best
-        else "no completed epoch"
-    )
+    if not best:
+        best_text = "no completed epoch"
+    elif best["selected_on"] == "val":
+        best_text = (
+            f"best validation error {best['error']:.2f}% at epoch {best['epoch']} "
+            f"(test error then {best['test_error']:.2f}%; best.pt)"
+        )
+    else:
+        best_text = (
+            f"lowest test error {best['error']:.2f}% at epoch {best['epoch']} (best.pt, chosen on the test set: "
+            "not a result to report; the final epoch is)"
+        )
     speed = summary["train_images_per_s"]
     run.log(
         f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
         + (f", {speed:.0f} train img/s" if speed else "")
     )
     run.log(f"final test error {summary['final_test_error']:.2f}% (accuracy {100 - summary['final_test_error']:.2f}%)")
+    reported = summary["reported"]
+    if reported and reported["rule"] != "final epoch":
+        run.log(f"reported test error {reported['test_error']:.2f}% ({reported['rule']}, epoch {reported['epoch']})")
     run.log(f"{best_text}; {summary['parameters']:,} parameters; checkpoints in {run.run_dir}")
 
 
@@ -498,6 +608,15 @@ def _saved_step(run: Run) -> int | str:
 
 def _any_rank(flag: bool, run: Run) -> bool:
     return all_reduce_sum([float(flag)], run.runtime.device)[0] > 0
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves and stops them.
+
+    A terminal's Ctrl-C goes to the whole process group; a worker killed by it would make
+    the main process fail with "DataLoader worker exited unexpectedly" instead of saving.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _install_sigint(state: TrainState):

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import UserError
-from ..models import DenseNet
 from ..models.onnx_runtime import onnx_bytes
 from ..models.onnx_runtime import plain_eval_copy as _exportable
 from ..models.weights import MODEL_FORMAT, LoadedModel, load_model
@@ -17,12 +17,12 @@ from ..models.weights import MODEL_FORMAT, LoadedModel, load_model
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
-def _example(model: DenseNet, input_size: int | None, batch: int = 2) -> torch.Tensor:
+def _example(model: nn.Module, input_size: int | None, batch: int = 2) -> torch.Tensor:
     size = input_size or (224 if model.config.stem == "imagenet" else 32)
     return torch.randn(batch, model.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def export_onnx(model: DenseNet, path: str | Path, input_size: int | None = None, in_channels: int | None = None,
+def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = None, in_channels: int | None = None,
                 opset: int = 17, verify: bool = True) -> dict:  # fmt: skip
     """Write ``path`` (.onnx) with dynamic batch and image size; returns the parity check."""
     model = _exportable(model)
@@ -48,7 +48,7 @@ def export_onnx(model: DenseNet, path: str | Path, input_size: int | None = None
     return result
 
 
-def export_torchscript(model: DenseNet, path: str | Path, input_size: int | None = None, verify: bool = True) -> dict:
+def export_torchscript(model: nn.Module, path: str | Path, input_size: int | None = None, verify: bool = True) -> dict:
     """Write a traced TorchScript module; returns the parity check."""
     model = _exportable(model)
     x = _example(model, input_size)

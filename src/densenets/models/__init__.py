@@ -1,4 +1,4 @@
-"""DenseNet models: the network, its config, the registry of named variants, and weights."""
+"""Models: the DenseNet, the paper's ResNet baselines, their configs, one registry of named variants, and weights."""
 
 from .densenet import (
     VARIANTS,
@@ -13,10 +13,18 @@ from .densenet import (
 from .factory import create_model
 from .features import DenseNetFeatures
 from .pretrained import PretrainedEntry, data_config, list_pretrained, register_weights
-from .registry import UnknownModelError, get_config, list_models, register_model
+from .registry import UnknownModelError, build_model, config_from_dict, get_config, list_models, register_model
+from .resnet_cifar import CifarResNet, CifarResNetConfig
+from .resnet_imagenet import TorchvisionResNet, TorchvisionResNetConfig
 
 __all__ = [
     "VARIANTS",
+    "CifarResNet",
+    "CifarResNetConfig",
+    "TorchvisionResNet",
+    "TorchvisionResNetConfig",
+    "build_model",
+    "config_from_dict",
     "DenseBlock",
     "DenseLayer",
     "DenseNet",

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError
-from . import fused_block
+from ..errors import ConfigError, reject_unknown_fields
 from .pretrained import default_pretrained_cfg
 
 Stem = Literal["cifar", "imagenet"]
@@ -84,10 +83,7 @@ class DenseNetConfig:
         # Files written before memory-efficient execution became a runtime switch
         # (DenseNet(config, memory_efficient=...)) carry it here; it changes no result, so it is dropped.
         data = {k: v for k, v in data.items() if k != "memory_efficient"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown DenseNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        reject_unknown_fields(data, cls, "DenseNetConfig")
         return cls(**data)
 
 
@@ -199,9 +195,9 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.ModuleDict):
     """`num_layers` dense layers; each reads the concatenation of all earlier outputs.
 
-    On the CPU in float32 the block runs as one fused autograd Function over a shared
-    feature buffer (``fused_block``); elsewhere (CUDA, autocast, tracing, export, or
-    ``fused = False``) layer by layer with ``torch.cat``. Both give the same results.
+    Plain modules, as torchvision's: hooks, parametrizations, pickling, fx and
+    ``torch.export`` see every layer. The fast paths live outside the module
+    (``optimize_for_inference``).
     """
 
     def __init__(self, num_layers: int, in_channels: int, growth_rate: int, **layer_kwargs) -> None:
@@ -212,11 +208,8 @@ class DenseBlock(nn.ModuleDict):
         self.in_channels = in_channels
         self.growth_rate = growth_rate
         self.out_channels = in_channels + num_layers * growth_rate
-        self.fused = True
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and fused_block.eligible(self, x):
-            return fused_block.block_forward(self, x)
         features = [x]
         for layer in self.values():
             features.append(layer(features))
@@ -239,9 +232,14 @@ class Transition(nn.Sequential):
             self.drop = nn.Dropout(dropout)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
+    @property
+    def pools_first(self) -> bool:
+        """Whether forward pools before the conv (no dropout): FLOP counts must undo this."""
+        return not hasattr(self, "drop")  # dropout does not commute with pooling
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.norm(x))
-        if hasattr(self, "drop"):  # dropout does not commute with pooling
+        if not self.pools_first:
             return self.pool(self.drop(self.conv(x)))
         return self.conv(self.pool(x))
 
@@ -360,12 +358,6 @@ class DenseNet(nn.Module):
         self.classifier = self._make_classifier(num_classes)
         self.config = replace(self.config, num_classes=num_classes)
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
-
-    def set_fused(self, enabled: bool = True) -> None:
-        """Use the fused CPU block path where eligible (default) or always the plain layers."""
-        for m in self.modules():
-            if isinstance(m, DenseBlock):
-                m.fused = enabled
 
     def set_memory_efficient(self, enabled: bool = True) -> None:
         """Switch checkpointed (recompute-in-backward) dense layers on or off."""

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
 
-from ..errors import ConfigError
-from .densenet import DenseNet, DenseNetConfig
+from ..errors import ConfigError, reject_unknown_fields
+from .densenet import DenseNet
 from .features import DenseNetFeatures
 from .pretrained import get_weights_entry
-from .registry import get_config
+from .registry import build_model, get_config
 from .weights import fetch_pretrained, load_backbone, load_model, load_weights, read_file, state_dict_from
 
 _SAVED_MODEL_SUFFIXES = (".json", ".safetensors")
@@ -27,17 +27,20 @@ def create_model(
     memory_efficient: bool = False,
     **overrides,
 ) -> nn.Module:
-    """Build a model, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``.
+    """Build a model, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``, or a
+    baseline, ``create_model("preact_resnet164", num_classes=100)``.
 
     - ``pretrained=True`` loads the variant's default named weights (``"cifar10"`` etc.
       picks by tag; see ``list_pretrained``); with another ``num_classes`` the classifier
       is new and everything else pretrained.
-    - ``weights=FILE`` loads one of our checkpoints or torchvision's ``densenet121-*.pth``.
+    - ``weights=FILE`` loads one of our checkpoints or torchvision's ``densenet121-*.pth`` /
+      ``resnet50-*.pth``.
     - ``name`` may be an exported ``model.json`` (``.safetensors`` beside it): its weights
       are kept; overrides that would change a weight's shape are refused.
     - ``features_only=True`` returns a :class:`DenseNetFeatures` giving the maps picked by
       ``out_indices`` (0 = stem, i = dense block i; default all).
-    - ``memory_efficient=True`` recomputes in backward (``model.set_memory_efficient``).
+    - ``memory_efficient=True`` recomputes in backward (``model.set_memory_efficient``);
+      DenseNets only (a baseline refuses it in one line).
     """
     if pretrained and weights is not None:
         raise ConfigError("give either pretrained= (named weights) or weights= (a file), not both")
@@ -46,13 +49,15 @@ def create_model(
             raise ConfigError(f"{name} is a saved model with its own weights; drop pretrained=")
         model = _saved_model(Path(name), overrides)
     else:
-        model = DenseNet(get_config(name, **overrides))
+        model = build_model(get_config(name, **overrides))
         if pretrained:
             _load_named(model, name, pretrained)
         elif weights is not None:
             load_weights(model, state_dict_from(read_file(weights)), weights)
     model.set_memory_efficient(memory_efficient)
     if features_only:
+        if not isinstance(model, DenseNet):
+            raise ConfigError(f"features_only is for DenseNets; {name} is a {model.config.family} network")
         return DenseNetFeatures(model, out_indices)
     if out_indices is not None:
         raise ConfigError("out_indices needs features_only=True")
@@ -71,16 +76,13 @@ def _load_named(model: DenseNet, name: str, tag: bool | str) -> None:
     model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
 
 
-def _saved_model(path: Path, overrides: dict) -> DenseNet:
+def _saved_model(path: Path, overrides: dict) -> nn.Module:
     loaded = load_model(path)
     model = loaded.model.train()
     if not overrides:
         return model
-    valid = {f.name for f in fields(DenseNetConfig)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ConfigError(f"unknown model setting(s) {unknown}; valid settings: {', '.join(sorted(valid))}")
-    rebuilt = DenseNet(replace(model.config, **overrides))
+    reject_unknown_fields(overrides, type(model.config), "model setting")
+    rebuilt = build_model(replace(model.config, **overrides))
     own, saved = rebuilt.state_dict(), model.state_dict()
     if own.keys() != saved.keys() or any(own[k].shape != saved[k].shape for k in own):
         changed = ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))

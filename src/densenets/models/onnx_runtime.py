@@ -19,10 +19,12 @@ from ..errors import UserError
 from .densenet import DenseNet
 
 
-def plain_eval_copy(model: DenseNet) -> DenseNet:
-    """An eval-mode fp32 copy on the CPU that runs layer by layer (what exporters can trace)."""
+def plain_eval_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode fp32 copy on the CPU in ordinary (not memory-efficient) mode, for exporters.
+
+    Any model of the registry (DenseNet or ResNet baseline) exports the same way.
+    """
     model = copy.deepcopy(model).cpu().eval().float()
-    model.set_fused(False)
     model.set_memory_efficient(False)
     return model
 
@@ -40,23 +42,26 @@ def onnx_bytes(model: DenseNet, example: Tensor, opset: int = 17) -> bytes:
     return buffer.getvalue()
 
 
-class OnnxRuntimeDenseNet(nn.Module):
-    """An eval-only module whose forward runs an ONNX Runtime session on the CPU."""
+class OnnxRuntimeModule(nn.Module):
+    """An eval-only module whose forward runs ``module`` as an ONNX Runtime session on the CPU.
 
-    def __init__(self, model: DenseNet, threads: int | None = None) -> None:
+    Any image model exports the same way (ours or torchvision's), so the two can be compared
+    through the same runtime. ``example`` is one input batch (its channel count is checked).
+    """
+
+    def __init__(self, module: nn.Module, example: Tensor, precision: str = "fp32", threads: int | None = None) -> None:
         super().__init__()
+        if precision != "fp32":
+            raise ValueError(f"the onnxruntime backend runs fp32 only; got precision {precision!r}")
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise UserError(
                 "backend='onnxruntime' needs onnx and onnxruntime: pip install 'densenets[export]'"
             ) from exc
-        plain = plain_eval_copy(model)
-        self.config = model.config
-        size = 224 if model.config.stem == "imagenet" else 32
-        example = torch.zeros(1, model.config.in_channels, size, size)
+        self.in_channels = int(example.shape[1])
         try:
-            graph = onnx_bytes(plain, example)
+            graph = onnx_bytes(module, example)
         except ImportError as exc:
             raise UserError(f"backend='onnxruntime' needs the onnx package: pip install onnx ({exc})") from exc
         options = ort.SessionOptions()
@@ -65,16 +70,25 @@ class OnnxRuntimeDenseNet(nn.Module):
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.training = False
 
-    def train(self, mode: bool = True) -> OnnxRuntimeDenseNet:
+    def train(self, mode: bool = True) -> OnnxRuntimeModule:
         if mode:
-            raise RuntimeError("an ONNX Runtime model is eval-only; train the original DenseNet instead")
+            raise RuntimeError("an ONNX Runtime model is eval-only; train the original module instead")
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected images of shape (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.device.type != "cpu":
             raise ValueError(f"the onnxruntime backend runs on the CPU; got a tensor on {x.device}")
         images = x.detach().float().contiguous().numpy()
         (logits,) = self.session.run(["logits"], {"images": images})
         return torch.from_numpy(logits)
+
+
+def onnxruntime_densenet(model: DenseNet, precision: str = "fp32", threads: int | None = None) -> OnnxRuntimeModule:
+    """``optimize_for_inference(model, backend="onnxruntime")``: our DenseNet through ONNX Runtime."""
+    size = 224 if model.config.stem == "imagenet" else 32
+    example = torch.zeros(1, model.config.in_channels, size, size)
+    runner = OnnxRuntimeModule(plain_eval_copy(model), example, precision, threads)
+    runner.config = model.config
+    return runner

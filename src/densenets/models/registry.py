@@ -1,16 +1,35 @@
-"""A small explicit registry: named DenseNet variants -> configs (``create_model`` is in :mod:`.factory`)."""
+"""A small explicit registry: named variants -> configs -> models (``create_model`` is in :mod:`.factory`).
+
+Three families share it: the DenseNets, the CIFAR ResNet baselines (``resnet_cifar``) and
+torchvision's ImageNet ResNets (``resnet_imagenet``). A config's type picks its network;
+a config stored as a dict names its family (DenseNet configs, older than the others, do not).
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import re
-from dataclasses import fields, replace
+from dataclasses import replace
 
-from ..errors import ConfigError
-from .densenet import VARIANTS, DenseNetConfig, cifar_config
+from torch import nn
 
-_REGISTRY: dict[str, DenseNetConfig] = {}
+from ..errors import ConfigError, reject_unknown_fields
+from . import resnet_cifar, resnet_imagenet
+from .densenet import VARIANTS, DenseNet, DenseNetConfig, cifar_config
+from .resnet_cifar import CifarResNet, CifarResNetConfig
+from .resnet_imagenet import TorchvisionResNet, TorchvisionResNetConfig
+
+ModelConfig = DenseNetConfig | CifarResNetConfig | TorchvisionResNetConfig
+# config type -> network; the family names stored in config dicts
+_NETWORKS: dict[type, type[nn.Module]] = {
+    DenseNetConfig: DenseNet,
+    CifarResNetConfig: CifarResNet,
+    TorchvisionResNetConfig: TorchvisionResNet,
+}
+_FAMILIES: dict[str, type] = {"densenet": DenseNetConfig, **{c.family: c for c in _NETWORKS if c is not DenseNetConfig}}
+
+_REGISTRY: dict[str, ModelConfig] = {}
 
 # Any 3-block CIFAR network by name: densenet40_k12, densenet_b52_k12, densenet_c40_k12, densenet_bc100_k12.
 CIFAR_NAME = re.compile(r"^densenet(?:_(b|c|bc))?(\d+)_k(\d+)$")
@@ -20,17 +39,41 @@ class UnknownModelError(ConfigError):
     """Raised for a model name that is neither registered nor a valid CIFAR pattern."""
 
 
-def register_model(name: str, config: DenseNetConfig) -> None:
+def register_model(name: str, config: ModelConfig) -> None:
     """Add a named variant. Re-using a name is an error."""
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is already registered")
-    if not isinstance(config, DenseNetConfig):
-        raise TypeError(f"config must be a DenseNetConfig, got {type(config).__name__}")
+    if type(config) not in _NETWORKS:
+        names = ", ".join(c.__name__ for c in _NETWORKS)
+        raise TypeError(f"config must be one of {names}, got {type(config).__name__}")
     _REGISTRY[name] = config
 
 
-for _name, _config in VARIANTS.items():
-    register_model(_name, _config)
+for _table in (VARIANTS, resnet_cifar.VARIANTS, resnet_imagenet.VARIANTS):
+    for _name, _config in _table.items():
+        register_model(_name, _config)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network a config describes (``DenseNet``, ``CifarResNet`` or ``TorchvisionResNet``)."""
+    try:
+        network = _NETWORKS[type(config)]
+    except KeyError:
+        raise TypeError(f"not a model config: {type(config).__name__}") from None
+    return network(config)
+
+
+def config_from_dict(data: dict) -> ModelConfig:
+    """Inverse of ``config.to_dict()``, for any family (no ``family`` key: a DenseNet)."""
+    family = data.get("family", "densenet")
+    if family not in _FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; known: {', '.join(_FAMILIES)}")
+    return _FAMILIES[family].from_dict(data)
+
+
+def is_densenet(name: str) -> bool:
+    """Whether a registered (or CIFAR pattern) name is a DenseNet rather than a baseline."""
+    return isinstance(get_config(name), DenseNetConfig)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -38,17 +81,14 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def get_config(name: str, **overrides) -> DenseNetConfig:
+def get_config(name: str, **overrides) -> ModelConfig:
     """The config of a named variant (or CIFAR pattern name) with fields overridden."""
     config = _REGISTRY.get(name) or parse_cifar_name(name)
     if config is None:
         raise _unknown(name)
     if not overrides:
         return config
-    valid = {f.name for f in fields(DenseNetConfig)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ConfigError(f"unknown model setting(s) {unknown}; valid settings: {', '.join(sorted(valid))}")
+    reject_unknown_fields(overrides, type(config), "model setting")
     return replace(config, **overrides)
 
 

@@ -1,12 +1,13 @@
 """The one home for weights: read a file safely, clean its keys, infer the architecture it
 holds, load it into a model, and fetch named weights (:mod:`.pretrained`) through torch.hub.
 
-Accepted files: our checkpoints (``best.pt``/``last.pt``, or a run folder meaning them), a
-bare state dict such as torchvision's ``densenet121-a639ec97.pth`` (legacy ``norm.1`` keys
-included), ``{"state_dict": ...}`` files, and an exported ``model.json`` + ``.safetensors``
-pair. Every file is read with ``torch.load(weights_only=True)`` or safetensors: no pickled
-code runs. Anything wrong raises one :class:`CheckpointError` line. Training code writes
-checkpoints (``engine.checkpoint``); everything that reads weights calls this module.
+Accepted files: our checkpoints (``best.pt``/``last.pt``, or a run folder: see
+:func:`choose_checkpoint`), a bare state dict such as torchvision's ``densenet121-a639ec97.pth``
+(legacy ``norm.1`` keys included) or ``resnet50-*.pth``, ``{"state_dict": ...}`` files, and an
+exported ``model.json`` + ``.safetensors`` pair. Every file is read with
+``torch.load(weights_only=True)`` or safetensors: no pickled code runs. Anything wrong raises
+one :class:`CheckpointError` line. Training code writes checkpoints (``engine.checkpoint``);
+everything that reads weights calls this module.
 """
 
 from __future__ import annotations
@@ -17,21 +18,22 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from .densenet import VARIANTS, DenseNet, DenseNetConfig
 from .pretrained import PretrainedEntry, cfg_from_preprocess, preprocess_from_cfg
-from .registry import get_config, parse_cifar_name
+from .registry import ModelConfig, build_model, config_from_dict, get_config, list_models, parse_cifar_name
+from .resnet_imagenet import TorchvisionResNetConfig
 
 CHECKPOINT_FORMAT = "densenets-checkpoint/1"  # what engine.checkpoint writes
 MODEL_FORMAT = "densenets-model/1"  # the model.json beside an exported .safetensors
-RUN_CHECKPOINTS = ("best.pt", "last.pt")  # what a run folder means, in order of preference
+BEST, LAST, CONFIG = "best.pt", "last.pt", "config.json"  # a run folder's files (engine.runlog writes them)
 
 # DataParallel/DDP ("module.") and torch.compile ("_orig_mod.") wrap the real keys.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -143,8 +145,10 @@ def clean_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 # ---------------------------------------------------------------------------------------
 
 
-def infer_config(state: dict) -> DenseNetConfig | None:
-    """Read the architecture off a DenseNet state dict (torchvision key names); None if it is not one."""
+def infer_config(state: dict) -> ModelConfig | None:
+    """Read the architecture off a DenseNet or torchvision ResNet state dict; None if it is neither."""
+    if "features.conv0.weight" not in state:
+        return _infer_torchvision_resnet(state)
     try:
         conv0 = state["features.conv0.weight"]
         blocks = []
@@ -182,13 +186,51 @@ def infer_config(state: dict) -> DenseNetConfig | None:
         return None
 
 
+# torchvision's ResNets by (bottleneck units?, units per stage)
+_TORCHVISION_RESNETS = {
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+
+
+def _infer_torchvision_resnet(state: dict) -> TorchvisionResNetConfig | None:
+    units = []
+    for stage in range(1, 5):
+        indices = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        units.append(len(indices))
+    arch = _TORCHVISION_RESNETS.get(("layer1.0.conv3.weight" in state, tuple(units)))
+    if arch is None or "conv1.weight" not in state:
+        return None
+    fc = state.get("fc.weight")
+    return TorchvisionResNetConfig(
+        arch, num_classes=int(fc.shape[0]) if fc is not None else 0, in_channels=int(state["conv1.weight"].shape[1])
+    )
+
+
 def _architecture(config: DenseNetConfig) -> tuple:
     c = config
     return (c.growth_rate, c.block_sizes, c.stem, c.init_channels, c.bottleneck, c.bn_size, c.compression)
 
 
-def guess_name(config: DenseNetConfig) -> str | None:
+_NOT_ARCHITECTURE = ("num_classes", "in_channels", "dropout", "init", "memory_efficient")
+
+
+def _baseline_name(config: ModelConfig) -> str | None:
+    """The registered baseline with this architecture (classes, channels, dropout, init aside)."""
+    same = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _NOT_ARCHITECTURE}
+    for name in list_models():
+        known = get_config(name)
+        if type(known) is type(config) and replace(known, **same) == config:
+            return name
+    return None
+
+
+def guess_name(config: ModelConfig) -> str | None:
     """The registered variant (or CIFAR pattern name) with this architecture, if any."""
+    if not isinstance(config, DenseNetConfig):
+        return _baseline_name(config)
     for name, known in VARIANTS.items():
         if _architecture(known) == _architecture(config):
             return name
@@ -203,8 +245,10 @@ def guess_name(config: DenseNetConfig) -> str | None:
     return None
 
 
-def describe(config: DenseNetConfig) -> str:
+def describe(config: ModelConfig) -> str:
     name = guess_name(config)
+    if not isinstance(config, DenseNetConfig):
+        return f"{name or 'a ' + config.family + ' network'} ({config.num_classes} classes)"
     shape = (
         f"k={config.growth_rate}, blocks {list(config.block_sizes)}, {config.stem} stem, {config.num_classes} classes"
     )
@@ -216,7 +260,7 @@ def describe(config: DenseNetConfig) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def load_weights(model: DenseNet, state: dict, source: Path | str) -> None:
+def load_weights(model: nn.Module, state: dict, source: Path | str) -> None:
     """``load_state_dict(strict=True)`` with a one-line diagnosis when the file does not fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -242,15 +286,21 @@ def load_weights(model: DenseNet, state: dict, source: Path | str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def load_backbone(model: DenseNet, state: dict, source: Path | str) -> bool:
+def classifier_prefix(model: nn.Module) -> str:
+    """The key prefix of a model's classifier: ``classifier.`` (DenseNet) or ``fc.`` (the ResNets)."""
+    return "classifier." if isinstance(model, DenseNet) else "fc."
+
+
+def load_backbone(model: nn.Module, state: dict, source: Path | str) -> bool:
     """Load everything but a classifier for another number of classes (kept as the model's own,
     freshly initialised). Returns True when the classifier was replaced."""
     own = model.state_dict()
-    theirs = state.get("classifier.weight")
-    replaced = theirs is not None and "classifier.weight" in own and theirs.shape != own["classifier.weight"].shape
-    if replaced or ("classifier.weight" not in own and theirs is not None):
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
+    head = classifier_prefix(model)
+    theirs = state.get(head + "weight")
+    replaced = theirs is not None and head + "weight" in own and theirs.shape != own[head + "weight"].shape
+    if replaced or (head + "weight" not in own and theirs is not None):
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        state.update({k: v for k, v in own.items() if k.startswith(head)})
         replaced = True
     load_weights(model, state, source)
     return replaced
@@ -258,7 +308,7 @@ def load_backbone(model: DenseNet, state: dict, source: Path | str) -> bool:
 
 @dataclass
 class LoadedModel:
-    model: DenseNet
+    model: nn.Module  # DenseNet, CifarResNet or TorchvisionResNet
     preprocess: dict  # rebuilds the test-time transform (data.transforms.eval_transform)
     class_names: list[str]
     source: Path
@@ -275,15 +325,38 @@ IMAGENET_PREPROCESS = {
 }
 
 
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A run folder means its best checkpoint (else its last one)."""
+def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """The file ``path`` means, and a few words on why.
+
+    A run folder means ``best.pt`` only when the run chose it on a validation split (the
+    paper's SVHN protocol); otherwise ``last.pt``, the final epoch the paper reports for
+    CIFAR, since a ``best.pt`` chosen on the test set would report an optimistic error.
+    """
     path = Path(path)
-    if path.is_dir():
-        for name in RUN_CHECKPOINTS:
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: a folder without {' or '.join(RUN_CHECKPOINTS)}")
-    return path
+    if not path.is_dir():
+        return path, "the file given"
+    best, last = path / BEST, path / LAST
+    if best.is_file() and _validation_split(path) > 0:
+        return best, "best.pt: the epoch with the lowest validation error"
+    if last.is_file():
+        note = "; best.pt was chosen on the test set" if best.is_file() else ""
+        return last, f"last.pt: the final epoch (this run has no validation split{note})"
+    if best.is_file():
+        return best, "best.pt (the folder holds no last.pt)"
+    raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
+
+
+def _validation_split(run_dir: Path) -> int:
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+        return int(config["recipe"]["val_split"] or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file ``path`` means (see :func:`choose_checkpoint`)."""
+    return choose_checkpoint(path)[0]
 
 
 def load_model(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
@@ -299,9 +372,9 @@ def load_model(path: str | Path, model_name: str | None = None, device: str | to
     return loaded
 
 
-def _config_from_dict(data: dict, source: Path) -> DenseNetConfig:
+def _config_from_dict(data: dict, source: Path) -> ModelConfig:
     try:
-        return DenseNetConfig.from_dict(data)
+        return config_from_dict(data)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{source}: its model config is invalid ({exc})") from exc
 
@@ -311,7 +384,7 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     config = data.get("config") if isinstance(data.get("config"), dict) else None
     state = state_dict_from(data)
     if config and isinstance(config.get("model"), dict):
-        model = DenseNet(_config_from_dict(config["model"], path))
+        model = build_model(_config_from_dict(config["model"], path))
         load_weights(model, state, path)
         data_info = config.get("data", {})
         return LoadedModel(
@@ -328,7 +401,7 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     if name is None:
         raise CheckpointError(f"{path}: holds a state dict of an unknown architecture; pass --model NAME")
     num_classes = inferred.num_classes if inferred else 1000
-    model = DenseNet(get_config(name, num_classes=num_classes))
+    model = build_model(get_config(name, num_classes=num_classes))
     load_weights(model, state, path)
     imagenet = model.config.stem == "imagenet"
     classes = imagenet_categories() if imagenet and num_classes == 1000 else [str(i) for i in range(num_classes)]
@@ -350,7 +423,7 @@ def _load_exported(path: Path) -> LoadedModel:
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise CheckpointError(f"{meta_path}: not a densenets model description (no 'model' settings)")
-    model = DenseNet(_config_from_dict(meta["model"], meta_path))
+    model = build_model(_config_from_dict(meta["model"], meta_path))
     state = state_dict_from(read_file(weights_path))
     load_weights(model, state, weights_path)
     data = meta.get("data") or {}

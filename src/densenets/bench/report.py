@@ -1,0 +1,91 @@
+"""The benchmark's results as markdown tables (the same text goes to results.md and stdout)."""
+
+from __future__ import annotations
+
+
+def _ratio(r: dict) -> str:
+    return f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def _peaks(env: dict) -> str:
+    return ", ".join(f"{p} {g:.0f}" for p, g in env["matmul_peak_gflops"].items())
+
+
+def speed_table(results: list[dict]) -> list[str]:
+    lines = []
+    for work in results:
+        h = work["headline"]
+        lines += [
+            f"#### {work['task']} {work['model']}, batch {work['batch']}, {work['size']}x{work['size']}, "
+            f"{work['precision']}",
+            "",
+            f"Headline: **{h['ours']}** / **{h['baseline']}** = **{_ratio(h)}** (median of per-round paired "
+            "ratios, min-max in brackets)"
+            + (
+                f"; against **{h['against_fp32']['baseline']}**: **{_ratio(h['against_fp32'])}**."
+                if "against_fp32" in h
+                else "."
+            ),  # fmt: skip
+            "",
+            "| implementation | layout | allocator | precision | images/s | ratio (min-max) | against row | GFLOP/s "
+            "| % of peak |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in work["rows"]:
+            s = row["setting"]
+            peak = row["fraction_of_matmul_peak"]
+            lines.append(
+                f"| {row['impl']} | {s['layout']} | {s['allocator']} | {s['precision']} | {row['images_per_s']:.1f} | "
+                f"{_ratio(row['ratio'])} | {row['baseline']} | {row['gflops_per_s']:.0f} | "
+                f"{'-' if peak is None else f'{100 * peak:.0f}%'} |"
+            )
+        lines.append("")
+    return lines
+
+
+def memory_table(mem: dict) -> list[str]:
+    depths = sorted({r["depth"] for r in mem["rows"]})
+    labels = sorted({r["label"] for r in mem["rows"]})
+    lines = ["### Peak memory of one training step (MiB), DenseNet-BC, 32x32", ""]
+    lines += ["| implementation | " + " | ".join(f"L={d}" for d in depths) + " | log-log slope |"]
+    lines += ["|---|" + "---|" * (len(depths) + 1)]
+    for label in labels:
+        cells = [f"{r['peak_mib']:.0f}" for d in depths for r in mem["rows"] if r["label"] == label and r["depth"] == d]
+        slope = mem["fits"][label]["loglog_slope"]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'-' if slope is None else f'{slope:.2f}'} |")
+    t = mem.get("efficient_target")
+    if t is None or "error" in t:
+        reason = "not measured yet" if t is None else f"not measured: {t['error']}"
+        return lines + ["", f"Memory-efficient target: {reason}.", ""]
+    lines += [
+        "",
+        f"Memory-efficient mode, {t['model']} batch {t['batch']}: peak {t['peak_mib_efficient']:.0f} MiB vs "
+        f"{t['peak_mib_normal']:.0f} MiB normal ({100 * t['memory_ratio']:.0f}%); step {t['seconds_efficient']:.2f} s "
+        f"vs {t['seconds_normal']:.2f} s, time ratio {_ratio(t['time_ratio'])} (memory-efficient / normal).",
+        "",
+    ]
+    return lines
+
+
+def to_markdown(results: dict) -> str:
+    env = results["environment"]
+    cfg = results["config"]
+    lines = [
+        f"Device: {env.get('gpu', env['cpu'])} ({env['device']}, {env['threads']} threads, {env['cores']} cores), "
+        f"torch {env['torch']}; matmul peak GFLOP/s: {_peaks(env)}. {cfg['rounds']} alternated rounds, "
+        f"{cfg['reps']} timed calls per contender per round after {cfg['warmup']} warm-up.",
+        "",
+    ]
+    for task, title in (("train", "Training (forward + backward + SGD step)"), ("infer", "Inference (eval)")):
+        if task in results:
+            lines += [f"### {title}", ""] + speed_table(results[task])
+    if "memory" in results:
+        lines += memory_table(results["memory"])
+    if "levers" in results:
+        lines += ["### Levers, one at a time (our model, fp32)", "", "| task | lever | images/s | speed-up (min-max) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for r in results["levers"]:
+            lines.append(f"| {r['task']} {r['model']} b{r['batch']} | {r['lever']} | {r['images_per_s']:.1f} | "
+                         f"{_ratio(r['speedup'])} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)

@@ -79,3 +79,26 @@ def test_train_command_end_to_end(tmp_path, capsys):
     assert recipe["nesterov"] is False and recipe["lr_milestones"] == [0.5] and recipe["dropout"] == 0.2
     code, _, err = run_cli(capsys, *args)  # same folder again: refused
     assert code == 2 and "--resume" in err
+
+
+def test_config_reads_yaml_and_dry_run_prints_the_resolved_recipe(tmp_path, capsys):
+    import json as _json
+
+    from densenets.cli import main as cli_main
+
+    (tmp_path / "r.yaml").write_text(
+        "model: densenet_bc16_k4\nepochs: 3\nlr_milestones: [0.4, 0.8]\nschedule: cosine\n"
+    )
+    assert cli_main(["train", "--config", str(tmp_path / "r.yaml"), "--lr", "0.05", "--dry-run"]) == 0
+    recipe = _json.loads(capsys.readouterr().out)
+    assert (recipe["model"], recipe["epochs"], recipe["lr"], recipe["schedule"]) == (
+        "densenet_bc16_k4",
+        3,
+        0.05,
+        "cosine",
+    )
+    assert recipe["lr_milestones"] == [0.4, 0.8] and recipe["dropout"] == 0.0  # resolved: digits+ is augmented
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    assert cli_main(["train", "--config", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and err.count("\n") == 1

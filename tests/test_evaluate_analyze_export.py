@@ -1,6 +1,8 @@
 """eval, predict, analyze, plot, report and export on a tiny trained model."""
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +13,8 @@ from densenets import DenseNet, DenseNetConfig, create_model
 from densenets.analysis.feature_reuse import feature_reuse
 from densenets.cli import main
 from densenets.engine import base_recipe, resolve_recipe
-from densenets.engine.loading import guess_name, infer_config, load_model
 from densenets.engine.trainer import fit
+from densenets.models.weights import guess_name, infer_config, load_model
 
 from .fakedata import write_cifar10, write_image_folder
 
@@ -67,7 +69,7 @@ def test_ten_crop_eval_on_an_image_folder(tmp_path, capsys):
     write_image_folder(tmp_path / "data", classes=3, per_class=6, size=40)
     recipe = resolve_recipe(
         base_recipe("imagefolder"), model="densenet_bc16_k4", data_dir=str(tmp_path / "data"), image_size=32,
-        epochs=1, batch_size=6, workers=0,
+        augment="imagenet", epochs=1, batch_size=6, workers=0,
     )  # fmt: skip
     fit(recipe, tmp_path / "run", show_progress=False)
     capsys.readouterr()
@@ -201,3 +203,21 @@ def test_torchvision_weights_file_with_legacy_keys(tmp_path, images, capsys):
         torch.testing.assert_close(model(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
     code, out, _ = run_cli(capsys, "predict", path, images / "red.png", "--top-k", "2", "--json")
     assert code == 0 and len(json.loads(out)[0]["predictions"]) == 2
+
+
+def test_predict_over_a_folder_and_a_glob_into_csv(trained_run, images, tmp_path, capsys):
+    out_csv = tmp_path / "predictions.csv"
+    code, out, _ = run_cli(
+        capsys, "predict", trained_run, images, str(images / "*.png"), "--batch-size", "2", "--top-k", "2",
+        "--csv", out_csv, "--device", "cpu",
+    )  # fmt: skip
+    assert code == 1 and "unreadable" in out  # broken.jpg is in the folder
+    rows = list(csv.DictReader(out_csv.open()))
+    names = [Path(r["file"]).name for r in rows]
+    # the folder (sorted, torchvision's image extensions: no .gif) then the pattern's three PNGs
+    assert names == ["broken.jpg", "gray.png", "green_alpha.png", "red.png", "gray.png", "green_alpha.png", "red.png"]
+    assert rows[0]["error"] and not rows[0]["class_1"]
+    for row in rows[1:]:
+        assert row["class_1"].startswith("class") and float(row["probability_1"]) >= float(row["probability_2"])
+    code, _, err = run_cli(capsys, "predict", trained_run, images, "--device", "tpu")
+    assert code == 2 and "device" in err and "\n" not in err.strip()

@@ -132,10 +132,50 @@ def test_bf16_autocast_and_memory_efficient_train_on_cpu(tmp_path):
     recipe = tiny_recipe(tmp_path / "data", amp="bf16", memory_efficient=True, channels_last=False, max_steps=2)
     result = fit(recipe, tmp_path / "run", show_progress=False)
     assert result.summary["steps"] == 2
-    assert result.model.config.memory_efficient
+    assert result.model.memory_efficient
 
 
 def test_sync_bn_on_cpu_is_refused_clearly(tmp_path):
     write_cifar10(tmp_path / "data", n_train=40, n_test=20)
     with pytest.raises(ConfigError, match="sync_bn needs CUDA"):
         fit(tiny_recipe(tmp_path / "data", sync_bn=True, device="cpu"), tmp_path / "run", show_progress=False)
+
+
+def test_cosine_schedule_with_warmup_is_a_function_of_the_step():
+    recipe = Recipe(lr=0.1, epochs=4, schedule="cosine", warmup_epochs=1.0)
+    lrs = [lr_at(step, recipe, steps_per_epoch=10) for step in range(40)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)  # linear warm-up over epoch 1
+    assert lrs[10] == pytest.approx(0.1) and all(a > b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] < 0.001
+    assert lr_at(25, recipe, 10) == lrs[25]  # nothing but the step decides it
+
+
+def test_gradient_accumulation_gives_the_same_step_as_one_batch():
+    import copy
+
+    from densenets.engine.loop import TrainState, train_step
+    from densenets.engine.runtime import make_runtime
+    from densenets.models import create_model
+
+    model = create_model("densenet_bc16_k4", num_classes=3).eval()  # eval: BN uses the same statistics either way
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    runtime = make_runtime(Recipe(device="cpu"))
+    results = []
+    for accum in (1, 4):
+        m = copy.deepcopy(model)
+        state = TrainState(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+        loss, correct = train_step(state, x, y, runtime, 0.1, label_smoothing=0.1, accum_steps=accum)
+        results.append((loss, correct, [p.detach().clone() for p in m.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    assert results[1][1] == results[0][1]
+    for a, b in zip(results[0][2], results[1][2], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_finetune_recipe_is_picked_for_a_pretrained_image_folder_and_a_weights_file_replaces_named_weights():
+    recipe = resolve_recipe(base_recipe(data="imagefolder", pretrained=True))
+    assert (recipe.pretrained, recipe.schedule, recipe.lr) == (True, "cosine", 0.01)
+    assert resolve_recipe(base_recipe("finetune"), weights="run/best.pt").pretrained is False
+    with pytest.raises(ConfigError, match="not both"):
+        resolve_recipe(base_recipe("finetune"), weights="run/best.pt", pretrained=True)
+    assert base_recipe(data="imagefolder").pretrained is False and RECIPES["cifar"].schedule == "step"

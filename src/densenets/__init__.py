@@ -7,9 +7,12 @@ from .models import (
     create_model,
     get_config,
     list_models,
+    list_pretrained,
     register_model,
+    register_weights,
 )
 from .models.inference import optimize_for_inference
+from .preprocessing import data_config, transforms
 
 __version__ = "0.1.0"
 
@@ -19,8 +22,12 @@ __all__ = [
     "__version__",
     "cifar_config",
     "create_model",
+    "data_config",
     "get_config",
     "list_models",
+    "list_pretrained",
     "optimize_for_inference",
     "register_model",
+    "register_weights",
+    "transforms",
 ]

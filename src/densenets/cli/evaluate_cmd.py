@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..engine.loading import resolve_checkpoint_path
+from ..errors import ConfigError
+from ..models.weights import resolve_checkpoint_path
 
 
 def add_parser(sub) -> None:
@@ -23,10 +24,17 @@ def add_parser(sub) -> None:
     add_precision_options(p)
     p.set_defaults(run=run_eval)
 
-    p = sub.add_parser("predict", help="top-k classes of image files")
+    p = sub.add_parser("predict", help="top-k classes of image files, folders or glob patterns")
     p.add_argument("checkpoint", help="run folder, checkpoint, torchvision weights or exported .json")
-    p.add_argument("images", nargs="+", help="image files (any size or mode; converted like the test images)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files, folders (searched recursively) or quoted patterns like 'photos/**/*.jpg'",
+    )
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--csv", metavar="FILE", help="write file, top-k classes and probabilities, error to FILE")
     p.add_argument("--model", help="model name, for a bare weights file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_precision_options(p)
@@ -68,17 +76,29 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..engine.loading import load_model
     from ..engine.precision import with_precision
-    from ..engine.prediction import format_predictions, predict_images
+    from ..engine.prediction import expand_image_paths, format_predictions, predict_images, write_predictions_csv
+    from ..engine.recipes import Recipe
+    from ..engine.runtime import make_runtime
+    from ..models.weights import load_model
 
-    loaded = load_model(args.checkpoint, args.model)
+    if args.batch_size < 1 or args.top_k < 1:
+        raise ConfigError("--batch-size and --top-k must be >= 1")
+    device = make_runtime(Recipe(device=args.device)).device
+    if args.precision == "int8" and device.type != "cpu":
+        raise ConfigError("--precision int8 runs on the CPU (ONNX Runtime); leave out --device or pass --device cpu")
+    loaded = load_model(args.checkpoint, args.model, device=device)
     loaded.model, precision = with_precision(loaded, args.precision, args.calibration)
-    records = predict_images(loaded, args.images, args.top_k)
     if not args.json and args.precision != "fp32":
         print(f"precision: {precision['note']}")
-    print(json.dumps(records, indent=2) if args.json else format_predictions(records))
+    records = predict_images(loaded, expand_image_paths(args.images), args.top_k, args.batch_size)
     failed = sum("error" in r for r in records)
+    if args.csv:
+        write_predictions_csv(records, args.csv, min(args.top_k, loaded.model.config.num_classes))
+    if not args.csv or args.json:
+        print(json.dumps(records, indent=2) if args.json else format_predictions(records))
+    else:
+        print(f"{len(records) - failed} images predicted on {device}, {failed} unreadable; written to {args.csv}")
     if failed == len(records):
         return 2
     return 1 if failed else 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from ..analysis.summary import format_summary, model_summary
-from ..models import create_model, list_models
+from ..models import create_model, list_models, list_pretrained
+from ..models.weights import hub_cache_dir
 from .options import parse_overrides
 
 
@@ -29,6 +30,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("list", help="list the named variants (DenseNets and ResNet baselines)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'densenet_bc*'")
+    p.add_argument(
+        "--pretrained", action="store_true", help="list the named weights instead (create_model(..., pretrained=TAG))"
+    )
     p.set_defaults(run=run_list)
 
 
@@ -43,6 +47,23 @@ def run_summary(args) -> int:
 
 
 def run_list(args) -> int:
+    if args.pretrained:
+        print(format_pretrained(list_pretrained(args.pattern)))
+        return 0
     for name in list_models(args.pattern):
         print(name)
     return 0
+
+
+def format_pretrained(entries) -> str:
+    """One line per named weights: name, classes, input, published top-1, where the file is."""
+    cache = hub_cache_dir()
+    lines = [f"{'weights':<22} {'classes':>7}  {'input':<11} {'top-1':>6}  file"]
+    for e in entries:
+        size = "x".join(str(s) for s in e.input_size)
+        top1 = f"{e.top1:.2f}" if e.top1 is not None else "-"
+        where = e.url or f"(in the package) {e.package_file}"
+        cached = "  [cached]" if e.url and (cache / e.file_name).is_file() else ""
+        lines.append(f"{e.name:<22} {e.num_classes:>7}  {size:<11} {top1:>6}  {where}{cached}")
+    lines.append(f"top-1: as published ({', '.join(sorted({e.dataset for e in entries}))}); cache: {cache}")
+    return "\n".join(lines)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
-from ..engine.recipes import RECIPES, Recipe, base_recipe, describe_default, resolve_recipe
-from ..engine.runlog import read_json
+from ..engine.recipes import RECIPES, Recipe, base_recipe, describe_default, read_recipe_file, resolve_recipe
 from ..errors import UserError
 from .options import add_dataclass_options, collect_overrides, parse_overrides
 
@@ -21,7 +21,10 @@ def add_parser(sub) -> None:
         "override any field, or repeat a run from its config.json.",
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), help="base protocol (default: implied by --data)")
-    p.add_argument("--config", metavar="FILE", help="repeat a run from its config.json (other options override it)")
+    p.add_argument(
+        "--config", metavar="FILE", help="a recipe in YAML or JSON, or a run's config.json (other options override it)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe (JSON) and stop")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
     p.add_argument(
         "--run-dir", metavar="DIR", help="where to write checkpoints and logs (default: runs/<data>-<model>-<time>)"
@@ -38,9 +41,9 @@ def add_parser(sub) -> None:
 def recipe_from_args(args) -> Recipe:
     overrides = {**parse_overrides(args.set), **collect_overrides(args, Recipe)}
     if args.config:
-        base = Recipe.from_dict(read_json(Path(args.config))["recipe"])
+        base = read_recipe_file(args.config)
     else:
-        base = base_recipe(args.recipe, overrides.get("data"))
+        base = base_recipe(args.recipe, overrides.get("data"), overrides.get("pretrained", False))
     return resolve_recipe(base, **overrides)
 
 
@@ -61,6 +64,9 @@ def run_train(args) -> int:
         fit(None, Path(args.resume), resume=True, show_progress=not args.no_progress, resume_overrides=overrides)
         return 0
     recipe = recipe_from_args(args)
+    if args.dry_run:
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return 0
     if args.dropout is None and "dropout" not in parse_overrides(args.set) and not args.config:
         from ..models.registry import is_densenet
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +50,10 @@ class DataSpec:
     seed: int = 0  # seeds the validation split and per-sample augmentation
     verify_images: bool | None = None  # decode-check every image file up front (None: imagefolder yes, imagenet no)
     skip_bad_images: bool = False  # leave out unreadable image files with a warning instead of failing
+    augment: str | None = None  # image folders: none | crop | crop-flip | imagenet (None: by image size)
+    mean: tuple[float, ...] | None = None  # image folders: normalisation of the weights fine-tuned (None: ImageNet's)
+    std: tuple[float, ...] | None = None
+    channels: int | None = None  # image folders: 1 or 3 (None: 1 when the images are grey, else 3)
 
 
 @dataclass
@@ -152,14 +157,15 @@ def _svhn(spec: DataSpec) -> DataBundle:
     return _finish(spec, train, train, test, 10, 3, preprocess, "none", names)
 
 
-def _image_folder(path: Path, transform, spec: DataSpec, verify_default: bool) -> tvd.ImageFolder:
+def _image_folder(path: Path, transform, spec: DataSpec, verify_default: bool, channels: int = 3) -> tvd.ImageFolder:
     if not path.is_dir():
         raise DataError(f"image folder not found: {path}")
     verify = verify_default if spec.verify_images is None else spec.verify_images
     checker = _ImageChecker(verify, spec.skip_bad_images)
+    loader = functools.partial(_load_image, mode="L" if channels == 1 else "RGB")
     folder = _load(
         f"image folder {path}",
-        lambda: tvd.ImageFolder(str(path), transform=transform, loader=_load_image, is_valid_file=checker),
+        lambda: tvd.ImageFolder(str(path), transform=transform, loader=loader, is_valid_file=checker),
     )
     if checker.skipped:
         shown = ", ".join(checker.skipped[:3]) + (" ..." if len(checker.skipped) > 3 else "")
@@ -192,32 +198,67 @@ class _ImageChecker:
             ) from exc
 
 
-def _load_image(path: str) -> Image.Image:
+def _load_image(path: str, mode: str = "RGB") -> Image.Image:
     """ImageFolder's loader, naming the file when it cannot be decoded."""
     try:
         with open(path, "rb") as f:
             image = Image.open(f)
-            return image.convert("RGB")
+            return image.convert(mode)
     except Exception as exc:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _folder_is_grey(root: Path, sample: int = 32) -> bool:
+    """True when the first ``sample`` image files under ``root`` are all single-channel."""
+    seen = 0
+    for path in root.rglob("*"):
+        if seen >= sample:
+            break
+        if not path.is_file() or not has_file_allowed_extension(str(path), IMG_EXTENSIONS):
+            continue
+        try:
+            with Image.open(path) as image:
+                if image.mode not in _GREY_MODES:
+                    return False
+        except Exception:
+            continue  # unreadable files are reported by the folder check
+        seen += 1
+    return seen > 0
+
+
+def choose_augment(size: int) -> str:
+    """Small images (<= 64 px): pad-and-crop with flips; larger ones: ImageNet's crops and colour."""
+    return "crop-flip" if size <= 64 else "imagenet"
 
 
 def _imagenet_like(
     spec: DataSpec, root: Path, title: str, default_size: int, require_split: bool, verify_default: bool
 ) -> DataBundle:
     size = spec.image_size or default_size
+    augment = spec.augment or choose_augment(size)
+    channels = spec.channels or (1 if root.is_dir() and _folder_is_grey(root) else 3)
+    mean = list(spec.mean) if spec.mean else (list(IMAGENET_MEAN) if channels == 3 else [0.5])
+    std = list(spec.std) if spec.std else (list(IMAGENET_STD) if channels == 3 else [0.25])
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"{title}: mean/std have {len(mean)} values for {channels}-channel images")
     preprocess = {
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "resize": round(size * 256 / 224),
+        "mean": mean,
+        "std": std,
+        # ImageNet-style crops keep 224/256 of the shorter side; small images are used whole.
+        "resize": round(size * 256 / 224) if augment == "imagenet" else size,
         "crop": size,
-        "channels": 3,
+        "channels": channels,
     }
+    if augment == "imagenet" and channels == 1:
+        raise DataError(f"{title}: augment imagenet needs RGB images; use crop or crop-flip for grey images")
     train_dir = root / "train"
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if train_dir.is_dir() and test_dir is not None:
-        train = _image_folder(train_dir, train_transform(preprocess, "imagenet"), spec, verify_default)
-        test = _image_folder(test_dir, eval_transform(preprocess), spec, verify_default)
+        train = _image_folder(train_dir, train_transform(preprocess, augment), spec, verify_default, channels)
+        test = _image_folder(test_dir, eval_transform(preprocess), spec, verify_default, channels)
         train_eval = copy.copy(train)
         train_eval.transform = eval_transform(preprocess)
         if train.classes != test.classes:
@@ -229,13 +270,13 @@ def _imagenet_like(
             "(ImageNet cannot be downloaded automatically; get ILSVRC2012 from image-net.org)"
         )
     else:
-        full = _image_folder(root, train_transform(preprocess, "imagenet"), spec, verify_default)
+        full = _image_folder(root, train_transform(preprocess, augment), spec, verify_default, channels)
         full_eval = copy.copy(full)
         full_eval.transform = eval_transform(preprocess)
         train_idx, test_idx = _stratified_split(full.targets, 0.2, spec.seed)
         train, train_eval, test = Subset(full, train_idx), Subset(full_eval, train_idx), Subset(full_eval, test_idx)
         classes = list(full.classes)
-    return _finish(spec, train, train_eval, test, len(classes), 3, preprocess, "imagenet", classes)
+    return _finish(spec, train, train_eval, test, len(classes), channels, preprocess, augment, classes)
 
 
 def _imagenet(spec: DataSpec) -> DataBundle:
@@ -244,6 +285,7 @@ def _imagenet(spec: DataSpec) -> DataBundle:
         root = root / "imagenet"
     if spec.download:
         raise DataError("ImageNet cannot be downloaded automatically; get ILSVRC2012 from image-net.org")
+    spec = replace(spec, channels=spec.channels or 3, augment=spec.augment or "imagenet")  # the paper's
     return _imagenet_like(spec, root, "ImageNet", 224, require_split=True, verify_default=False)
 
 
@@ -317,6 +359,8 @@ def build_data(spec: DataSpec) -> DataBundle:
         close = difflib.get_close_matches(spec.name, list(DATASETS), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise DataError(f"unknown data set {spec.name!r}; {hint}choose from {', '.join(DATASETS)}")
+    if spec.augment is not None and spec.name not in ("imagefolder", "imagenet"):
+        raise DataError(f"augment applies to image folders; {spec.name} keeps the paper's (e.g. cifar10 vs cifar10+)")
     if spec.download:
         os.makedirs(spec.data_dir, exist_ok=True)
     return loader(spec)

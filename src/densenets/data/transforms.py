@@ -42,7 +42,9 @@ class Lighting:
 
 
 def train_transform(preprocess: dict, augment: str) -> T.Compose:
-    """``augment``: ``"none"``, ``"cifar"`` (normalise, zero-pad 4, random crop, flip) or ``"imagenet"``."""
+    """``augment``: ``"none"``, ``"crop"`` (normalise, zero-pad 4, random crop), ``"crop-flip"``
+    (and flip; also called ``"cifar"``) or ``"imagenet"`` (random-resized crop at scale 0.08-1,
+    flip, colour)."""
     size = preprocess["crop"]
     normalize = T.Normalize(preprocess["mean"], preprocess["std"])
     if augment == "imagenet":
@@ -58,10 +60,12 @@ def train_transform(preprocess: dict, augment: str) -> T.Compose:
         )
     steps = [T.Grayscale(1)] if preprocess["channels"] == 1 else []
     steps += [*_resize_steps(preprocess), T.ToTensor(), normalize]
-    if augment == "cifar":
+    if augment in ("crop", "crop-flip", "cifar"):
         # The authors' order (fb.resnet.torch): normalise first, then pad with zeros and crop,
         # so the 4-pixel border is the mean colour, not black.
-        steps += [T.RandomCrop(size, padding=4, fill=0), T.RandomHorizontalFlip()]
+        steps.append(T.RandomCrop(size, padding=4, fill=0))
+    if augment in ("crop-flip", "cifar"):
+        steps.append(T.RandomHorizontalFlip())
     return T.Compose(steps)
 
 
@@ -116,3 +120,28 @@ def _resize_steps(preprocess: dict) -> list:
 
 def _to_rgb(img):
     return img.convert("RGB") if getattr(img, "mode", "RGB") != "RGB" else img
+
+
+_INTERPOLATION = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+
+
+def transforms_from_config(config: dict, train: bool = False) -> T.Compose:
+    """torchvision transforms for a ``data_config`` dict (input_size, interpolation, mean, std, crop_pct).
+
+    Test: resize the shorter side to ``size / crop_pct``, centre-crop ``size``. Train:
+    random-resized crop and flip. One-channel models get greyscale, others RGB, so the
+    tensor always has the channels the model takes.
+    """
+    channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
+    mode = _INTERPOLATION.get(config.get("interpolation", "bilinear"), T.InterpolationMode.BILINEAR)
+    steps = [T.Grayscale(1)] if channels == 1 else [T.Lambda(_to_rgb)]
+    if train:
+        steps += [T.RandomResizedCrop(size, interpolation=mode), T.RandomHorizontalFlip()]
+    else:
+        pct = float(config.get("crop_pct", 1.0))
+        steps += [T.Resize(round(size / pct), interpolation=mode), T.CenterCrop(size)]
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(config["mean"], config["std"])])

@@ -1,16 +1,15 @@
-"""The one checkpoint module: atomic writes, safe loads, RNG state, clean weights.
+"""Writing checkpoints: atomic saves of the training state, RNG state, unwrapped models.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
-with ``torch.load(weights_only=True)``: no pickled objects, no code run on load.
+with ``torch.load(weights_only=True)``: no pickled objects, no code run on load. Reading
+any weights file (ours or anyone's) is ``models.weights``; ``load_checkpoint`` is its reader.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,20 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.weights import clean_state_dict
+from ..models.weights import CHECKPOINT_FORMAT as FORMAT
+from ..models.weights import read_file as load_checkpoint
+from ..models.weights import state_dict_from
 
-FORMAT = "densenets-checkpoint/1"
+__all__ = [
+    "FORMAT",
+    "capture_rng",
+    "load_checkpoint",
+    "remove_stale_temporaries",
+    "restore_rng",
+    "save_checkpoint",
+    "state_dict_from",
+    "unwrap_model",
+]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -65,67 +75,6 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         _remove_quietly(path)
         removed.append(path)
     return removed
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint or weights file safely; any problem raises one clear :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: file is empty")
-    if path.suffix == ".safetensors":
-        return {"model": _load_safetensors(path)}
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "global" in str(exc).lower() or "weights only" in str(exc).lower():
-            raise CheckpointError(
-                f"{path}: refused to load: the file contains pickled Python objects that could run code "
-                f"(only tensors and plain containers are accepted). {_unsafe_detail(exc)}"
-            ) from exc
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({first})") from exc
-    except Exception as exc:  # anything else a hostile or damaged file can provoke
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
-    return data
-
-
-def _unsafe_detail(exc: Exception) -> str:
-    for line in str(exc).splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip()
-    return ""
-
-
-def _load_safetensors(path: Path) -> dict:
-    try:
-        from safetensors.torch import load_file
-    except ImportError as exc:
-        raise CheckpointError(f"{path}: reading .safetensors needs `pip install safetensors`") from exc
-    try:
-        return load_file(str(path))
-    except Exception as exc:
-        raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({exc})") from exc
-
-
-def state_dict_from(data: dict) -> dict:
-    """The model weights inside a loaded file: our checkpoint, a bare state dict, or ``{"state_dict": ...}``."""
-    for key in ("model", "state_dict", "model_state_dict"):
-        if key in data and isinstance(data[key], dict):
-            data = data[key]
-            break
-    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError("the file holds no model weights (no tensors found)")
-    return clean_state_dict(tensors)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..data import DataSpec, build_data
 from ..data.transforms import ten_crop_transform
 from ..errors import ConfigError, DataError
-from .loading import choose_checkpoint, load_model
+from ..models.weights import choose_checkpoint, load_model
 from .loop import evaluate
 from .recipes import Recipe
 from .runtime import make_runtime

@@ -41,23 +41,40 @@ class TrainState:
     stop_requested: bool = False  # set by the SIGINT handler
 
 
-def train_step(state: TrainState, images: torch.Tensor, targets: torch.Tensor, runtime: Runtime, lr: float):
-    """Forward, backward and SGD step; returns (summed loss, correct predictions) as tensors."""
+def train_step(
+    state: TrainState,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    runtime: Runtime,
+    lr: float,
+    label_smoothing: float = 0.0,
+    accum_steps: int = 1,
+):
+    """Forward, backward and SGD step; returns (summed loss, correct predictions) as tensors.
+
+    With ``accum_steps`` > 1 the batch runs as that many chunks whose gradients add up
+    before the one optimiser step (the mean loss over the whole batch, as without chunks).
+    A parameter group with ``frozen_epochs`` gets lr 0 (no update) during the first epochs.
+    """
     for group in state.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr if state.epoch >= group.get("frozen_epochs", 0) else 0.0
     state.optimizer.zero_grad(set_to_none=True)
-    with runtime.autocast():
-        logits = state.model(images)
-        loss = F.cross_entropy(logits.float(), targets)
+    loss_sum = torch.zeros((), device=targets.device)
+    correct = torch.zeros((), dtype=torch.long, device=targets.device)
+    for x, y in zip(images.chunk(accum_steps), targets.chunk(accum_steps), strict=True):
+        with runtime.autocast():
+            logits = state.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        scaled = loss * (y.numel() / targets.numel())  # chunk mean -> its share of the batch mean
+        (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+        loss_sum += loss.detach() * y.numel()
+        correct += (logits.detach().argmax(1) == y).sum()
     if state.scaler is not None:
-        state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
-        loss.backward()
         state.optimizer.step()
-    correct = (logits.detach().argmax(1) == targets).sum()
-    return loss.detach() * targets.numel(), correct
+    return loss_sum, correct
 
 
 def train_one_epoch(
@@ -91,7 +108,7 @@ def train_one_epoch(
         # Dropout masks depend only on (seed, step, rank): resume reproduces them exactly.
         torch.manual_seed(derive_seed(recipe.seed, "step", state.step, runtime.dist.rank))
         lr = lr_at(state.step, recipe, steps_per_epoch)
-        loss_sum, correct = train_step(state, images, targets, runtime, lr)
+        loss_sum, correct = train_step(state, images, targets, runtime, lr, recipe.label_smoothing, recipe.accum_steps)
         loss_value = loss_sum.item()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"the loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1})")

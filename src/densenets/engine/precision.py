@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.inference import PRECISIONS, optimize_for_inference
 from ..models.quantize import CALIBRATION_IMAGES, calibration_batches, check_int8_ready
-from .loading import LoadedModel
+from ..models.weights import LoadedModel
 
 NOTES = {
     "fp32": "fp32 (exact)",

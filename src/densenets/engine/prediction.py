@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import glob
 import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from ..data.transforms import image_transform
-from .loading import LoadedModel
+from ..models.weights import LoadedModel
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -58,6 +61,41 @@ def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5,
                 for p, c in zip(values, classes, strict=True)
             ]
     return records
+
+
+def expand_image_paths(items: list[str]) -> list[str]:
+    """Files as given; folders as the image files under them; patterns (``*``, ``?``, ``[``, ``**``)
+    as their matches. Sorted within each item; an item that matches nothing is kept, to be reported."""
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and _is_image(p))
+        elif any(ch in item for ch in "*?["):
+            found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file() and _is_image(Path(p)))
+        else:
+            found = [item]
+        out.extend(found or [item])
+    return out
+
+
+def _is_image(path: Path) -> bool:
+    return has_file_allowed_extension(str(path), IMG_EXTENSIONS)
+
+
+def write_predictions_csv(records: list[dict], path: str | Path, top_k: int) -> None:
+    """One row per file: ``file, class_1, probability_1, ..., class_k, probability_k, error``."""
+    header = ["file"] + [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("class", "probability")] + ["error"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for record in records:
+            row = [record["file"]]
+            predictions = record.get("predictions", [])
+            for i in range(top_k):
+                p = predictions[i] if i < len(predictions) else None
+                row += [p["class"], f"{p['probability']:.6f}"] if p else ["", ""]
+            writer.writerow([*row, record.get("error", "")])
 
 
 def format_predictions(records: list[dict]) -> str:

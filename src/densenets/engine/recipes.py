@@ -10,8 +10,12 @@ train under the same recipes; only their dropout default is their own paper's.
 from __future__ import annotations
 
 import difflib
+import json
 import typing
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import yaml
 
 from ..errors import ConfigError, reject_unknown_fields
 
@@ -33,11 +37,18 @@ class Recipe:
     lr: float = 0.1
     lr_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training where lr is divided
     lr_gamma: float = 0.1
+    schedule: str = "step"  # step (the paper's: divide at lr_milestones) | cosine (to zero at the end)
+    warmup_epochs: float = 0.0  # linear ramp from lr/steps to lr over this many epochs
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
     # model settings the protocol decides
     weights: str | None = None  # initialise from a weights file (ours or torchvision's); new classifier if needed
+    pretrained: bool | str = False  # start from the model's named weights (True: its default; or a tag)
+    freeze_epochs: int = 0  # train only the classifier for this many epochs (the rest at lr 0)
+    label_smoothing: float = 0.0
+    accum_steps: int = 1  # split each batch into this many chunks, gradients accumulated (same result, less memory)
+    augment: str | None = None  # none | crop | crop-flip | imagenet (None: chosen by the data set and image size)
     dropout: float | None = None  # None: 0.2 without augmentation, 0 with (the paper's rule)
     init: str = "fan_out"
     # execution
@@ -66,6 +77,18 @@ class Recipe:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
+        if self.schedule not in ("step", "cosine"):
+            raise ConfigError(f"schedule must be one of step, cosine; got {self.schedule!r}")
+        if self.augment is not None and self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; got {self.augment!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.accum_steps < 1 or self.batch_size % self.accum_steps:
+            raise ConfigError(
+                f"accum_steps must be >= 1 and divide batch_size {self.batch_size}, got {self.accum_steps}"
+            )
+        if self.pretrained and self.weights:
+            raise ConfigError("give either pretrained (named weights) or weights (a file), not both")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
         if self.loader not in (None, "workers", "resident"):
@@ -74,7 +97,7 @@ class Recipe:
             raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("workers", "val_split", "checkpoint_every", "max_steps", "seed"):
+        for name in ("workers", "val_split", "checkpoint_every", "max_steps", "seed", "freeze_epochs", "warmup_epochs"):
             if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -136,7 +159,22 @@ RECIPES: dict[str, Recipe] = {
     "digits": Recipe(model="densenet_bc40_k12", data="digits+", epochs=20, batch_size=64),
     # A user's own folder of class sub-folders: the ImageNet preprocessing, a shorter schedule.
     "imagefolder": Recipe(model="densenet121", data="imagefolder", epochs=30, batch_size=32),
+    # Fine-tuning named weights on a user's folder: new classifier, the weights' preprocessing,
+    # a 10x lower lr on a cosine schedule with one warm-up epoch, label smoothing.
+    "finetune": Recipe(
+        model="densenet121",
+        data="imagefolder",
+        pretrained=True,
+        epochs=10,
+        batch_size=32,
+        lr=0.01,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+    ),  # fmt: skip
 }
+
+AUGMENTS = ("none", "crop", "crop-flip", "imagenet")
 
 RECIPE_FOR_DATA = {
     "cifar10": "cifar",
@@ -158,6 +196,8 @@ AUTO_MEANING = {
     "image_size": "the data set's own size",
     "verify_images": "image folders yes, ImageNet no",
     "weights": "none: random initialisation",
+    "augment": "chosen by the data set and image size",
+    "loader": "resident for in-memory CIFAR/SVHN, else workers",
     "dropout": "0.2 without data augmentation, 0 with (the paper's rule)",
     "workers": "0 on the CPU, 8 on CUDA",
     "channels_last": "on the CPU; on CUDA only with --amp",
@@ -183,8 +223,11 @@ def describe_default(name: str) -> str:
     return f"default run (digits): {default}; other recipes: {others}"
 
 
-def base_recipe(name: str | None = None, data: str | None = None) -> Recipe:
-    """The named recipe, or the one the data set implies (digits when neither is given)."""
+def base_recipe(name: str | None = None, data: str | None = None, pretrained: bool | str = False) -> Recipe:
+    """The named recipe, or the one the data set implies (digits when neither is given;
+    ``finetune`` for an image folder with pretrained weights)."""
+    if name is None and pretrained and (data or "imagefolder") == "imagefolder":
+        name = "finetune"
     if name is None:
         name = RECIPE_FOR_DATA.get(data or "digits+", "digits")
     if name not in RECIPES:
@@ -192,16 +235,43 @@ def base_recipe(name: str | None = None, data: str | None = None) -> Recipe:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ConfigError(f"unknown recipe {name!r}; {hint}choose from {', '.join(RECIPES)}")
     recipe = RECIPES[name]
-    return replace(recipe, data=data) if data else recipe
+    recipe = replace(recipe, data=data) if data else recipe
+    return replace(recipe, pretrained=pretrained) if pretrained else recipe
 
 
 def resolve_recipe(recipe: Recipe, **overrides) -> Recipe:
     """Apply overrides, then the paper's data-dependent rules; the result has no ``None`` left to decide."""
     reject_unknown_fields(overrides, Recipe, "recipe")
+    if overrides.get("weights") and "pretrained" not in overrides:
+        overrides = {**overrides, "pretrained": False}  # a weights file replaces the recipe's named weights
     recipe = replace(recipe, **overrides)
     if recipe.dropout is None:
         recipe = replace(recipe, dropout=default_dropout(recipe.model, recipe.data))
     return recipe
+
+
+def read_recipe_file(path: str | Path) -> Recipe:
+    """A recipe from a run's ``config.json`` or a YAML/JSON file of recipe fields (flat, or under ``recipe:``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid {kind} ({first})") from exc
+    if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
+        data = data["recipe"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected recipe fields (name: value), found {type(data).__name__}")
+    if isinstance(data.get("lr_milestones"), list):
+        data = {**data, "lr_milestones": tuple(data["lr_milestones"])}
+    return Recipe.from_dict(data)
 
 
 def default_dropout(model: str, data: str) -> float:

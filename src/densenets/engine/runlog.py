@@ -8,11 +8,13 @@ from pathlib import Path
 
 from ..errors import UserError
 
-CONFIG = "config.json"
+# the files a run folder stands for; models.weights reads them, so they are named there
+from ..models.weights import BEST as BEST
+from ..models.weights import CONFIG as CONFIG
+from ..models.weights import LAST as LAST
+
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 def write_json(path: Path, data: dict) -> None:

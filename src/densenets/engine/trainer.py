@@ -19,8 +19,10 @@ from ..data.determinism import derive_seed
 from ..data.loaders import TrainLoader, default_loader, default_workers, make_train_loader
 from ..data.samplers import ShardSampler
 from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from ..models import build_model, get_config
+from ..models import build_model, config_from_dict, get_config
+from ..models.pretrained import PretrainedEntry, get_weights_entry
 from ..models.registry import ModelConfig
+from ..models.weights import classifier_prefix, fetch_pretrained, load_backbone
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -40,7 +42,6 @@ from .distributed import (
     run_on_main,
     shutdown_distributed,
 )
-from .loading import load_weights
 from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
 from .recipes import Recipe
 from .runfolder import RunFolder
@@ -175,20 +176,20 @@ def _build(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool) ->
     dist = runtime.dist
     if not resume:
         _refuse_existing_run(folder.path)
-    data = _load_data(recipe)
+    entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
+    data = _load_data(recipe, entry)
     model_config = get_config(
         recipe.model,
         num_classes=data.num_classes,
         in_channels=data.in_channels,
         dropout=recipe.dropout,
         init=recipe.init,
-        memory_efficient=recipe.memory_efficient,
     )
     config = _run_config(recipe=recipe, model_config=model_config, data=data, runtime=runtime)
     if resume:
         config = _recorded_config(folder.path, config)
     per_rank_batch = _per_rank_batch(recipe, dist)
-    model = _make_model(recipe=recipe, model_config=model_config, runtime=runtime, load_weights=not resume)
+    model = _make_model(recipe=recipe, model_config=model_config, runtime=runtime, entry=entry, load_weights=not resume)
     optimizer = _make_optimizer(recipe, model)
     model = _wrap_model(model, recipe=recipe, runtime=runtime)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
@@ -219,19 +220,28 @@ def _refuse_existing_run(run_dir: Path) -> None:
         )
 
 
-def _load_data(recipe: Recipe) -> DataBundle:
-    return build_data(
-        DataSpec(
-            name=recipe.data,
-            data_dir=recipe.data_dir,
-            download=recipe.download,
-            image_size=recipe.image_size,
-            val_split=recipe.val_split,
-            seed=recipe.seed,
-            verify_images=recipe.verify_images,
-            skip_bad_images=recipe.skip_bad_images,
-        )
+def _load_data(recipe: Recipe, entry: PretrainedEntry | None) -> DataBundle:
+    """The data set; with named weights, at their input size, channels and normalisation."""
+    spec = DataSpec(
+        name=recipe.data,
+        data_dir=recipe.data_dir,
+        download=recipe.download,
+        image_size=recipe.image_size,
+        val_split=recipe.val_split,
+        seed=recipe.seed,
+        verify_images=recipe.verify_images,
+        skip_bad_images=recipe.skip_bad_images,
+        augment=recipe.augment,
     )
+    if entry is not None:
+        spec = replace(
+            spec,
+            image_size=recipe.image_size or entry.input_size[-1],
+            mean=tuple(entry.mean),
+            std=tuple(entry.std),
+            channels=entry.input_size[0],
+        )
+    return build_data(spec)
 
 
 def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, runtime: Runtime) -> dict:
@@ -260,7 +270,8 @@ def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, 
 def _recorded_config(run_dir: Path, config: dict) -> dict:
     """On resume the run keeps its own config.json, which must describe the same model."""
     saved = read_json(run_dir / CONFIG)
-    if saved["model"] != config["model"]:
+    # compared as configs: files written before memory_efficient became a runtime switch carry it
+    if config_from_dict(saved["model"]) != config_from_dict(config["model"]):
         raise UserError(f"{run_dir}/{CONFIG} describes a different model than the recipe builds")
     return saved
 
@@ -271,12 +282,18 @@ def _per_rank_batch(recipe: Recipe, dist: DistInfo) -> int:
     return recipe.batch_size // dist.world_size
 
 
-def _make_model(*, recipe: Recipe, model_config: ModelConfig, runtime: Runtime, load_weights: bool) -> nn.Module:
-    """The network on its device, from the recipe's seed or its ``weights`` file."""
+def _make_model(
+    *, recipe: Recipe, model_config: ModelConfig, runtime: Runtime, entry: PretrainedEntry | None, load_weights: bool
+) -> nn.Module:
+    """The network on its device, from the recipe's seed, its ``weights`` file or its named weights."""
     torch.manual_seed(derive_seed(recipe.seed, "init"))
     model: nn.Module = build_model(model_config)
+    if recipe.memory_efficient:
+        model.set_memory_efficient(True)  # DenseNets only: a baseline refuses in one line
     if recipe.weights and load_weights:
         _init_from_weights(model, recipe.weights, runtime.dist.is_main)
+    elif entry is not None and load_weights:
+        _init_from_pretrained(model, entry, runtime.dist.is_main)
     if recipe.sync_bn and runtime.device.type != "cuda":
         raise ConfigError(
             "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
@@ -293,7 +310,7 @@ def _make_model(*, recipe: Recipe, model_config: ModelConfig, runtime: Runtime, 
 
 def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        model.parameters(),
+        _param_groups(model, recipe),
         lr=recipe.lr,
         momentum=recipe.momentum,
         dampening=0.0,
@@ -331,19 +348,47 @@ def _open_folder(folder: RunFolder, *, config: dict, resume: bool) -> None:
         write_json(folder.path / CONFIG, config)
 
 
+def _init_from_pretrained(model: nn.Module, entry: PretrainedEntry, verbose: bool) -> None:
+    """Start from named weights; the classifier is new unless the classes match the weights'."""
+    replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name)
+    model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
+    if verbose:
+        head = f"new classifier for {model.config.num_classes} classes" if replaced else "its classifier kept"
+        size = "x".join(str(s) for s in entry.input_size)
+        print(f"starting from {entry.name} ({entry.file_name}): {head}; input {size}, "
+              f"mean {list(entry.mean)}, std {list(entry.std)}", flush=True)  # fmt: skip
+
+
+def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0."""
+    if not recipe.freeze_epochs:
+        return [{"params": list(model.parameters())}]
+    prefix = classifier_prefix(model)
+    head = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+    body = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
+    return [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
+
+
+def _describe_data(run: Run) -> None:
+    """Say what was chosen for the user's images (augmentation, channels) in the run's first lines."""
+    r, data = run.recipe, run.data
+    if r.data not in ("imagefolder",):
+        return
+    how = "as asked" if r.augment else f"chosen for {data.image_size}px images; set --augment to change"
+    grey = "grey images, one channel" if data.in_channels == 1 else "RGB"
+    run.log(f"augmentation: {data.augment} ({how}); {grey}; normalised with mean {data.preprocess['mean']}")
+    if r.freeze_epochs:
+        run.log(f"classifier only for the first {r.freeze_epochs} epoch(s), then the whole network")
+
+
 def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
     """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
     state = state_dict_from(load_checkpoint(path))
-    own = model.state_dict()
-    head = "classifier." if "classifier.weight" in own else "fc."  # DenseNet's name, ResNets' name
+    head = classifier_prefix(model)
     theirs = state.get(head + "weight")
-    if theirs is not None and head + "weight" in own and theirs.shape != own[head + "weight"].shape:
-        state = {k: v for k, v in state.items() if not k.startswith(head)}
-        state.update({k: v for k, v in own.items() if k.startswith(head)})
-        if verbose:
-            print(f"{path}: {theirs.shape[0]} classes in the file, {own[head + 'weight'].shape[0]} in the data: "
-                  "classifier re-initialised", flush=True)  # fmt: skip
-    load_weights(model, state, path)
+    if load_backbone(model, state, path) and verbose and theirs is not None:
+        print(f"{path}: {theirs.shape[0]} classes in the file, {model.config.num_classes} in the data: "
+              "classifier re-initialised", flush=True)  # fmt: skip
 
 
 def _restore(run: Run) -> None:
@@ -409,6 +454,7 @@ def _train(run: Run, show_progress: bool) -> dict:
         + (f" x{run.runtime.dist.world_size} processes" if run.runtime.dist.enabled else "")
     )
     run.log(f"run folder: {run.run_dir}")
+    _describe_data(run)
 
     def on_step(state: TrainState) -> None:
         if run.runtime.dist.enabled and _any_rank(state.stop_requested, run):

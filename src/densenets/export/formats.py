@@ -3,29 +3,18 @@ its output compared with PyTorch's (ONNX through onnxruntime when it is installe
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..engine.loading import LoadedModel, load_model
 from ..errors import UserError
 from ..models.onnx_runtime import onnx_bytes
+from ..models.onnx_runtime import plain_eval_copy as _exportable
+from ..models.weights import MODEL_FORMAT, LoadedModel, load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors")
-MODEL_FORMAT = "densenets-model/1"
-
-
-def _exportable(model: nn.Module) -> nn.Module:
-    """An eval-mode fp32 CPU copy in ordinary (not memory-efficient) mode: what exporters trace.
-
-    Any model of the registry (DenseNet or ResNet baseline) exports the same way.
-    """
-    model = copy.deepcopy(model).cpu().eval().float()
-    model.set_memory_efficient(False)
-    return model
 
 
 def _example(model: nn.Module, input_size: int | None, batch: int = 2) -> torch.Tensor:
@@ -89,7 +78,7 @@ def export_safetensors(loaded: LoadedModel, path: str | Path) -> dict:
     meta = {
         "format": MODEL_FORMAT,
         "name": loaded.name,
-        "model": {**loaded.model.config.to_dict(), "memory_efficient": False},
+        "model": loaded.model.config.to_dict(),
         "preprocess": loaded.preprocess,
         "class_names": loaded.class_names,
         "weights": path.name,

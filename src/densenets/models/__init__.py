@@ -1,4 +1,4 @@
-"""Models: the DenseNet, the paper's ResNet baselines, their configs, and one registry of named variants."""
+"""Models: the DenseNet, the paper's ResNet baselines, their configs, one registry of named variants, and weights."""
 
 from .densenet import (
     VARIANTS,
@@ -10,15 +10,10 @@ from .densenet import (
     cifar_config,
     imagenet_config,
 )
-from .registry import (
-    UnknownModelError,
-    build_model,
-    config_from_dict,
-    create_model,
-    get_config,
-    list_models,
-    register_model,
-)
+from .factory import create_model
+from .features import DenseNetFeatures
+from .pretrained import PretrainedEntry, data_config, list_pretrained, register_weights
+from .registry import UnknownModelError, build_model, config_from_dict, get_config, list_models, register_model
 from .resnet_cifar import CifarResNet, CifarResNetConfig
 from .resnet_imagenet import TorchvisionResNet, TorchvisionResNetConfig
 
@@ -34,12 +29,17 @@ __all__ = [
     "DenseLayer",
     "DenseNet",
     "DenseNetConfig",
+    "DenseNetFeatures",
+    "PretrainedEntry",
     "Transition",
     "UnknownModelError",
     "cifar_config",
     "create_model",
+    "data_config",
     "get_config",
     "imagenet_config",
     "list_models",
+    "list_pretrained",
     "register_model",
+    "register_weights",
 ]

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, reject_unknown_fields
 from .layers import init_weights, make_classifier
+from .pretrained import default_pretrained_cfg
 
 Stem = Literal["cifar", "imagenet"]
 DropoutPlacement = Literal["paper", "torchvision"]
@@ -49,7 +50,6 @@ class DenseNetConfig:
     dropout_placement: DropoutPlacement = "paper"
     in_channels: int = 3
     num_classes: int = 1000
-    memory_efficient: bool = False
     init: InitScheme = "fan_out"
 
     def __post_init__(self) -> None:
@@ -72,8 +72,6 @@ class DenseNetConfig:
         _check_choice("init", self.init, _INITS)
         if not isinstance(self.bottleneck, bool):
             raise ConfigError(f"bottleneck must be true or false, got {self.bottleneck!r}")
-        if not isinstance(self.memory_efficient, bool):
-            raise ConfigError(f"memory_efficient must be true or false, got {self.memory_efficient!r}")
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (block_sizes as a list)."""
@@ -83,6 +81,9 @@ class DenseNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DenseNetConfig:
+        # Files written before memory-efficient execution became a runtime switch
+        # (DenseNet(config, memory_efficient=...)) carry it here; it changes no result, so it is dropped.
+        data = {k: v for k, v in data.items() if k != "memory_efficient"}
         reject_unknown_fields(data, cls, "DenseNetConfig")
         return cls(**data)
 
@@ -249,12 +250,17 @@ class DenseNet(nn.Module):
 
     Surface shared by training, analysis, export and benchmarks: ``forward_features``,
     ``forward_head``, ``forward``, ``forward_blocks``, ``reset_classifier``,
-    ``num_features`` and ``feature_info``.
+    ``num_features`` and ``feature_info``. ``pretrained_cfg`` (timm's keys) describes the
+    input the weights expect. ``memory_efficient`` recomputes concat-BN-ReLU-conv1 in the
+    backward pass (a runtime switch, also ``set_memory_efficient``), not part of the architecture.
     """
 
-    def __init__(self, config: DenseNetConfig) -> None:
+    def __init__(self, config: DenseNetConfig, memory_efficient: bool = False) -> None:
         super().__init__()
+        if not isinstance(memory_efficient, bool):
+            raise ConfigError(f"memory_efficient must be true or false, got {memory_efficient!r}")
         self.config = config
+        self.pretrained_cfg: dict = default_pretrained_cfg(config)
         c = config
         self.features = nn.Sequential()
         if c.stem == "imagenet":
@@ -278,7 +284,7 @@ class DenseNet(nn.Module):
                 bottleneck=c.bottleneck,
                 dropout=c.dropout,
                 dropout_placement=c.dropout_placement,
-                memory_efficient=c.memory_efficient,
+                memory_efficient=memory_efficient,
             )
             self.features.add_module(f"denseblock{i}", block)
             self.feature_info.append(
@@ -341,13 +347,18 @@ class DenseNet(nn.Module):
             raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         self.classifier = self._make_classifier(num_classes)
         self.config = replace(self.config, num_classes=num_classes)
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def set_memory_efficient(self, enabled: bool = True) -> None:
         """Switch checkpointed (recompute-in-backward) dense layers on or off."""
         for m in self.modules():
             if isinstance(m, DenseLayer):
                 m.memory_efficient = enabled
-        self.config = replace(self.config, memory_efficient=enabled)
+
+    @property
+    def memory_efficient(self) -> bool:
+        """Whether the dense layers recompute their first half in the backward pass."""
+        return any(m.memory_efficient for m in self.modules() if isinstance(m, DenseLayer))
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,8 +21,11 @@ from ..errors import UserError
 from .densenet import DenseNet
 
 
-def plain_eval_copy(model: DenseNet) -> DenseNet:
-    """An eval-mode fp32 copy on the CPU in ordinary (not memory-efficient) mode, for exporters."""
+def plain_eval_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode fp32 copy on the CPU in ordinary (not memory-efficient) mode, for exporters.
+
+    Any model of the registry (DenseNet or ResNet baseline) exports the same way.
+    """
     model = copy.deepcopy(model).cpu().eval().float()
     model.set_memory_efficient(False)
     return model

@@ -1,4 +1,4 @@
-"""A small explicit registry: named variants -> configs -> models.
+"""A small explicit registry: named variants -> configs -> models (``create_model`` is in :mod:`.factory`).
 
 Three families share it: the DenseNets, the CIFAR ResNet baselines (``resnet_cifar``) and
 torchvision's ImageNet ResNets (``resnet_imagenet``). A config's type picks its network;
@@ -83,45 +83,27 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def get_config(name: str, **overrides) -> ModelConfig:
     """The config of a named variant (or CIFAR pattern name) with fields overridden."""
-    config = _REGISTRY.get(name)
+    config = _REGISTRY.get(name) or parse_cifar_name(name)
     if config is None:
-        config = _parse_cifar_name(name)
+        raise _unknown(name)
     if not overrides:
         return config
     reject_unknown_fields(overrides, type(config), "model setting")
     return replace(config, **overrides)
 
 
-def create_model(name: str, weights: str | None = None, **overrides) -> nn.Module:
-    """Build a named variant, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``
-    or a baseline, ``create_model("preact_resnet164", num_classes=100)``.
-
-    ``name`` may also be an exported ``model.json`` (with its ``.safetensors`` beside it).
-    ``weights`` loads a weights file into the new model: one of our checkpoints, or
-    torchvision's ``densenet121-*.pth`` / ``resnet50-*.pth`` (legacy key names accepted). All files are loaded
-    safely (no pickled code runs).
-    """
-    if isinstance(name, str) and name.endswith((".json", ".safetensors")):
-        from ..engine.loading import load_model
-
-        model = load_model(name).model.train()
-        return model if not overrides else build_model(replace(model.config, **overrides))
-    model = build_model(get_config(name, **overrides))
-    if weights is not None:
-        from ..engine.checkpoint import load_checkpoint, state_dict_from
-        from ..engine.loading import load_weights
-
-        load_weights(model, state_dict_from(load_checkpoint(weights)), weights)
-    return model
-
-
-def _parse_cifar_name(name: str) -> DenseNetConfig:
+def parse_cifar_name(name: str) -> DenseNetConfig | None:
+    """The config a CIFAR pattern name (``densenet_bc100_k12``) stands for, or None."""
     match = CIFAR_NAME.match(name) if isinstance(name, str) else None
     if match is None:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(list_models())}"
-        raise UnknownModelError(
-            f"unknown model {name!r}; {hint} (or any CIFAR network named densenet[_b|_c|_bc]<depth>_k<growth>)"
-        )
+        return None
     kind, depth, growth = match.group(1) or "", int(match.group(2)), int(match.group(3))
     return cifar_config(depth, growth, bottleneck="b" in kind, compression=0.5 if "c" in kind else 1.0)
+
+
+def _unknown(name: str) -> UnknownModelError:
+    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(list_models())}"
+    return UnknownModelError(
+        f"unknown model {name!r}; {hint} (or any CIFAR network named densenet[_b|_c|_bc]<depth>_k<growth>)"
+    )

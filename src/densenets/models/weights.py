@@ -1,14 +1,39 @@
-"""State-dict interop: torchvision's key names, legacy keys, wrapper prefixes.
+"""The one home for weights: read a file safely, clean its keys, infer the architecture it
+holds, load it into a model, and fetch named weights (:mod:`.pretrained`) through torch.hub.
 
-This is the one place where foreign state dicts are cleaned before loading.
+Accepted files: our checkpoints (``best.pt``/``last.pt``, or a run folder: see
+:func:`choose_checkpoint`), a bare state dict such as torchvision's ``densenet121-a639ec97.pth``
+(legacy ``norm.1`` keys included) or ``resnet50-*.pth``, ``{"state_dict": ...}`` files, and an
+exported ``model.json`` + ``.safetensors`` pair. Every file is read with
+``torch.load(weights_only=True)`` or safetensors: no pickled code runs. Anything wrong raises
+one :class:`CheckpointError` line. Training code writes checkpoints (``engine.checkpoint``);
+everything that reads weights calls this module.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from .densenet import VARIANTS, DenseNet, DenseNetConfig
+from .pretrained import PretrainedEntry, cfg_from_preprocess, preprocess_from_cfg
+from .registry import ModelConfig, build_model, config_from_dict, get_config, list_models, parse_cifar_name
+from .resnet_imagenet import TorchvisionResNetConfig
+
+CHECKPOINT_FORMAT = "densenets-checkpoint/1"  # what engine.checkpoint writes
+MODEL_FORMAT = "densenets-model/1"  # the model.json beside an exported .safetensors
+BEST, LAST, CONFIG = "best.pt", "last.pt", "config.json"  # a run folder's files (engine.runlog writes them)
 
 # DataParallel/DDP ("module.") and torch.compile ("_orig_mod.") wrap the real keys.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -17,6 +42,77 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _LEGACY_KEY = re.compile(
     r"(denselayer\d+\.(?:norm|relu|conv))\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
 )
+
+
+# ---------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------
+
+
+def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint or weights file safely; any problem raises one clear :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty")
+    if path.suffix == ".safetensors":
+        return {"model": _read_safetensors(path)}
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "global" in str(exc).lower() or "weights only" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains pickled Python objects that could run code "
+                f"(only tensors and plain containers are accepted). {_unsafe_detail(exc)}"
+            ) from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({first})") from exc
+    except Exception as exc:  # anything else a hostile or damaged file can provoke
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+    return data
+
+
+def _unsafe_detail(exc: Exception) -> str:
+    for line in str(exc).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip()
+    return ""
+
+
+def _read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file  # optional dependency
+    except ImportError as exc:
+        raise CheckpointError(f"{path}: reading .safetensors needs `pip install safetensors`") from exc
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: truncated or corrupted safetensors file ({exc})") from exc
+
+
+def state_dict_from(data: dict) -> dict[str, Tensor]:
+    """The cleaned model weights inside a read file: our checkpoint, a bare state dict, or ``{"state_dict": ...}``."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if key in data and isinstance(data[key], dict):
+            data = data[key]
+            break
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError("the file holds no model weights (no tensors found)")
+    return clean_state_dict(tensors)
+
+
+# ---------------------------------------------------------------------------------------
+# Cleaning keys
+# ---------------------------------------------------------------------------------------
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -42,3 +138,381 @@ def convert_legacy_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def clean_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Everything needed before ``load_state_dict``: prefixes stripped, legacy keys renamed."""
     return convert_legacy_keys(strip_wrapper_prefixes(state_dict))
+
+
+# ---------------------------------------------------------------------------------------
+# The architecture a state dict holds
+# ---------------------------------------------------------------------------------------
+
+
+def infer_config(state: dict) -> ModelConfig | None:
+    """Read the architecture off a DenseNet or torchvision ResNet state dict; None if it is neither."""
+    if "features.conv0.weight" not in state:
+        return _infer_torchvision_resnet(state)
+    try:
+        conv0 = state["features.conv0.weight"]
+        blocks = []
+        i = 1
+        while any(k.startswith(f"features.denseblock{i}.") for k in state):
+            n = 0
+            while f"features.denseblock{i}.denselayer{n + 1}.norm1.weight" in state:
+                n += 1
+            blocks.append(n)
+            i += 1
+        if not blocks or 0 in blocks:
+            return None
+        first = "features.denseblock1.denselayer1"
+        bottleneck = f"{first}.conv2.weight" in state
+        last_conv = state[f"{first}.conv2.weight" if bottleneck else f"{first}.conv1.weight"]
+        growth = int(last_conv.shape[0])
+        bn_size = int(state[f"{first}.conv1.weight"].shape[0]) // growth if bottleneck else 4
+        compression = 1.0
+        if "features.transition1.conv.weight" in state:
+            t = state["features.transition1.conv.weight"]
+            compression = round(int(t.shape[0]) / int(t.shape[1]), 4)
+        classifier = state.get("classifier.weight")
+        return DenseNetConfig(
+            growth_rate=growth,
+            block_sizes=tuple(blocks),
+            stem="imagenet" if "features.norm0.weight" in state else "cifar",
+            init_channels=int(conv0.shape[0]),
+            bottleneck=bottleneck,
+            bn_size=bn_size,
+            compression=min(compression, 1.0),
+            in_channels=int(conv0.shape[1]),
+            num_classes=int(classifier.shape[0]) if classifier is not None else 0,
+        )
+    except (KeyError, AttributeError, IndexError, ValueError, TypeError, ZeroDivisionError):
+        return None
+
+
+# torchvision's ResNets by (bottleneck units?, units per stage)
+_TORCHVISION_RESNETS = {
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+
+
+def _infer_torchvision_resnet(state: dict) -> TorchvisionResNetConfig | None:
+    units = []
+    for stage in range(1, 5):
+        indices = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        units.append(len(indices))
+    arch = _TORCHVISION_RESNETS.get(("layer1.0.conv3.weight" in state, tuple(units)))
+    if arch is None or "conv1.weight" not in state:
+        return None
+    fc = state.get("fc.weight")
+    return TorchvisionResNetConfig(
+        arch, num_classes=int(fc.shape[0]) if fc is not None else 0, in_channels=int(state["conv1.weight"].shape[1])
+    )
+
+
+def _architecture(config: DenseNetConfig) -> tuple:
+    c = config
+    return (c.growth_rate, c.block_sizes, c.stem, c.init_channels, c.bottleneck, c.bn_size, c.compression)
+
+
+_NOT_ARCHITECTURE = ("num_classes", "in_channels", "dropout", "init", "memory_efficient")
+
+
+def _baseline_name(config: ModelConfig) -> str | None:
+    """The registered baseline with this architecture (classes, channels, dropout, init aside)."""
+    same = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _NOT_ARCHITECTURE}
+    for name in list_models():
+        known = get_config(name)
+        if type(known) is type(config) and replace(known, **same) == config:
+            return name
+    return None
+
+
+def guess_name(config: ModelConfig) -> str | None:
+    """The registered variant (or CIFAR pattern name) with this architecture, if any."""
+    if not isinstance(config, DenseNetConfig):
+        return _baseline_name(config)
+    for name, known in VARIANTS.items():
+        if _architecture(known) == _architecture(config):
+            return name
+    if config.stem == "cifar" and len(set(config.block_sizes)) == 1 and len(config.block_sizes) == 3:
+        per_layer = 2 if config.bottleneck else 1
+        depth = 3 * per_layer * config.block_sizes[0] + 4
+        kind = ("b" if config.bottleneck else "") + ("c" if config.compression < 1 else "")
+        name = f"densenet{'_' + kind if kind else ''}{depth}_k{config.growth_rate}"
+        candidate = parse_cifar_name(name)
+        if candidate is not None and _architecture(candidate) == _architecture(config):
+            return name
+    return None
+
+
+def describe(config: ModelConfig) -> str:
+    name = guess_name(config)
+    if not isinstance(config, DenseNetConfig):
+        return f"{name or 'a ' + config.family + ' network'} ({config.num_classes} classes)"
+    shape = (
+        f"k={config.growth_rate}, blocks {list(config.block_sizes)}, {config.stem} stem, {config.num_classes} classes"
+    )
+    return f"{name} ({shape})" if name else f"a DenseNet with {shape}"
+
+
+# ---------------------------------------------------------------------------------------
+# Loading into a model
+# ---------------------------------------------------------------------------------------
+
+
+def load_weights(model: nn.Module, state: dict, source: Path | str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line diagnosis when the file does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} keys of another shape (e.g. {k}: file {tuple(state[k].shape)}, "
+                f"model {tuple(own[k].shape)})"
+            )
+        inferred = infer_config(state)
+        held = describe(inferred) if inferred else "an unrecognised architecture"
+        raise CheckpointError(
+            f"{source}: weights do not fit {describe(model.config)}: {'; '.join(parts)}. The file seems to hold {held}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def classifier_prefix(model: nn.Module) -> str:
+    """The key prefix of a model's classifier: ``classifier.`` (DenseNet) or ``fc.`` (the ResNets)."""
+    return "classifier." if isinstance(model, DenseNet) else "fc."
+
+
+def load_backbone(model: nn.Module, state: dict, source: Path | str) -> bool:
+    """Load everything but a classifier for another number of classes (kept as the model's own,
+    freshly initialised). Returns True when the classifier was replaced."""
+    own = model.state_dict()
+    head = classifier_prefix(model)
+    theirs = state.get(head + "weight")
+    replaced = theirs is not None and head + "weight" in own and theirs.shape != own[head + "weight"].shape
+    if replaced or (head + "weight" not in own and theirs is not None):
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        state.update({k: v for k, v in own.items() if k.startswith(head)})
+        replaced = True
+    load_weights(model, state, source)
+    return replaced
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # DenseNet, CifarResNet or TorchvisionResNet
+    preprocess: dict  # rebuilds the test-time transform (data.transforms.eval_transform)
+    class_names: list[str]
+    source: Path
+    name: str | None = None  # registry name, when known
+    run_config: dict = field(default_factory=dict)  # the run's config.json content, for our checkpoints
+
+
+IMAGENET_PREPROCESS = {
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "resize": 256,
+    "crop": 224,
+    "channels": 3,
+}
+
+
+def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """The file ``path`` means, and a few words on why.
+
+    A run folder means ``best.pt`` only when the run chose it on a validation split (the
+    paper's SVHN protocol); otherwise ``last.pt``, the final epoch the paper reports for
+    CIFAR, since a ``best.pt`` chosen on the test set would report an optimistic error.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path, "the file given"
+    best, last = path / BEST, path / LAST
+    if best.is_file() and _validation_split(path) > 0:
+        return best, "best.pt: the epoch with the lowest validation error"
+    if last.is_file():
+        note = "; best.pt was chosen on the test set" if best.is_file() else ""
+        return last, f"last.pt: the final epoch (this run has no validation split{note})"
+    if best.is_file():
+        return best, "best.pt (the folder holds no last.pt)"
+    raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
+
+
+def _validation_split(run_dir: Path) -> int:
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+        return int(config["recipe"]["val_split"] or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file ``path`` means (see :func:`choose_checkpoint`)."""
+    return choose_checkpoint(path)[0]
+
+
+def load_model(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model for evaluation, prediction, analysis or export (in eval mode).
+
+    The model's ``pretrained_cfg`` describes the input it was trained on.
+    """
+    path = resolve_checkpoint_path(path)
+    exported = path.suffix in (".json", ".safetensors")
+    loaded = _load_exported(path) if exported else _load_torch_file(path, model_name)
+    loaded.model.pretrained_cfg = cfg_from_preprocess(loaded.preprocess, loaded.model.config.num_classes)
+    loaded.model.to(device).eval()
+    return loaded
+
+
+def _config_from_dict(data: dict, source: Path) -> ModelConfig:
+    try:
+        return config_from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source}: its model config is invalid ({exc})") from exc
+
+
+def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
+    data = read_file(path)
+    config = data.get("config") if isinstance(data.get("config"), dict) else None
+    state = state_dict_from(data)
+    if config and isinstance(config.get("model"), dict):
+        model = build_model(_config_from_dict(config["model"], path))
+        load_weights(model, state, path)
+        data_info = config.get("data", {})
+        return LoadedModel(
+            model,
+            dict(data_info.get("preprocess") or IMAGENET_PREPROCESS),
+            list(data_info.get("class_names") or []),
+            path,
+            config.get("recipe", {}).get("model"),
+            config,
+        )
+    # A bare state dict: torchvision's weights or someone else's export.
+    inferred = infer_config(state)
+    name = model_name or (guess_name(inferred) if inferred else None)
+    if name is None:
+        raise CheckpointError(f"{path}: holds a state dict of an unknown architecture; pass --model NAME")
+    num_classes = inferred.num_classes if inferred else 1000
+    model = build_model(get_config(name, num_classes=num_classes))
+    load_weights(model, state, path)
+    imagenet = model.config.stem == "imagenet"
+    classes = imagenet_categories() if imagenet and num_classes == 1000 else [str(i) for i in range(num_classes)]
+    preprocess = IMAGENET_PREPROCESS if imagenet else {
+        "mean": [0.5] * model.config.in_channels, "std": [0.25] * model.config.in_channels,
+        "resize": None, "crop": 32, "channels": model.config.in_channels,
+    }  # fmt: skip
+    return LoadedModel(model, dict(preprocess), classes, path, name)
+
+
+def _load_exported(path: Path) -> LoadedModel:
+    meta_path = path.with_suffix(".json")
+    weights_path = path.with_suffix(".safetensors")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{meta_path}: no such file (it should sit beside {weights_path.name})") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{meta_path}: not a densenets model description (no 'model' settings)")
+    model = build_model(_config_from_dict(meta["model"], meta_path))
+    state = state_dict_from(read_file(weights_path))
+    load_weights(model, state, weights_path)
+    data = meta.get("data") or {}
+    return LoadedModel(
+        model, dict(meta.get("preprocess") or IMAGENET_PREPROCESS), list(meta.get("class_names") or []), path,
+        meta.get("name"), {"recipe": {k: v for k, v in data.items() if v is not None}},
+    )  # fmt: skip
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names that torchvision ships (no download)."""
+    from torchvision.models import DenseNet121_Weights  # torchvision.models is slow to import
+
+    return list(DenseNet121_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# ---------------------------------------------------------------------------------------
+# Named weights (see .pretrained for the entries)
+# ---------------------------------------------------------------------------------------
+
+
+def hub_cache_dir() -> Path:
+    """Where torch.hub keeps weights files: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_pretrained(entry: PretrainedEntry, progress: bool = False) -> dict[str, Tensor]:
+    """The cleaned state dict of a named entry.
+
+    A URL entry goes through ``torch.hub.load_state_dict_from_url`` (hash-checked download
+    into the hub cache; a cached file is used offline). torch.hub checks the hash only while
+    downloading, so the file's sha256 is checked here as well, every time.
+    """
+    if entry.package_file is not None:
+        path = Path(str(resources.files("densenets") / "weights" / entry.package_file))
+        if not path.is_file():
+            raise CheckpointError(f"weights {entry.name}: {path} is missing from the installed package")
+        _check_sha256(entry, path)
+        return state_dict_from(read_file(path))
+    cached = hub_cache_dir() / entry.file_name
+    if cached.is_file():
+        _check_sha256(entry, cached)
+    try:
+        data = torch.hub.load_state_dict_from_url(
+            entry.url, map_location="cpu", progress=progress, check_hash=True, file_name=entry.file_name,
+            weights_only=True,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:  # URLError is an OSError; offline, DNS, proxy, disk
+        if cached.is_file():
+            raise CheckpointError(f"{cached}: not a readable weights file ({exc}); delete it to fetch again") from exc
+        raise CheckpointError(
+            f"pretrained weights {entry.name} are not in the cache and could not be downloaded "
+            f"({type(exc).__name__}); fetch {entry.url} and put {entry.file_name} in {hub_cache_dir()}/"
+        ) from exc
+    except RuntimeError as exc:  # torch.hub's hash mismatch on download, or a damaged file
+        raise CheckpointError(f"weights {entry.name} ({entry.file_name}): {str(exc).splitlines()[0]}") from exc
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{cached}: refused to load: not a plain weights file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cached}: expected a dict of tensors, found {type(data).__name__}")
+    _check_sha256(entry, cached)  # just downloaded: torch.hub checked the name's prefix, we check the entry's
+    return state_dict_from(data)
+
+
+def _check_sha256(entry: PretrainedEntry, path: Path) -> None:
+    if not entry.sha256:
+        return
+    actual = sha256_of(path)
+    if not actual.startswith(entry.sha256):
+        raise CheckpointError(
+            f"{path}: sha256 {actual[:12]}... does not start with {entry.sha256} as registered for {entry.name}; "
+            f"the file is damaged or not {entry.file_name}: delete it and download {entry.url or 'it'} again"
+        )
+
+
+def entry_class_names(entry: PretrainedEntry) -> list[str]:
+    if entry.categories == "imagenet":
+        return imagenet_categories()
+    return list(entry.categories)
+
+
+def entry_preprocess(entry: PretrainedEntry) -> dict:
+    """A named entry's test-time preprocessing in the run-config form (data.transforms)."""
+    return preprocess_from_cfg(entry.pretrained_cfg())

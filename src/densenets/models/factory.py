@@ -1,0 +1,95 @@
+"""``create_model``: a named variant, a saved model, or named weights, as one call."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import ConfigError, reject_unknown_fields
+from .densenet import DenseNet
+from .features import DenseNetFeatures
+from .pretrained import get_weights_entry
+from .registry import build_model, get_config
+from .weights import fetch_pretrained, load_backbone, load_model, load_weights, read_file, state_dict_from
+
+_SAVED_MODEL_SUFFIXES = (".json", ".safetensors")
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str = False,
+    weights: str | Path | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    memory_efficient: bool = False,
+    **overrides,
+) -> nn.Module:
+    """Build a model, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``, or a
+    baseline, ``create_model("preact_resnet164", num_classes=100)``.
+
+    - ``pretrained=True`` loads the variant's default named weights (``"cifar10"`` etc.
+      picks by tag; see ``list_pretrained``); with another ``num_classes`` the classifier
+      is new and everything else pretrained.
+    - ``weights=FILE`` loads one of our checkpoints or torchvision's ``densenet121-*.pth`` /
+      ``resnet50-*.pth``.
+    - ``name`` may be an exported ``model.json`` (``.safetensors`` beside it): its weights
+      are kept; overrides that would change a weight's shape are refused.
+    - ``features_only=True`` returns a :class:`DenseNetFeatures` giving the maps picked by
+      ``out_indices`` (0 = stem, i = dense block i; default all).
+    - ``memory_efficient=True`` recomputes in backward (``model.set_memory_efficient``);
+      DenseNets only (a baseline refuses it in one line).
+    """
+    if pretrained and weights is not None:
+        raise ConfigError("give either pretrained= (named weights) or weights= (a file), not both")
+    if isinstance(name, (str, Path)) and str(name).endswith(_SAVED_MODEL_SUFFIXES):
+        if pretrained:
+            raise ConfigError(f"{name} is a saved model with its own weights; drop pretrained=")
+        model = _saved_model(Path(name), overrides)
+    else:
+        model = build_model(get_config(name, **overrides))
+        if pretrained:
+            _load_named(model, name, pretrained)
+        elif weights is not None:
+            load_weights(model, state_dict_from(read_file(weights)), weights)
+    model.set_memory_efficient(memory_efficient)
+    if features_only:
+        if not isinstance(model, DenseNet):
+            raise ConfigError(f"features_only is for DenseNets; {name} is a {model.config.family} network")
+        return DenseNetFeatures(model, out_indices)
+    if out_indices is not None:
+        raise ConfigError("out_indices needs features_only=True")
+    return model
+
+
+def _load_named(model: DenseNet, name: str, tag: bool | str) -> None:
+    entry = get_weights_entry(name, tag)
+    state = fetch_pretrained(entry)
+    if entry.input_size[0] != model.config.in_channels:
+        raise ConfigError(
+            f"weights {entry.name} take {entry.input_size[0]}-channel images; drop in_channels="
+            f"{model.config.in_channels} or train from scratch"
+        )
+    load_backbone(model, state, entry.file_name)
+    model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
+
+
+def _saved_model(path: Path, overrides: dict) -> nn.Module:
+    loaded = load_model(path)
+    model = loaded.model.train()
+    if not overrides:
+        return model
+    reject_unknown_fields(overrides, type(model.config), "model setting")
+    rebuilt = build_model(replace(model.config, **overrides))
+    own, saved = rebuilt.state_dict(), model.state_dict()
+    if own.keys() != saved.keys() or any(own[k].shape != saved[k].shape for k in own):
+        changed = ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
+        raise ConfigError(
+            f"{path}: {changed} would change the shapes of its weights; load it without them "
+            "(model.reset_classifier(n) gives a new classifier)"
+        )
+    rebuilt.load_state_dict(saved)
+    rebuilt.pretrained_cfg = dict(model.pretrained_cfg)
+    return rebuilt.train()

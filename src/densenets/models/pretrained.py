@@ -1,0 +1,185 @@
+"""Named weights and the preprocessing that goes with them (``pretrained_cfg``).
+
+A :class:`PretrainedEntry` is one line of data: where the file lives (a URL fetched into
+torch.hub's cache, or a file shipped inside the package), its sha256 prefix, and what the
+network expects and was measured at. ``create_model(name, pretrained=True)`` takes the
+model's first entry; ``pretrained="cifar10"`` selects one by tag. Our own weights join by
+adding an entry (``register_weights``); nothing else changes.
+
+``pretrained_cfg`` uses timm's keys (``mean``, ``std``, ``input_size``, ``interpolation``,
+``crop_pct``, ``num_classes``) so code written for timm models reads ours unchanged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TORCHVISION_CROP_PCT = 224 / 256  # resize the shorter side to 256, centre-crop 224
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """One set of published weights for one registered model name."""
+
+    model: str  # registered model name, e.g. "densenet121"
+    tag: str  # e.g. "imagenet", "cifar10"; the first entry of a model is its default
+    url: str | None = None  # fetched into $TORCH_HOME/hub/checkpoints/<file name of the URL>
+    package_file: str | None = None  # or a file shipped in the package, relative to densenets/weights/
+    sha256: str = ""  # prefix of the file's sha256, checked before loading
+    num_classes: int = 1000
+    categories: str | tuple[str, ...] = "imagenet"  # "imagenet": torchvision's 1000 names; else the names
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = TORCHVISION_CROP_PCT
+    top1: float | None = None  # as published by the weights' authors, on their test set
+    dataset: str = "ImageNet-1k"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.package_file is None):
+            raise ConfigError(f"weights {self.name}: give exactly one of url and package_file")
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+    @property
+    def file_name(self) -> str:
+        """torchvision's own file names (e.g. ``densenet121-a639ec97.pth``) for the hub cache."""
+        return os.path.basename(urlparse(self.url).path) if self.url else Path(self.package_file).name
+
+    def pretrained_cfg(self) -> dict:
+        return {
+            "mean": tuple(self.mean),
+            "std": tuple(self.std),
+            "input_size": tuple(self.input_size),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+            "num_classes": self.num_classes,
+            "tag": self.tag,
+            "source": self.url or f"densenets/weights/{self.package_file}",
+        }
+
+
+_WEIGHTS: dict[str, PretrainedEntry] = {}
+
+
+def register_weights(entry: PretrainedEntry) -> None:
+    """Add a named set of weights; re-using a ``model.tag`` name is an error."""
+    if entry.name in _WEIGHTS:
+        raise ValueError(f"weights {entry.name!r} are already registered")
+    _WEIGHTS[entry.name] = entry
+
+
+def unregister_weights(name: str) -> None:
+    """Remove an entry (for tests and for users replacing an entry with their own)."""
+    _WEIGHTS.pop(name, None)
+
+
+def list_pretrained(pattern: str = "*") -> list[PretrainedEntry]:
+    """Entries whose ``model.tag`` name matches a shell-style pattern."""
+    return [e for n, e in sorted(_WEIGHTS.items()) if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(e.model, pattern)]
+
+
+def get_weights_entry(model: str, tag: bool | str = True) -> PretrainedEntry:
+    """The entry for ``model`` (its first one for ``tag=True``, else the one with that tag)."""
+    mine = [e for e in _WEIGHTS.values() if e.model == model]
+    if not mine:
+        have = sorted({e.model for e in _WEIGHTS.values()})
+        raise ConfigError(
+            f"no pretrained weights for {model!r}; models with weights: {', '.join(have)} "
+            "(or pass weights=FILE / --weights FILE)"
+        )
+    if tag is True:
+        return mine[0]
+    for entry in mine:
+        if entry.tag == tag:
+            return entry
+    tags = [e.tag for e in mine]
+    close = difflib.get_close_matches(str(tag), tags, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ConfigError(f"no {model} weights tagged {tag!r}; {hint}tags: {', '.join(tags)}")
+
+
+# torchvision's ImageNet weights (its DenseNet*_Weights.IMAGENET1K_V1: URL, preprocessing, published top-1).
+for _model, _file, _top1 in (
+    ("densenet121", "densenet121-a639ec97.pth", 74.434),
+    ("densenet161", "densenet161-8d451a50.pth", 77.138),
+    ("densenet169", "densenet169-b2777c0a.pth", 75.600),
+    ("densenet201", "densenet201-c1103571.pth", 76.896),
+):
+    register_weights(
+        PretrainedEntry(
+            model=_model,
+            tag="imagenet",
+            url=f"https://download.pytorch.org/models/{_file}",
+            sha256=_file.rsplit("-", 1)[1].split(".")[0],
+            top1=_top1,
+            source="torchvision IMAGENET1K_V1 (ported from the authors' LuaTorch models)",
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# pretrained_cfg: what a model expects as input
+# ---------------------------------------------------------------------------------------
+
+
+def default_pretrained_cfg(config) -> dict:
+    """The input a freshly built model of ``config`` is meant for (ImageNet stem: ImageNet's)."""
+    channels = config.in_channels
+    if config.stem == "imagenet":
+        mean = IMAGENET_MEAN if channels == 3 else (0.5,) * channels
+        std = IMAGENET_STD if channels == 3 else (0.25,) * channels
+        return {
+            "mean": mean, "std": std, "input_size": (channels, 224, 224), "interpolation": "bilinear",
+            "crop_pct": TORCHVISION_CROP_PCT, "num_classes": config.num_classes,
+        }  # fmt: skip
+    return {
+        "mean": (0.5,) * channels, "std": (0.25,) * channels, "input_size": (channels, 32, 32),
+        "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": config.num_classes,
+    }  # fmt: skip
+
+
+def cfg_from_preprocess(preprocess: dict, num_classes: int) -> dict:
+    """A run's ``preprocess`` dict (mean, std, resize, crop, channels) as a ``pretrained_cfg``."""
+    crop = int(preprocess["crop"])
+    resize = preprocess.get("resize")
+    return {
+        "mean": tuple(preprocess["mean"]),
+        "std": tuple(preprocess["std"]),
+        "input_size": (int(preprocess.get("channels", 3)), crop, crop),
+        "interpolation": preprocess.get("interpolation", "bilinear"),
+        "crop_pct": crop / resize if resize else 1.0,
+        "num_classes": num_classes,
+    }
+
+
+def preprocess_from_cfg(cfg: dict) -> dict:
+    """The inverse of :func:`cfg_from_preprocess`: rebuilds the test-time transform's settings."""
+    channels, crop = int(cfg["input_size"][0]), int(cfg["input_size"][-1])
+    pct = float(cfg.get("crop_pct", 1.0))
+    return {
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "resize": round(crop / pct) if pct < 1.0 else None,
+        "crop": crop,
+        "channels": channels,
+        "interpolation": cfg.get("interpolation", "bilinear"),
+    }
+
+
+def data_config(model) -> dict:
+    """timm's ``resolve_data_config`` for our models: input size, interpolation, mean, std, crop fraction."""
+    cfg = getattr(model, "pretrained_cfg", None) or default_pretrained_cfg(model.config)
+    return {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}

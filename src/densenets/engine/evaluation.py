@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import DataSpec, build_data
+from ..data.determinism import EpochSeededDataset
 from ..data.transforms import ten_crop_transform
 from ..errors import ConfigError, DataError
 from ..models.weights import choose_checkpoint, load_model
@@ -23,6 +24,8 @@ def with_transform(dataset: Dataset, transform) -> Dataset:
     """A shallow copy of a (possibly Subset-wrapped) data set with another transform."""
     if isinstance(dataset, Subset):
         return Subset(with_transform(dataset.dataset, transform), dataset.indices)
+    if isinstance(dataset, EpochSeededDataset):  # the seeding is for random transforms; the new one is fixed
+        return with_transform(dataset.dataset, transform)
     if not hasattr(dataset, "transform"):
         raise DataError(f"{type(dataset).__name__} has no transform to replace")
     clone = copy.copy(dataset)

@@ -58,12 +58,13 @@ def run_list(args) -> int:
 def format_pretrained(entries) -> str:
     """One line per named weights: name, classes, input, published top-1, where the file is."""
     cache = hub_cache_dir()
-    lines = [f"{'weights':<22} {'classes':>7}  {'input':<11} {'top-1':>6}  file"]
+    lines = [f"{'weights':<26} {'classes':>7}  {'input':<11} {'top-1':>6}  file"]
     for e in entries:
         size = "x".join(str(s) for s in e.input_size)
         top1 = f"{e.top1:.2f}" if e.top1 is not None else "-"
         where = e.url or f"(in the package) {e.package_file}"
         cached = "  [cached]" if e.url and (cache / e.file_name).is_file() else ""
-        lines.append(f"{e.name:<22} {e.num_classes:>7}  {size:<11} {top1:>6}  {where}{cached}")
-    lines.append(f"top-1: as published ({', '.join(sorted({e.dataset for e in entries}))}); cache: {cache}")
+        lines.append(f"{e.name:<26} {e.num_classes:>7}  {size:<11} {top1:>6}  {where}{cached}")
+    sets = "; ".join(sorted({f"{e.dataset}: {e.source}" for e in entries}))
+    lines.append(f"top-1 on the test set of each file's data set, as its source reports ({sets}); cache: {cache}")
     return "\n".join(lines)

@@ -44,6 +44,8 @@ class PretrainedEntry:
     top1: float | None = None  # as published by the weights' authors, on their test set
     dataset: str = "ImageNet-1k"
     source: str = ""
+    data: str | None = None  # our data set name for ``densenets eval NAME`` (e.g. "cifar10"); None: pass --data
+    training: str = ""  # how the weights were trained, in a few words (recipe, epochs, machine)
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.package_file is None):
@@ -84,6 +86,11 @@ def register_weights(entry: PretrainedEntry) -> None:
 def unregister_weights(name: str) -> None:
     """Remove an entry (for tests and for users replacing an entry with their own)."""
     _WEIGHTS.pop(name, None)
+
+
+def named_weights(text: str) -> PretrainedEntry | None:
+    """The entry called ``text`` (``model.tag``, e.g. ``densenet_bc40_k12.cifar10``), if one is."""
+    return _WEIGHTS.get(text)
 
 
 def list_pretrained(pattern: str = "*") -> list[PretrainedEntry]:
@@ -128,6 +135,31 @@ for _model, _file, _top1 in (
             source="torchvision IMAGENET1K_V1 (ported from the authors' LuaTorch models)",
         )
     )
+
+
+# Our own weights, shipped in the package (densenets/weights/). The figures are the runs' own,
+# measured on the full real test set; docs/reproduction.md has the commands and curves.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+register_weights(
+    PretrainedEntry(
+        model="densenet_bc40_k12",
+        tag="cifar10",
+        package_file="densenet_bc40_k12-cifar10.safetensors",
+        sha256="8f40094815219070",
+        num_classes=10,
+        categories=CIFAR10_CLASSES,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.247, 0.2435, 0.2616),
+        input_size=(3, 32, 32),
+        crop_pct=1.0,
+        top1=74.52,  # test error 25.48% on the 10,000 CIFAR-10 test images, final epoch (not selected)
+        dataset="CIFAR-10 (C10+)",
+        data="cifar10",
+        source="densenets: trained on this project's 2-core CPU",
+        training="recipe cifar, 3 epochs (lr 0.1, /100 at epoch 3: the compressed schedule), batch 64, "
+        "C10+ augmentation",
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from .densenet import VARIANTS, DenseNet, DenseNetConfig
-from .pretrained import PretrainedEntry, cfg_from_preprocess, preprocess_from_cfg
+from .pretrained import PretrainedEntry, cfg_from_preprocess, named_weights, preprocess_from_cfg
 from .registry import ModelConfig, build_model, config_from_dict, get_config, list_models, parse_cifar_name
 from .resnet_imagenet import TorchvisionResNetConfig
 
@@ -99,8 +99,11 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def state_dict_from(data: dict) -> dict[str, Tensor]:
-    """The cleaned model weights inside a read file: our checkpoint, a bare state dict, or ``{"state_dict": ...}``."""
-    for key in ("model", "state_dict", "model_state_dict"):
+    """The cleaned model weights inside a read file: our checkpoint, a bare state dict, or ``{"state_dict": ...}``.
+
+    A checkpoint of a run that kept an EMA of its weights gives the EMA (what the run reported).
+    """
+    for key in ("ema", "model", "state_dict", "model_state_dict"):
         if key in data and isinstance(data[key], dict):
             data = data[key]
             break
@@ -332,6 +335,9 @@ def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
     paper's SVHN protocol); otherwise ``last.pt``, the final epoch the paper reports for
     CIFAR, since a ``best.pt`` chosen on the test set would report an optimistic error.
     """
+    entry = named_weights(str(path)) if not Path(path).exists() else None
+    if entry is not None:
+        return Path(entry.name), f"named weights {entry.name} ({entry.source}; {entry.training or entry.dataset})"
     path = Path(path)
     if not path.is_dir():
         return path, "the file given"
@@ -364,9 +370,13 @@ def load_model(path: str | Path, model_name: str | None = None, device: str | to
 
     The model's ``pretrained_cfg`` describes the input it was trained on.
     """
+    entry = named_weights(str(path)) if not Path(path).exists() else None
     path = resolve_checkpoint_path(path)
     exported = path.suffix in (".json", ".safetensors")
-    loaded = _load_exported(path) if exported else _load_torch_file(path, model_name)
+    if entry is not None:
+        loaded = _load_named(entry)
+    else:
+        loaded = _load_exported(path) if exported else _load_torch_file(path, model_name)
     loaded.model.pretrained_cfg = cfg_from_preprocess(loaded.preprocess, loaded.model.config.num_classes)
     loaded.model.to(device).eval()
     return loaded
@@ -410,6 +420,17 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
         "resize": None, "crop": 32, "channels": model.config.in_channels,
     }  # fmt: skip
     return LoadedModel(model, dict(preprocess), classes, path, name)
+
+
+def _load_named(entry: PretrainedEntry) -> LoadedModel:
+    """Registered weights by name (``densenets eval densenet_bc40_k12.cifar10``): fetched, checked, loaded."""
+    config = get_config(entry.model, num_classes=entry.num_classes, in_channels=entry.input_size[0])
+    model = build_model(config)
+    load_weights(model, fetch_pretrained(entry), entry.file_name)
+    recipe = {"model": entry.model, **({"data": entry.data} if entry.data else {})}
+    return LoadedModel(
+        model, entry_preprocess(entry), entry_class_names(entry), Path(entry.name), entry.model, {"recipe": recipe}
+    )
 
 
 def _load_exported(path: Path) -> LoadedModel:

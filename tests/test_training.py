@@ -179,3 +179,32 @@ def test_finetune_recipe_is_picked_for_a_pretrained_image_folder_and_a_weights_f
     with pytest.raises(ConfigError, match="not both"):
         resolve_recipe(base_recipe("finetune"), weights="run/best.pt", pretrained=True)
     assert base_recipe(data="imagefolder").pretrained is False and RECIPES["cifar"].schedule == "step"
+
+
+def test_ema_of_the_weights_is_what_the_run_reports_and_resumes_exactly(tmp_path, capsys):
+    """ema_decay keeps torch's AveragedModel EMA: evaluated each epoch, saved, read by eval, resumed bit for bit."""
+    from densenets.engine.evaluation import evaluate_checkpoint
+
+    write_cifar10(tmp_path / "data", n_train=100, n_test=20)
+    recipe = tiny_recipe(tmp_path / "data", data="cifar10", ema_decay=0.9)
+    full = fit(recipe, tmp_path / "full", show_progress=False)
+    assert "EMA weights; without EMA test err" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    assert saved["ema_updates"] == saved["step"] == 10
+    # The EMA differs from the last step's weights and is the model fit returns.
+    key = "classifier.weight"
+    assert not torch.equal(saved["ema"][key], saved["model"][key])
+    assert torch.equal(full.model.state_dict()[key], saved["ema"][key])
+    # It is a real average: decay 0.9 over the last steps, not a copy of either end.
+    start = fit(resolve_recipe(recipe, max_steps=1), tmp_path / "one", show_progress=False).model.state_dict()
+    assert not torch.equal(saved["ema"][key], start[key])
+
+    result = evaluate_checkpoint(tmp_path / "full")
+    assert result["error"] == full.summary["final_test_error"]
+    assert "EMA of its weights (decay 0.9)" in result["checkpoint_choice"]
+
+    fit(resolve_recipe(recipe, max_steps=7), tmp_path / "cut", show_progress=False)
+    resumed = fit(None, tmp_path / "cut", resume=True, show_progress=False, resume_overrides={"max_steps": 0})
+    assert_same_weights(full.model, resumed.model)
+    with pytest.raises(ConfigError, match="ema_decay must be in"):
+        tiny_recipe(tmp_path / "data", ema_decay=1.0)

@@ -54,6 +54,8 @@ def evaluate_checkpoint(
     path, reason = choose_checkpoint(checkpoint)
     loaded = load_model(path, model_name)
     recipe = loaded.run_config.get("recipe", {})
+    if recipe.get("ema_decay"):
+        reason += f"; the EMA of its weights (decay {recipe['ema_decay']:g}), as the run reported"
     data = data or recipe.get("data")
     if data is None:
         raise ConfigError("this weights file does not say which data set it was trained on; pass --data NAME")

@@ -39,6 +39,12 @@ class TrainState:
     # Running sums of the epoch in progress, so a mid-epoch resume reports the same metrics.
     epoch_sums: dict = field(default_factory=new_epoch_sums)
     stop_requested: bool = False  # set by the SIGINT handler
+    # The exponential moving average of the weights (recipe ema_decay), updated after every step.
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    def result_model(self, model: nn.Module) -> nn.Module:
+        """What the run evaluates and reports: the EMA of the weights when kept, else ``model``."""
+        return self.ema.module if self.ema is not None else model
 
 
 def train_step(
@@ -74,6 +80,8 @@ def train_step(
         state.scaler.update()
     else:
         state.optimizer.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
     return loss_sum, correct
 
 

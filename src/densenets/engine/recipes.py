@@ -48,6 +48,7 @@ class Recipe:
     freeze_epochs: int = 0  # train only the classifier for this many epochs (the rest at lr 0)
     label_smoothing: float = 0.0
     accum_steps: int = 1  # split each batch into this many chunks, gradients accumulated (same result, less memory)
+    ema_decay: float = 0.0  # 0: off; e.g. 0.999: keep an EMA of the weights, which is evaluated and saved as the result
     augment: str | None = None  # none | crop | crop-flip | imagenet (None: chosen by the data set and image size)
     dropout: float | None = None  # None: 0.2 without augmentation, 0 with (the paper's rule)
     init: str = "fan_out"
@@ -87,6 +88,8 @@ class Recipe:
             raise ConfigError(
                 f"accum_steps must be >= 1 and divide batch_size {self.batch_size}, got {self.accum_steps}"
             )
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if self.pretrained and self.weights:
             raise ConfigError("give either pretrained (named weights) or weights (a file), not both")
         if self.amp not in ("none", "bf16", "fp16"):

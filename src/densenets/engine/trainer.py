@@ -101,6 +101,9 @@ class Run:
             "rng": capture_rng(),
             "config": self.config,
         }
+        if s.ema is not None:  # read first by evaluation and export (models.weights.state_dict_from)
+            payload["ema"] = s.ema.module.state_dict()
+            payload["ema_updates"] = int(s.ema.n_averaged)
         for name in names:
             save_checkpoint(self.run_dir / name, payload)
 
@@ -149,7 +152,7 @@ def fit(
         run = _build(recipe, runtime, folder, resume)
         summary = _train(run, show_progress)
         failed = False
-        return FitResult(summary, unwrap_model(run.state.model))
+        return FitResult(summary, run.state.result_model(unwrap_model(run.state.model)))
     finally:
         if dist.is_main:
             folder.close(failed=failed)
@@ -193,7 +196,7 @@ def _build(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool) ->
     optimizer = _make_optimizer(recipe, model)
     model = _wrap_model(model, recipe=recipe, runtime=runtime)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
-    state = TrainState(model=model, optimizer=optimizer, scaler=scaler)
+    state = TrainState(model=model, optimizer=optimizer, scaler=scaler, ema=_make_ema(recipe, model))
     steps_per_epoch, drop_last = _epoch_length(len(data.train), per_rank_batch, dist.world_size)
     run_on_main(lambda: _open_folder(folder, config=config, resume=resume), dist)
     run = Run(
@@ -308,6 +311,15 @@ def _make_model(
     return model
 
 
+def _make_ema(recipe: Recipe, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+    """torch's AveragedModel as an EMA of the parameters and the BatchNorm statistics."""
+    if not recipe.ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+
+
 def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(
         _param_groups(model, recipe),
@@ -403,6 +415,9 @@ def _restore(run: Run) -> None:
         s.best = dict(ckpt.get("best") or {})
         s.epoch_sums = dict(ckpt["epoch_sums"])
         restore_rng(ckpt["rng"])
+        if s.ema is not None:
+            s.ema.module.load_state_dict(ckpt["ema"])
+            s.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
     except (KeyError, RuntimeError, ValueError) as exc:
         raise UserError(f"{run.run_dir / LAST}: cannot resume from it ({type(exc).__name__}: {exc})") from exc
     run.log(f"resuming {run.run_dir} at step {s.step} (epoch {s.epoch + 1}/{run.recipe.epochs})")
@@ -501,8 +516,12 @@ def _train(run: Run, show_progress: bool) -> dict:
 
 def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_log: RunLog) -> None:
     s, r = run.state, run.recipe
-    model = unwrap_model(s.model)
-    average_buffers(model)
+    trained = unwrap_model(s.model)
+    average_buffers(trained)
+    model = s.result_model(trained)
+    if s.ema is not None:
+        average_buffers(model)
+        raw_test = evaluate(trained, test_loader, run.runtime)
     test = evaluate(model, test_loader, run.runtime)
     val = evaluate(model, val_loader, run.runtime) if val_loader is not None else None
     s.epoch += 1
@@ -517,6 +536,8 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     }
     if val is not None:
         record.update(val_loss=val["loss"], val_error=val["error"])
+    if s.ema is not None:
+        record.update(raw_test_error=raw_test["error"])
     selected_on = "val" if val is not None else "test"
     error = record[f"{selected_on}_error"]
     is_best = not s.best or error < s.best["error"]
@@ -525,6 +546,8 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     run.save(*([BEST] if is_best else []), LAST)
     run.on_main(lambda: metrics_log.epoch(record))
     val_text = f"  val err {val['error']:5.2f}%" if val is not None else ""
+    if s.ema is not None:
+        val_text += f"  (EMA weights; without EMA test err {raw_test['error']:5.2f}%)"
     run.log(
         f"epoch {s.epoch:>3}/{r.epochs}  train loss {record['train_loss']:.4f} err {record['train_error']:5.2f}%  "
         f"test loss {test['loss']:.4f} err {test['error']:5.2f}%{val_text}  lr {record['lr']:g}  "
@@ -541,7 +564,7 @@ def _summary(run: Run, test_loader, wall: float, params: int) -> dict:
     # (a collective), or the ranks that evaluate wait for the others forever.
     stale = not records or records[-1]["step"] != s.step
     if all_reduce_sum([float(stale)], run.runtime.device)[0] > 0:
-        final_error = evaluate(unwrap_model(s.model), test_loader, run.runtime)["error"]
+        final_error = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime)["error"]
     else:
         final_error = records[-1]["test_error"]
     seconds = sum(rec["train_seconds"] for rec in records)
@@ -553,6 +576,7 @@ def _summary(run: Run, test_loader, wall: float, params: int) -> dict:
         "epochs_completed": s.epoch,
         "steps": s.step,
         "final_test_error": final_error,
+        "weights_reported": f"EMA of the weights (decay {run.recipe.ema_decay:g})" if s.ema else "the trained weights",
         "best": s.best,
         "reported": reported_result(records) if records else None,
         "wall_seconds": wall,
@@ -580,7 +604,10 @@ def _print_summary(run: Run, summary: dict) -> None:
         f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
         + (f", {speed:.0f} train img/s" if speed else "")
     )
-    run.log(f"final test error {summary['final_test_error']:.2f}% (accuracy {100 - summary['final_test_error']:.2f}%)")
+    ema = f"; {summary['weights_reported']}" if run.state.ema is not None else ""
+    run.log(
+        f"final test error {summary['final_test_error']:.2f}% (accuracy {100 - summary['final_test_error']:.2f}%{ema})"
+    )
     reported = summary["reported"]
     if reported and reported["rule"] != "final epoch":
         run.log(f"reported test error {reported['test_error']:.2f}% ({reported['rule']}, epoch {reported['epoch']})")

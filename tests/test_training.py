@@ -34,6 +34,20 @@ def test_recipes_match_the_paper():
     assert milestone_epochs(imagenet) == [30, 60]
 
 
+def test_a_compressed_step_schedule_keeps_each_division_apart():
+    """3 epochs of 10 steps: lr 0.1 until step 15 (50%), 0.01 until 22 (75%), then 0.001;
+    300 epochs: the divisions fall on the first steps of epochs 150 and 225, as in the paper."""
+    short = resolve_recipe(base_recipe("cifar"), epochs=3)
+    rates = [lr_at(step, short, 10) for step in range(30)]
+    assert rates[:15] == [0.1] * 15
+    assert rates[15:22] == pytest.approx([0.01] * 7)
+    assert rates[22:] == pytest.approx([0.001] * 8)
+    paper = base_recipe("cifar")
+    assert lr_at(150 * 782 - 1, paper, 782) == 0.1 and lr_at(150 * 782, paper, 782) == pytest.approx(0.01)
+    assert lr_at(225 * 782 - 1, paper, 782) == pytest.approx(0.01)
+    assert lr_at(225 * 782, paper, 782) == pytest.approx(0.001)
+
+
 @pytest.mark.parametrize(
     ("data", "dropout"),
     [("cifar10", 0.2), ("cifar100", 0.2), ("svhn", 0.2), ("cifar10+", 0.0), ("cifar100+", 0.0), ("imagenet", 0.0)],

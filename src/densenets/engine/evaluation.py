@@ -65,6 +65,8 @@ def evaluate_checkpoint(
         image_size=loaded.preprocess.get("crop"),
     )
     bundle = build_data(spec)
+    # int8's automatic calibration reads the training images of the data set evaluated here
+    loaded.run_config["recipe"] = {**recipe, "data": data, "data_dir": spec.data_dir}
     if bundle.num_classes != loaded.model.config.num_classes:
         raise ConfigError(
             f"{data} has {bundle.num_classes} classes but the model predicts {loaded.model.config.num_classes}"

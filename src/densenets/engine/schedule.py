@@ -7,17 +7,23 @@ import math
 from .recipes import Recipe
 
 
-def milestone_epochs(recipe: Recipe) -> list[int]:
-    """Epochs at which the rate is divided, e.g. [150, 225] for 300 CIFAR epochs."""
-    return [round(fraction * recipe.epochs) for fraction in recipe.lr_milestones]
+def milestone_epochs(recipe: Recipe) -> list[float]:
+    """Epochs at which the rate is divided, e.g. [150, 225] for 300 CIFAR epochs (1.5, 2.25 for 3)."""
+    return [fraction * recipe.epochs for fraction in recipe.lr_milestones]
+
+
+def milestone_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
+    """Steps at which the rate is divided: at epoch starts for the paper's schedules (150 and 225
+    of 300 epochs), and inside an epoch for a compressed one, so each division keeps its own stage."""
+    return [round(fraction * recipe.epochs * steps_per_epoch) for fraction in recipe.lr_milestones]
 
 
 def lr_at(step: int, recipe: Recipe, steps_per_epoch: int) -> float:
     """The rate for optimiser step ``step`` (0-based).
 
-    ``schedule="step"`` (the paper's): ``lr * gamma ** (milestones passed)``, changing at epoch
-    starts. ``"cosine"``: from lr down to 0 at the last step. Either after a linear warm-up of
-    ``warmup_epochs`` (``lr * (step + 1) / warmup_steps``).
+    ``schedule="step"`` (the paper's): ``lr * gamma ** (milestones passed)``, counted in steps
+    (the paper's milestones fall on epoch starts). ``"cosine"``: from lr down to 0 at the last
+    step. Either after a linear warm-up of ``warmup_epochs`` (``lr * (step + 1) / warmup_steps``).
     """
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
     if step < warmup:
@@ -26,6 +32,5 @@ def lr_at(step: int, recipe: Recipe, steps_per_epoch: int) -> float:
         total = recipe.epochs * steps_per_epoch
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    epoch = step // steps_per_epoch
-    passed = sum(epoch >= m for m in milestone_epochs(recipe))
+    passed = sum(step >= m for m in milestone_steps(recipe, steps_per_epoch))
     return recipe.lr * recipe.lr_gamma**passed

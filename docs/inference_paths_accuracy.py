@@ -1,0 +1,61 @@
+"""Real CIFAR-10 test error of every inference path, for the shipped densenet_bc40_k12.cifar10 weights.
+
+    python docs/inference_paths_accuracy.py DATA_DIR    # DATA_DIR/cifar-10-batches-py (../shared/tools/cifar10)
+
+Prints a markdown table: path, test error on the 10,000 test images, test predictions that differ
+from the plain fp32 model's, and the seconds of the pass (batch 100). Then checks that
+`densenets eval NAME --precision P` gives the same errors for fp32, bf16 and int8.
+"""
+
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from densenets import optimize_for_inference
+from densenets.data import DataSpec, build_data
+from densenets.engine.evaluation import evaluate_checkpoint
+from densenets.engine.precision import with_precision
+from densenets.models.weights import load_model
+
+NAME = "densenet_bc40_k12.cifar10"
+data_dir = sys.argv[1]
+test = build_data(DataSpec(name="cifar10", data_dir=data_dir, image_size=32)).test
+loader = DataLoader(test, batch_size=100)
+labels = torch.cat([y for _, y in loader])
+loaded = load_model(NAME)
+loaded.run_config["recipe"]["data_dir"] = data_dir  # int8's automatic calibration: 500 training images
+model = loaded.model
+
+
+def predictions(module) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = torch.cat([module(x).argmax(1) for x, _ in loader])
+    return out, time.perf_counter() - start
+
+
+reference, _ = predictions(model)
+paths = {
+    "module, fp32": lambda: model,
+    "module, fp32, channels_last": lambda: model.to(memory_format=torch.channels_last),
+    "optimize_for_inference, fp32": lambda: optimize_for_inference(model.to(memory_format=torch.contiguous_format)),
+    "ONNX Runtime, fp32": lambda: optimize_for_inference(model, backend="onnxruntime"),
+    "optimize_for_inference, bf16": lambda: optimize_for_inference(model, precision="bf16"),
+    "int8, ONNX Runtime (auto calibration)": lambda: with_precision(loaded, "int8")[0],
+}
+errors = {}
+print("| path | test error | predictions changed vs fp32 | seconds (10,000 images) |")
+print("|---|---|---|---|")
+for label, make in paths.items():
+    predicted, seconds = predictions(make())
+    errors[label] = 100.0 * float((predicted != labels).float().mean())
+    changed = int((predicted != reference).sum())
+    print(f"| {label} | {errors[label]:.2f}% | {changed} | {seconds:.1f} |", flush=True)
+
+for precision, label in (("fp32", "module, fp32"), ("bf16", "optimize_for_inference, bf16"),
+                         ("int8", "int8, ONNX Runtime (auto calibration)")):  # fmt: skip
+    result = evaluate_checkpoint(NAME, data="cifar10", data_dir=data_dir, precision=precision, device="cpu")
+    same = abs(result["error"] - errors[label]) < 1e-9
+    print(f"densenets eval {NAME} --precision {precision}: {result['error']:.2f}% ({'same' if same else 'DIFFERENT'})")

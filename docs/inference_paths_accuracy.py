@@ -25,7 +25,7 @@ test = build_data(DataSpec(name="cifar10", data_dir=data_dir, image_size=32)).te
 loader = DataLoader(test, batch_size=100)
 labels = torch.cat([y for _, y in loader])
 loaded = load_model(NAME)
-loaded.run_config["recipe"]["data_dir"] = data_dir  # int8's automatic calibration: 500 training images
+loaded.run_config["recipe"]["data_dir"] = data_dir  # int8: automatic calibration on up to 256 training images
 model = loaded.model
 
 

@@ -244,7 +244,7 @@ def test_a_grey_image_folder_trains_a_one_channel_model_without_rgb_conversion(t
     assert "augmentation: crop-flip (chosen for 12px images" in out and "grey images, one channel" in out
 
 
-def test_our_cifar10_weights_load_by_name_offline_and_evaluate_by_name(tmp_path, capsys):
+def test_our_cifar10_weights_load_by_name_offline_and_evaluate_by_name(tmp_path, capsys, monkeypatch):
     """The shipped densenet_bc40_k12.cifar10 weights: sha256-checked from the package, CIFAR's
     normalisation in pretrained_cfg, and `densenets eval NAME` reads the data set it names."""
     from .fakedata import write_cifar10
@@ -265,3 +265,7 @@ def test_our_cifar10_weights_load_by_name_offline_and_evaluate_by_name(tmp_path,
     assert "named weights densenet_bc40_k12.cifar10" in out and "cifar10 test set (20 images)" in out
     code = main(["list", "--pretrained"])
     assert code == 0 and "densenet_bc40_k12.cifar10" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)  # named weights export into the current folder, under their name
+    assert main(["export", "densenet_bc40_k12.cifar10", "--format", "safetensors"]) == 0
+    assert (tmp_path / "densenet_bc40_k12.cifar10.safetensors").is_file()
+    assert (tmp_path / "densenet_bc40_k12.cifar10.json").is_file()

@@ -149,7 +149,9 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
         "torchscript": ".torchscript.pt",
         "safetensors": ".safetensors",
     }[fmt]
-    target = Path(out) if out else loaded.source.with_name(loaded.source.stem + suffix)
+    # named weights (densenet_bc40_k12.cifar10) have no file beside which to write: the current folder
+    stem = loaded.source.stem if loaded.source.exists() else loaded.source.name
+    target = Path(out) if out else loaded.source.with_name(stem + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx" and int8:
         return export_onnx_int8(loaded, target, calibration)

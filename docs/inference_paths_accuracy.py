@@ -50,12 +50,14 @@ print("| path | test error | predictions changed vs fp32 | seconds (10,000 image
 print("|---|---|---|---|")
 for label, make in paths.items():
     predicted, seconds = predictions(make())
-    errors[label] = 100.0 * float((predicted != labels).float().mean())
+    errors[label] = 100.0 * int((predicted != labels).sum()) / len(labels)
     changed = int((predicted != reference).sum())
     print(f"| {label} | {errors[label]:.2f}% | {changed} | {seconds:.1f} |", flush=True)
 
 for precision, label in (("fp32", "module, fp32"), ("bf16", "optimize_for_inference, bf16"),
                          ("int8", "int8, ONNX Runtime (auto calibration)")):  # fmt: skip
-    result = evaluate_checkpoint(NAME, data="cifar10", data_dir=data_dir, precision=precision, device="cpu")
-    same = abs(result["error"] - errors[label]) < 1e-9
+    result = evaluate_checkpoint(
+        NAME, data="cifar10", data_dir=data_dir, precision=precision, device="cpu", batch_size=100
+    )
+    same = abs(result["error"] - errors[label]) < 0.005  # one image is 0.01 points
     print(f"densenets eval {NAME} --precision {precision}: {result['error']:.2f}% ({'same' if same else 'DIFFERENT'})")

@@ -269,3 +269,17 @@ def test_our_cifar10_weights_load_by_name_offline_and_evaluate_by_name(tmp_path,
     assert main(["export", "densenet_bc40_k12.cifar10", "--format", "safetensors"]) == 0
     assert (tmp_path / "densenet_bc40_k12.cifar10.safetensors").is_file()
     assert (tmp_path / "densenet_bc40_k12.cifar10.json").is_file()
+
+
+def test_named_weights_keep_their_classifier_only_for_their_own_classes():
+    """10 CIFAR-10 classes in order: the head is kept; 10 other classes (digits): a new head."""
+    from densenets.engine.trainer import _init_from_pretrained
+    from densenets.models.pretrained import CIFAR10_CLASSES, get_weights_entry
+
+    entry = get_weights_entry("densenet_bc40_k12", "cifar10")
+    shipped = create_model("densenet_bc40_k12", pretrained="cifar10")
+    for classes, kept in ((list(CIFAR10_CLASSES), True), ([str(d) for d in range(10)], False)):
+        model = DenseNet(get_config("densenet_bc40_k12", num_classes=10))
+        _init_from_pretrained(model, entry, verbose=False, class_names=classes)
+        assert torch.equal(model.classifier.weight, shipped.classifier.weight) == kept
+        assert torch.equal(model.features.conv0.weight, shipped.features.conv0.weight)  # the body: always loaded

@@ -211,7 +211,7 @@ def _load_image(path: str, mode: str = "RGB") -> Image.Image:
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def _folder_is_grey(root: Path, sample: int = 32) -> bool:
+def folder_is_grey(root: Path, sample: int = 32) -> bool:
     """True when the first ``sample`` image files under ``root`` are all single-channel."""
     seen = 0
     for path in root.rglob("*"):
@@ -239,7 +239,7 @@ def _imagenet_like(
 ) -> DataBundle:
     size = spec.image_size or default_size
     augment = spec.augment or choose_augment(size)
-    channels = spec.channels or (1 if root.is_dir() and _folder_is_grey(root) else 3)
+    channels = spec.channels or (1 if root.is_dir() and folder_is_grey(root) else 3)
     mean = list(spec.mean) if spec.mean else (list(IMAGENET_MEAN) if channels == 3 else [0.5])
     std = list(spec.std) if spec.std else (list(IMAGENET_STD) if channels == 3 else [0.25])
     if len(mean) != channels or len(std) != channels:

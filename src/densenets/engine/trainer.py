@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..data import DataBundle, DataSpec, build_data
+from ..data.datasets import folder_is_grey
 from ..data.determinism import derive_seed
 from ..data.loaders import TrainLoader, default_loader, default_workers, make_train_loader
 from ..data.samplers import ShardSampler
@@ -192,7 +193,10 @@ def _build(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool) ->
     if resume:
         config = _recorded_config(folder.path, config)
     per_rank_batch = _per_rank_batch(recipe, dist)
-    model = _make_model(recipe=recipe, model_config=model_config, runtime=runtime, entry=entry, load_weights=not resume)
+    model = _make_model(
+        recipe=recipe, model_config=model_config, runtime=runtime, entry=entry, load_weights=not resume,
+        class_names=data.class_names,
+    )  # fmt: skip
     optimizer = _make_optimizer(recipe, model)
     model = _wrap_model(model, recipe=recipe, runtime=runtime)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
@@ -286,7 +290,13 @@ def _per_rank_batch(recipe: Recipe, dist: DistInfo) -> int:
 
 
 def _make_model(
-    *, recipe: Recipe, model_config: ModelConfig, runtime: Runtime, entry: PretrainedEntry | None, load_weights: bool
+    *,
+    recipe: Recipe,
+    model_config: ModelConfig,
+    runtime: Runtime,
+    entry: PretrainedEntry | None,
+    load_weights: bool,
+    class_names: list[str] | None = None,
 ) -> nn.Module:
     """The network on its device, from the recipe's seed, its ``weights`` file or its named weights."""
     torch.manual_seed(derive_seed(recipe.seed, "init"))
@@ -296,7 +306,7 @@ def _make_model(
     if recipe.weights and load_weights:
         _init_from_weights(model, recipe.weights, runtime.dist.is_main)
     elif entry is not None and load_weights:
-        _init_from_pretrained(model, entry, runtime.dist.is_main)
+        _init_from_pretrained(model, entry, runtime.dist.is_main, class_names)
     if recipe.sync_bn and runtime.device.type != "cuda":
         raise ConfigError(
             "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
@@ -360,9 +370,14 @@ def _open_folder(folder: RunFolder, *, config: dict, resume: bool) -> None:
         write_json(folder.path / CONFIG, config)
 
 
-def _init_from_pretrained(model: nn.Module, entry: PretrainedEntry, verbose: bool) -> None:
-    """Start from named weights; the classifier is new unless the classes match the weights'."""
-    replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name)
+def _init_from_pretrained(
+    model: nn.Module, entry: PretrainedEntry, verbose: bool, class_names: list[str] | None = None
+) -> None:
+    """Start from named weights; the classifier is new unless the data's classes are the weights'
+    (the same names in the same order; ImageNet's 1000 classes by number)."""
+    theirs = list(entry.categories) if entry.categories != "imagenet" else None
+    other_classes = theirs is not None and class_names is not None and list(class_names) != theirs
+    replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name, new_head=other_classes)
     model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
     if verbose:
         head = f"new classifier for {model.config.num_classes} classes" if replaced else "its classifier kept"
@@ -388,6 +403,8 @@ def _describe_data(run: Run) -> None:
         return
     how = "as asked" if r.augment else f"chosen for {data.image_size}px images; set --augment to change"
     grey = "grey images, one channel" if data.in_channels == 1 else "RGB"
+    if data.in_channels == 3 and folder_is_grey(Path(r.data_dir)):
+        grey = "grey images converted to RGB (the starting weights take 3 channels)"
     run.log(f"augmentation: {data.augment} ({how}); {grey}; normalised with mean {data.preprocess['mean']}")
     if r.freeze_epochs:
         run.log(f"classifier only for the first {r.freeze_epochs} epoch(s), then the whole network")

@@ -294,13 +294,15 @@ def classifier_prefix(model: nn.Module) -> str:
     return "classifier." if isinstance(model, DenseNet) else "fc."
 
 
-def load_backbone(model: nn.Module, state: dict, source: Path | str) -> bool:
-    """Load everything but a classifier for another number of classes (kept as the model's own,
-    freshly initialised). Returns True when the classifier was replaced."""
+def load_backbone(model: nn.Module, state: dict, source: Path | str, new_head: bool = False) -> bool:
+    """Load everything but a classifier for another number of classes, or for other classes
+    (``new_head``), which stays the model's own, freshly initialised. Returns True when the
+    classifier was replaced."""
     own = model.state_dict()
     head = classifier_prefix(model)
     theirs = state.get(head + "weight")
-    replaced = theirs is not None and head + "weight" in own and theirs.shape != own[head + "weight"].shape
+    other_shape = head + "weight" in own and theirs is not None and theirs.shape != own[head + "weight"].shape
+    replaced = theirs is not None and head + "weight" in own and (new_head or other_shape)
     if replaced or (head + "weight" not in own and theirs is not None):
         state = {k: v for k, v in state.items() if not k.startswith(head)}
         state.update({k: v for k, v in own.items() if k.startswith(head)})

@@ -120,6 +120,8 @@ def test_hubconf_loads_every_variant_locally_and_with_pretrained_weights(fake_en
     torch.testing.assert_close(model.features.conv0.weight, state["features.conv0.weight"])
     plain = torch.hub.load(str(ROOT), "densenet121", source="local")
     assert sum(p.numel() for p in plain.parameters()) == 7_978_856  # torchvision's count
+    ours = torch.hub.load(str(ROOT), "densenet_bc40_k12", source="local", pretrained="cifar10")  # shipped weights
+    assert ours.pretrained_cfg["tag"] == "cifar10" and ours.config.num_classes == 10
 
 
 def test_pretrained_cfg_and_transforms_match_the_model():

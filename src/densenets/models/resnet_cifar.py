@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 from .layers import init_weights, make_classifier
 
 Unit = Literal["basic", "preact_bottleneck", "wide"]
@@ -112,10 +112,7 @@ class CifarResNetConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CifarResNetConfig:
         data = {k: v for k, v in data.items() if k != "family"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown CifarResNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        reject_unknown_fields(data, cls, "CifarResNetConfig")
         return cls(**data)
 
 
@@ -149,6 +146,11 @@ class _Unit(nn.Module):
             if cout < cin:
                 raise ConfigError("option A shortcuts only widen; use shortcut B")
             self.shortcut = _ZeroPadShortcut(stride, cout - cin)
+
+    def _preact_identity(self, x: Tensor, pre: Tensor) -> Tensor:
+        """The shortcut of a pre-activation unit: where the shape changes, the projection reads
+        the pre-activated input (He et al. 2016b); zero padding and identity read ``x``."""
+        return self.shortcut(pre) if self.projects else self.shortcut(x) if self.zero_pad else x
 
     def _drop(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
@@ -204,8 +206,7 @@ class PreActBottleneckUnit(_Unit):
 
     def forward(self, x: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x))
-        # Where the shape changes, the projection reads the pre-activated input (He et al. 2016b).
-        identity = self.shortcut(pre) if self.projects else self.shortcut(x) if self.zero_pad else x
+        identity = self._preact_identity(x, pre)
         if self._skipped():
             return identity
         out = self.conv1(pre)
@@ -229,7 +230,7 @@ class WideUnit(_Unit):
 
     def forward(self, x: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x))
-        identity = self.shortcut(pre) if self.projects else self.shortcut(x) if self.zero_pad else x
+        identity = self._preact_identity(x, pre)
         if self._skipped():
             return identity
         out = self._drop(F.relu(self.bn2(self.conv1(pre))))

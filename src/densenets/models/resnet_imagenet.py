@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 from .resnet_cifar import NO_MEMORY_EFFICIENT
 
 ARCHS = ("resnet34", "resnet50", "resnet101", "resnet152")  # Figure 3's ResNets
@@ -61,10 +61,7 @@ class TorchvisionResNetConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TorchvisionResNetConfig:
         data = {k: v for k, v in data.items() if k != "family"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown TorchvisionResNetConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        reject_unknown_fields(data, cls, "TorchvisionResNetConfig")
         return cls(**data)
 
 

@@ -337,7 +337,7 @@ def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
     paper's SVHN protocol); otherwise ``last.pt``, the final epoch the paper reports for
     CIFAR, since a ``best.pt`` chosen on the test set would report an optimistic error.
     """
-    entry = named_weights(str(path)) if not Path(path).exists() else None
+    entry = _named_entry(path)
     if entry is not None:
         return Path(entry.name), f"named weights {entry.name} ({entry.source}; {entry.training or entry.dataset})"
     path = Path(path)
@@ -352,6 +352,11 @@ def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
     if best.is_file():
         return best, "best.pt (the folder holds no last.pt)"
     raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
+
+
+def _named_entry(path: str | Path) -> PretrainedEntry | None:
+    """The registered weights ``path`` names (``densenet_bc40_k12.cifar10``), unless a file or folder has that name."""
+    return named_weights(str(path)) if not Path(path).exists() else None
 
 
 def _validation_split(run_dir: Path) -> int:
@@ -372,7 +377,7 @@ def load_model(path: str | Path, model_name: str | None = None, device: str | to
 
     The model's ``pretrained_cfg`` describes the input it was trained on.
     """
-    entry = named_weights(str(path)) if not Path(path).exists() else None
+    entry = _named_entry(path)
     path = resolve_checkpoint_path(path)
     exported = path.suffix in (".json", ".safetensors")
     if entry is not None:

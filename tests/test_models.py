@@ -149,6 +149,47 @@ def test_memory_efficient_mode_really_checkpoints():
     assert efficient_saved < sum(saved)
 
 
+def test_memory_efficient_mode_runs_each_convolution_once():
+    # Only concat-BN-ReLU is recomputed in backward: each convolution's forward runs once a
+    # step (torch.utils.checkpoint ran conv1 again), and its hooks fire once.
+    torch.manual_seed(0)
+    model = DenseNet(_tiny(bottleneck=True, compression=0.5), memory_efficient=True)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = []
+    for conv in convs:
+        conv.register_forward_hook(lambda *_: hooks.append(1))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+    ran = {e.key: e.count for e in prof.key_averages()}
+    assert ran["aten::convolution"] == len(convs) == len(hooks)
+    assert ran["aten::convolution_backward"] == len(convs)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+class _SubclassedBN(torch.nn.BatchNorm2d):
+    """A BatchNorm the memory-efficient mode cannot call functionally (e.g. SyncBatchNorm)."""
+
+
+def test_memory_efficient_mode_with_batchnorm_subclass_matches_normal_mode():
+    torch.manual_seed(2)
+    normal = DenseNet(_tiny(bottleneck=True, compression=0.5))
+    efficient = DenseNet(_tiny(bottleneck=True, compression=0.5), memory_efficient=True)
+    efficient.load_state_dict(normal.state_dict())
+    for model in (normal, efficient):
+        for layer in model.modules():
+            if hasattr(layer, "norm1"):
+                bn = _SubclassedBN(layer.norm1.num_features)
+                bn.load_state_dict(layer.norm1.state_dict())
+                layer.norm1 = bn
+    x, target = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    for model in (normal, efficient):
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+    for (name, a), b in zip(normal.named_parameters(), efficient.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+    for (name, a), b in zip(normal.named_buffers(), efficient.buffers()):
+        torch.testing.assert_close(b, a, msg=name)  # running statistics updated once
+
+
 def test_backbone_surface():
     model = create_model("densenet121")
     model.eval()

@@ -7,7 +7,6 @@ checkpoints load unchanged into the ImageNet variants.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Literal
@@ -15,11 +14,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, reject_unknown_fields
 from .layers import init_weights, make_classifier
 from .pretrained import default_pretrained_cfg
+from .recompute import first_conv_recomputed
 
 Stem = Literal["cifar", "imagenet"]
 DropoutPlacement = Literal["paper", "torchvision"]
@@ -103,33 +102,6 @@ def transition_channels(in_channels: int, compression: float) -> int:
     return int(math.floor(compression * in_channels))
 
 
-class _RecomputeFlag:
-    """Tells BatchNorm whether it is running inside a checkpoint's recomputation.
-
-    The recomputed forward must normalise with the same batch statistics but must not
-    update the running statistics a second time.
-    """
-
-    def __init__(self) -> None:
-        self.active = False
-
-    @contextlib.contextmanager
-    def on(self):
-        self.active = True
-        try:
-            yield
-        finally:
-            self.active = False
-
-
-def _norm(bn: nn.BatchNorm2d, x: Tensor, recomputing: bool) -> Tensor:
-    if recomputing and bn.training:
-        # Same batch statistics, but the running-stat update lands on throwaway copies.
-        mean, var = bn.running_mean.clone(), bn.running_var.clone()
-        return F.batch_norm(x, mean, var, bn.weight, bn.bias, True, 0.1, bn.eps)
-    return bn(x)
-
-
 class DenseLayer(nn.Module):
     """One layer H_l: [BN-ReLU-1x1 conv (bn_size*k) -] BN-ReLU-3x3 conv (k maps).
 
@@ -162,24 +134,14 @@ class DenseLayer(nn.Module):
         # "paper": after the 1x1 and the 3x3; "torchvision": after the last conv only.
         self.dropout_after_conv1 = bottleneck and dropout_placement == "paper"
         self.memory_efficient = memory_efficient
-        self._recompute = _RecomputeFlag()
-
-    def _first_conv(self, *features: Tensor) -> Tensor:
-        x = torch.cat(features, 1) if len(features) > 1 else features[0]
-        x = self.relu1(_norm(self.norm1, x, self._recompute.active))
-        return self.conv1(x)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         if self.memory_efficient and self.training and any(f.requires_grad for f in features):
-            # Keep only the inputs; concat -> BN -> ReLU -> conv1 is recomputed in backward.
-            out = checkpoint(
-                self._first_conv,
-                *features,
-                use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), self._recompute.on()),
-            )
+            # Keep only the inputs; concat -> BN -> ReLU is recomputed in backward, conv1 is not.
+            out = first_conv_recomputed(features, self.norm1, self.relu1, self.conv1)
         else:
-            out = self._first_conv(*features)
+            x = torch.cat(features, 1) if len(features) > 1 else features[0]
+            out = self.conv1(self.relu1(self.norm1(x)))
         if not self.bottleneck:
             return self._drop(out)
         if self.dropout_after_conv1:
@@ -251,7 +213,7 @@ class DenseNet(nn.Module):
     Surface shared by training, analysis, export and benchmarks: ``forward_features``,
     ``forward_head``, ``forward``, ``forward_blocks``, ``reset_classifier``,
     ``num_features`` and ``feature_info``. ``pretrained_cfg`` (timm's keys) describes the
-    input the weights expect. ``memory_efficient`` recomputes concat-BN-ReLU-conv1 in the
+    input the weights expect. ``memory_efficient`` recomputes concat-BN-ReLU (not the conv) in the
     backward pass (a runtime switch, also ``set_memory_efficient``), not part of the architecture.
     """
 
@@ -350,7 +312,7 @@ class DenseNet(nn.Module):
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def set_memory_efficient(self, enabled: bool = True) -> None:
-        """Switch checkpointed (recompute-in-backward) dense layers on or off."""
+        """Switch recompute-in-backward of concat-BN-ReLU in the dense layers on or off."""
         for m in self.modules():
             if isinstance(m, DenseLayer):
                 m.memory_efficient = enabled

@@ -133,3 +133,40 @@ def test_default_layout_rule_follows_the_measurements():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert default_channels_last(cpu, None) and not default_channels_last(cpu, torch.bfloat16)
     assert not default_channels_last(cuda, None) and default_channels_last(cuda, torch.bfloat16)
+
+
+def test_memory_target_times_ours_against_torchvisions_memory_efficient_mode(tmp_path):
+    config = BenchConfig(device="cpu", reps=1, rounds=1, sections=("memory-target",), quick=True,
+                         out_dir=str(tmp_path), log=False)  # fmt: skip
+    target = run_benchmarks(config)["memory"]["efficient_target"]
+    assert (target["model"], target["batch"]) == ("densenet_bc28_k4", 8) and "error" not in target
+    assert all(target[k] > 0 for k in ("peak_mib_normal", "peak_mib_efficient", "peak_mib_torchvision_efficient"))
+    assert target["torchvision_row"] in ("torchvision NCHW, memory-efficient", "torchvision channels_last, memory-efficient")
+    assert target["vs_torchvision"]["per_round"] == [target["seconds_torchvision_efficient"] / target["seconds_efficient"]]
+    assert "Against torchvision's memory-efficient mode" in (tmp_path / "results.md").read_text()
+
+
+def test_memory_target_failure_keeps_what_was_measured(monkeypatch):
+    from densenets.bench import harness, report
+
+    monkeypatch.setattr(harness, "measure_step_memory", lambda name, impl, eff, *a: (2 if eff else 5) * 2**20)
+
+    def killed(*_):
+        raise RuntimeError("benchmark worker failed: killed (out of memory?)")
+
+    monkeypatch.setattr(harness, "time_rounds", killed)
+    config = BenchConfig(device="cpu", memory_target="densenet_bc40_k12:16", log=False)
+    target = harness.efficient_target(config, torch.device("cpu"), lambda *_: None)
+    assert target["peak_mib_normal"] == 5 and target["peak_mib_efficient"] == 2 and "out of memory" in target["error"]
+    text = "\n".join(report.memory_table({"efficient_target": target}))
+    assert "normal 5 MiB, memory-efficient 2 MiB" in text and "Not measured further" in text
+
+
+@pytest.mark.parametrize("bad", ["densenet_bc40_k12", "densenet_bc40_k12:0", "resnet110:8", "densenet_nosuch:8"])
+def test_bench_refuses_a_bad_memory_target_in_one_line(tmp_path, capsys, bad):
+    from densenets.cli import main
+
+    assert main(["bench", "--sections", "memory-target", "--memory-target", bad, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("densenets: error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()

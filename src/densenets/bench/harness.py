@@ -31,7 +31,7 @@ from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown
 from .timing import matmul_peak_gflops
 
-SECTIONS = ("train", "infer", "memory", "levers")
+SECTIONS = ("train", "infer", "memory", "memory-target", "levers")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
 
@@ -48,6 +48,7 @@ class BenchConfig:
     quick: bool = False  # tiny models and batches: checks the harness, measures nothing useful
     out_dir: str = "bench-results"
     log: bool = True
+    memory_target: str = ""  # "MODEL:BATCH" for the memory-efficient target; "" = densenet_bc250_k24:64
 
 
 @dataclass(frozen=True)
@@ -231,8 +232,9 @@ def speed_section(task: str, cfg: BenchConfig, device: torch.device, peaks: dict
 
 
 def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log, save) -> dict:
-    depths, batch, efficient_case = ((16, 28, 40), 8, ("densenet_bc28_k4", 8, 32)) if cfg.quick else (
-        (40, 100, 190, 250), 64, ("densenet_bc250_k24", 64, 32))  # fmt: skip
+    """Peak memory of a training step against depth, both implementations, both modes;
+    then the memory-efficient target (see :func:`efficient_target`)."""
+    depths, batch = ((16, 28, 40), 8) if cfg.quick else ((40, 100, 190, 250), 64)
     rows = []
     for depth in depths:
         name = f"densenet_bc{depth}_k{4 if cfg.quick else 12}"
@@ -250,30 +252,57 @@ def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log, s
     plot_memory(rows, str(plot_path))
     result = {"rows": rows, "fits": fits, "plot": str(plot_path)}
     save("memory", result)
+    return {**result, "efficient_target": efficient_target(cfg, device, log)}
 
-    name, batch, size = efficient_case
+
+def parse_memory_target(text: str, quick: bool) -> tuple[str, int]:
+    """"MODEL:BATCH" -> (model, batch); "" -> the issue's case (or a tiny one with --quick)."""
+    if not text:
+        return ("densenet_bc28_k4", 8) if quick else ("densenet_bc250_k24", 64)
+    name, sep, batch = text.rpartition(":")
+    if not sep or not name or not batch.isdigit() or int(batch) < 1:
+        raise ValueError(f"memory target must be MODEL:BATCH, e.g. densenet_bc250_k24:32; got {text!r}")
+    return name, int(batch)
+
+
+def efficient_target(cfg: BenchConfig, device: torch.device, log) -> dict:
+    """Memory-efficient mode of one large model: its peak memory and step time against the
+    normal mode and against torchvision's own memory-efficient mode, in alternated rounds.
+    What was measured before a failure (e.g. out of memory) is kept, with the error."""
+    name, batch = parse_memory_target(cfg.memory_target, cfg.quick)
+    size = 32
+    target: dict = {"model": name, "batch": batch}
     log(f"memory-efficient target: {name} batch {batch}: peak memory and step time")
     try:
-        normal = measure_step_memory(name, "densenets", False, batch, size, device.type)
-        efficient = measure_step_memory(name, "densenets", True, batch, size, device.type)
+        for key, impl, efficient in (("peak_mib_normal", "densenets", False),
+                                     ("peak_mib_efficient", "densenets", True),
+                                     ("peak_mib_torchvision_efficient", "torchvision", True)):  # fmt: skip
+            target[key] = measure_step_memory(name, impl, efficient, batch, size, device.type) / 2**20
+        target["memory_ratio"] = target["peak_mib_efficient"] / target["peak_mib_normal"]
+        specs = contenders(Workload("train", name, batch, size), device)
+        # torchvision's own memory_efficient switch (checkpointing concat-BN-ReLU-conv1), in
+        # both layouts with the same allocator setting: the like-for-like contender.
+        timed = {
+            "normal": specs["densenets"],
+            "memory-efficient": {**specs["densenets"], "memory_efficient": True},
+            **{f"{label}, memory-efficient": {**specs[label], "memory_efficient": True}
+               for label in ("torchvision NCHW", "torchvision channels_last")},
+        }  # fmt: skip
+        per_round = time_rounds(timed, cfg, log)
     except RuntimeError as exc:  # e.g. the normal mode does not fit in this machine's memory
         log(f"memory-efficient target not measured: {exc}")
-        return {**result, "efficient_target": {"model": name, "batch": batch, "error": str(exc)}}
-    work = Workload("train", name, batch, size)
-    base = contenders(work, device)["densenets"]
-    per_round = time_rounds({"normal": base, "memory-efficient": {**base, "memory_efficient": True}}, cfg, log)
-    overhead = paired_ratio(per_round["memory-efficient"], per_round["normal"])
-    target = {
-        "model": name,
-        "batch": batch,
-        "peak_mib_normal": normal / 2**20,
-        "peak_mib_efficient": efficient / 2**20,
-        "memory_ratio": efficient / normal,
-        "seconds_normal": statistics.median(per_round["normal"]),
-        "seconds_efficient": statistics.median(per_round["memory-efficient"]),
-        "time_ratio": overhead,  # efficient time / normal time, per round
+        return {**target, "error": str(exc)[:1000]}
+    medians = {label: statistics.median(times) for label, times in per_round.items()}
+    fastest_tv = min((label for label in timed if label.startswith("torchvision")), key=medians.get)
+    return {
+        **target,
+        "seconds_normal": medians["normal"],
+        "seconds_efficient": medians["memory-efficient"],
+        "time_ratio": paired_ratio(per_round["memory-efficient"], per_round["normal"]),  # efficient / normal
+        "torchvision_row": fastest_tv,
+        "seconds_torchvision_efficient": medians[fastest_tv],
+        "vs_torchvision": paired_ratio(per_round[fastest_tv], per_round["memory-efficient"]),  # speed-up
     }
-    return {**result, "efficient_target": target}
 
 
 def levers_section(cfg: BenchConfig, device: torch.device, log) -> list[dict]:
@@ -328,6 +357,7 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
     bad = sorted(set(cfg.precisions) - set(PRECISION_DTYPES))
     if bad:
         raise ValueError(f"unknown bench precision(s) {bad}; choose from {', '.join(PRECISION_DTYPES)}")
+    parse_memory_target(cfg.memory_target, cfg.quick)  # a bad target fails now, not after the depth table
     out_dir.mkdir(parents=True, exist_ok=True)
     log("measuring the matrix-multiply peak of each precision")
     measured = sorted(p for p in {"fp32", *cfg.precisions} if PRECISION_DTYPES.get(p) is not None)
@@ -344,6 +374,8 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
             save(task, speed_section(task, cfg, device, peaks, log, save))
     if "memory" in cfg.sections:
         save("memory", memory_section(cfg, device, out_dir, log, save))
+    elif "memory-target" in cfg.sections:
+        save("memory", {"efficient_target": efficient_target(cfg, device, log)})
     if "levers" in cfg.sections:
         save("levers", levers_section(cfg, device, log))
     return results

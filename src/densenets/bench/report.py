@@ -44,24 +44,36 @@ def speed_table(results: list[dict]) -> list[str]:
 
 
 def memory_table(mem: dict) -> list[str]:
-    depths = sorted({r["depth"] for r in mem["rows"]})
-    labels = sorted({r["label"] for r in mem["rows"]})
-    lines = ["### Peak memory of one training step (MiB), DenseNet-BC, 32x32", ""]
-    lines += ["| implementation | " + " | ".join(f"L={d}" for d in depths) + " | log-log slope |"]
-    lines += ["|---|" + "---|" * (len(depths) + 1)]
-    for label in labels:
-        cells = [f"{r['peak_mib']:.0f}" for d in depths for r in mem["rows"] if r["label"] == label and r["depth"] == d]
-        slope = mem["fits"][label]["loglog_slope"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'-' if slope is None else f'{slope:.2f}'} |")
+    lines = []
+    if mem.get("rows"):
+        depths = sorted({r["depth"] for r in mem["rows"]})
+        labels = sorted({r["label"] for r in mem["rows"]})
+        lines += ["### Peak memory of one training step (MiB), DenseNet-BC, 32x32", ""]
+        lines += ["| implementation | " + " | ".join(f"L={d}" for d in depths) + " | log-log slope |"]
+        lines += ["|---|" + "---|" * (len(depths) + 1)]
+        for label in labels:
+            cells = [f"{r['peak_mib']:.0f}" for d in depths for r in mem["rows"] if r["label"] == label and r["depth"] == d]
+            slope = mem["fits"][label]["loglog_slope"]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {'-' if slope is None else f'{slope:.2f}'} |")
+        lines.append("")
     t = mem.get("efficient_target")
-    if t is None or "error" in t:
-        reason = "not measured yet" if t is None else f"not measured: {t['error']}"
-        return lines + ["", f"Memory-efficient target: {reason}.", ""]
+    if t is None:
+        return lines + ["Memory-efficient target: not measured yet.", ""]
+    lines += [f"### Memory-efficient mode, {t['model']} batch {t['batch']}", ""]
+    peaks = [f"{what} {t[key]:.0f} MiB" for key, what in (("peak_mib_normal", "normal"),
+                                                          ("peak_mib_efficient", "memory-efficient"),
+                                                          ("peak_mib_torchvision_efficient",
+                                                           "torchvision memory-efficient (NCHW)")) if key in t]  # fmt: skip
+    if peaks:
+        lines.append("Peak memory of a step: " + ", ".join(peaks) + ".")
+    if "error" in t:
+        return lines + [f"Not measured further: {t['error']}", ""]
     lines += [
-        "",
-        f"Memory-efficient mode, {t['model']} batch {t['batch']}: peak {t['peak_mib_efficient']:.0f} MiB vs "
-        f"{t['peak_mib_normal']:.0f} MiB normal ({100 * t['memory_ratio']:.0f}%); step {t['seconds_efficient']:.2f} s "
-        f"vs {t['seconds_normal']:.2f} s, time ratio {_ratio(t['time_ratio'])} (memory-efficient / normal).",
+        f"Memory-efficient mode: {100 * t['memory_ratio']:.0f}% of the normal mode's memory; step "
+        f"{t['seconds_efficient']:.2f} s vs {t['seconds_normal']:.2f} s, time ratio {_ratio(t['time_ratio'])} "
+        "(memory-efficient / normal).",
+        f"Against torchvision's memory-efficient mode ({t['torchvision_row']}, its faster layout): step "
+        f"{t['seconds_torchvision_efficient']:.2f} s; ours is {_ratio(t['vs_torchvision'])} as fast.",
         "",
     ]
     return lines

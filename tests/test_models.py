@@ -167,10 +167,10 @@ def test_memory_efficient_mode_runs_each_convolution_once():
 
 
 class _SubclassedBN(torch.nn.BatchNorm2d):
-    """A BatchNorm the memory-efficient mode cannot call functionally (e.g. SyncBatchNorm)."""
+    """A BatchNorm the memory-efficient mode must run as itself (as SyncBatchNorm)."""
 
 
-def test_memory_efficient_mode_with_batchnorm_subclass_matches_normal_mode():
+def test_memory_efficient_mode_with_replaced_norm_and_activation_matches_normal_mode():
     torch.manual_seed(2)
     normal = DenseNet(_tiny(bottleneck=True, compression=0.5))
     efficient = DenseNet(_tiny(bottleneck=True, compression=0.5), memory_efficient=True)
@@ -181,12 +181,13 @@ def test_memory_efficient_mode_with_batchnorm_subclass_matches_normal_mode():
                 bn = _SubclassedBN(layer.norm1.num_features)
                 bn.load_state_dict(layer.norm1.state_dict())
                 layer.norm1 = bn
+                layer.relu1 = torch.nn.LeakyReLU(0.1, inplace=True)  # recomputed as itself, not as a ReLU
     x, target = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
     for model in (normal, efficient):
         torch.nn.functional.cross_entropy(model(x), target).backward()
-    for (name, a), b in zip(normal.named_parameters(), efficient.parameters()):
+    for (name, a), b in zip(normal.named_parameters(), efficient.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, msg=name)
-    for (name, a), b in zip(normal.named_buffers(), efficient.buffers()):
+    for (name, a), b in zip(normal.named_buffers(), efficient.buffers(), strict=True):
         torch.testing.assert_close(b, a, msg=name)  # running statistics updated once
 
 

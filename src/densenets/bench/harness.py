@@ -256,7 +256,7 @@ def memory_section(cfg: BenchConfig, device: torch.device, out_dir: Path, log, s
 
 
 def parse_memory_target(text: str, quick: bool) -> tuple[str, int]:
-    """"MODEL:BATCH" -> (model, batch); "" -> the issue's case (or a tiny one with --quick)."""
+    """Parse "MODEL:BATCH"; an empty text gives the issue's case (a tiny one with --quick)."""
     if not text:
         return ("densenet_bc28_k4", 8) if quick else ("densenet_bc250_k24", 64)
     name, sep, batch = text.rpartition(":")

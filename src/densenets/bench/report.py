@@ -52,7 +52,8 @@ def memory_table(mem: dict) -> list[str]:
         lines += ["| implementation | " + " | ".join(f"L={d}" for d in depths) + " | log-log slope |"]
         lines += ["|---|" + "---|" * (len(depths) + 1)]
         for label in labels:
-            cells = [f"{r['peak_mib']:.0f}" for d in depths for r in mem["rows"] if r["label"] == label and r["depth"] == d]
+            mine = [r for r in mem["rows"] if r["label"] == label]
+            cells = [f"{r['peak_mib']:.0f}" for d in depths for r in mine if r["depth"] == d]
             slope = mem["fits"][label]["loglog_slope"]
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {'-' if slope is None else f'{slope:.2f}'} |")
         lines.append("")
@@ -60,10 +61,12 @@ def memory_table(mem: dict) -> list[str]:
     if t is None:
         return lines + ["Memory-efficient target: not measured yet.", ""]
     lines += [f"### Memory-efficient mode, {t['model']} batch {t['batch']}", ""]
-    peaks = [f"{what} {t[key]:.0f} MiB" for key, what in (("peak_mib_normal", "normal"),
-                                                          ("peak_mib_efficient", "memory-efficient"),
-                                                          ("peak_mib_torchvision_efficient",
-                                                           "torchvision memory-efficient (NCHW)")) if key in t]  # fmt: skip
+    names = {
+        "peak_mib_normal": "normal",
+        "peak_mib_efficient": "memory-efficient",
+        "peak_mib_torchvision_efficient": "torchvision memory-efficient (NCHW)",
+    }
+    peaks = [f"{what} {t[key]:.0f} MiB" for key, what in names.items() if key in t]
     if peaks:
         lines.append("Peak memory of a step: " + ", ".join(peaks) + ".")
     if "error" in t:

@@ -54,7 +54,8 @@ class _Rebuild:
                     self.cache[kind] = torch.cat(f, 1) if len(f) > 1 else f[0]
                 else:
                     x = renormalise(self.norm, self._value("concat"))
-                    self.cache[kind] = F.relu(x, inplace=True)
+                    # A replaced activation runs as the module it is (hooks included).
+                    self.cache[kind] = F.relu(x, inplace=True) if type(self.relu) is nn.ReLU else self.relu(x)
         return self.cache[kind]
 
 
@@ -106,9 +107,7 @@ def _same_data(a: Tensor):
     return lambda t: t.data_ptr() == ptr and t.shape == shape
 
 
-def first_conv_recomputed(
-    features: list[Tensor], norm: nn.Module, relu: nn.Module, conv: nn.Module
-) -> Tensor:
+def first_conv_recomputed(features: list[Tensor], norm: nn.Module, relu: nn.Module, conv: nn.Module) -> Tensor:
     """conv(relu(norm(cat(features)))) keeping only `features` (and small tensors) for backward."""
     rebuild = _Rebuild(list(features), norm, relu)
     x = torch.cat(features, 1) if len(features) > 1 else features[0]

@@ -1,5 +1,6 @@
 """Training in real processes: killed with SIGKILL and resumed; two ranks under torchrun."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -67,15 +68,47 @@ def torchrun(*args: str, run: Path, timeout: float = 300) -> subprocess.Complete
     """2 CPU processes under torchrun writing to `run`; the timeout only catches a hang (gloo's own is 30 minutes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    for _ in range(2):
-        if done.returncode == 0 or "gloo" not in done.stderr:
-            break
-        # gloo's TCP setup on a loaded 2-core machine occasionally fails (connection reset, process
-        # group creation); a fresh launch into an empty run folder, the assertions stay the same.
-        shutil.rmtree(run, ignore_errors=True)
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    for attempt in range(3):
+        if attempt:
+            # gloo's TCP setup on a loaded 2-core machine occasionally fails (connection reset,
+            # process group creation) or never connects (seen: both ranks waiting in
+            # gloo::Context::createAndConnectAllPairs). A fresh launch into an empty run folder;
+            # the assertions stay the same, and a hang of our own would hang every launch.
+            shutil.rmtree(run, ignore_errors=True)
+        done, hung = _launch(cmd, env, timeout)
+        if not hung and (done.returncode == 0 or "gloo" not in done.stderr):
+            return done
+    if hung:
+        raise AssertionError(f"torchrun hung for {timeout:.0f} s in each of 3 launches: {done.stderr[-2000:]}")
     return done
+
+
+def _launch(cmd: list[str], env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, bool]:
+    """Run `cmd`; on timeout kill torchrun *and* its workers (they hold the pipes open)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err), False
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(proc.pid), proc.pid]:  # torchrun starts each worker in its own session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err), True
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def test_torchrun_two_cpu_ranks_agree_and_match_one_process_at_the_same_global_batch(tmp_path):

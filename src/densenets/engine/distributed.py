@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -36,10 +37,16 @@ class DistInfo:
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:
-    """Join the process group: NCCL for CUDA, gloo for CPU."""
+    """Join the process group (NCCL for CUDA, gloo for CPU) once per process.
+
+    The group stays up until the process exits, so a second ``fit`` in the same processes
+    reuses it: a fresh rendezvous after ``destroy_process_group`` on torchrun's store could
+    hang (seen: both ranks waiting in gloo's connection setup of the second group).
+    """
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+        atexit.register(shutdown_distributed)
 
 
 def shutdown_distributed() -> None:

@@ -41,7 +41,6 @@ from .distributed import (
     barrier,
     init_distributed,
     run_on_main,
-    shutdown_distributed,
 )
 from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
 from .recipes import Recipe
@@ -157,7 +156,6 @@ def fit(
     finally:
         if dist.is_main:
             folder.close(failed=failed)
-        shutdown_distributed()
 
 
 def _recipe_to_run(recipe: Recipe | None, run_dir: Path, resume: bool, changes: dict | None) -> Recipe:

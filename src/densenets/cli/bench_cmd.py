@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..bench.harness import PRECISION_DTYPES, SECTIONS, BenchConfig, parse_memory_target, run_benchmarks
 from ..bench.report import to_markdown
 from ..errors import ConfigError
-from ..models import get_config
+from ..models import DenseNetConfig, get_config
 
 
 def add_parser(sub) -> None:
@@ -64,9 +64,8 @@ def run_bench(args) -> int:
         target, _ = parse_memory_target(args.memory_target, args.quick)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if not target.startswith("densenet"):
+    if not isinstance(get_config(target), DenseNetConfig):  # an unknown name fails here, in the registry's words
         raise ConfigError(f"memory target {target!r}: the memory-efficient mode is DenseNet's; name a DenseNet")
-    get_config(target)  # an unknown model fails here, with the registry's message
     config = BenchConfig(
         device=args.device,
         reps=args.reps,

@@ -67,10 +67,15 @@ def renormalise(bn: nn.Module, x: Tensor) -> Tensor:
     A BatchNorm subclass (e.g. SyncBatchNorm, whose statistics come from every rank) runs
     its own forward with those copies swapped in.
     """
-    if not bn.training or bn.running_mean is None:
-        return bn(x) if type(bn) is not nn.BatchNorm2d else _plain_bn(bn, x, bn.running_mean, bn.running_var)
+    updates = bn.training and bn.running_mean is not None  # this forward moves the running statistics
     if type(bn) is nn.BatchNorm2d:
-        return _plain_bn(bn, x, bn.running_mean.clone(), bn.running_var.clone())
+        mean, var = bn.running_mean, bn.running_var
+        if updates:
+            mean, var = mean.clone(), var.clone()
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        return F.batch_norm(x, mean, var, bn.weight, bn.bias, bn.training or mean is None, momentum, bn.eps)
+    if not updates:
+        return bn(x)
     kept = {name: bn._buffers[name] for name in ("running_mean", "running_var", "num_batches_tracked")}
     try:
         for name, buffer in kept.items():
@@ -79,12 +84,6 @@ def renormalise(bn: nn.Module, x: Tensor) -> Tensor:
         return bn(x)
     finally:
         bn._buffers.update(kept)
-
-
-def _plain_bn(bn: nn.BatchNorm2d, x: Tensor, mean: Tensor | None, var: Tensor | None) -> Tensor:
-    use_batch_stats = bn.training or mean is None
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    return F.batch_norm(x, mean, var, bn.weight, bn.bias, use_batch_stats, momentum, bn.eps)
 
 
 @contextlib.contextmanager
@@ -109,7 +108,7 @@ def _same_data(a: Tensor):
 
 def first_conv_recomputed(features: list[Tensor], norm: nn.Module, relu: nn.Module, conv: nn.Module) -> Tensor:
     """conv(relu(norm(cat(features)))) keeping only `features` (and small tensors) for backward."""
-    rebuild = _Rebuild(list(features), norm, relu)
+    rebuild = _Rebuild(list(features), norm, relu)  # a copy: the block appends to its list
     x = torch.cat(features, 1) if len(features) > 1 else features[0]
     with _replace_saved(_same_data(x), rebuild, "concat"):
         x = norm(x)

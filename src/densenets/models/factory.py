@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ConfigError, reject_unknown_fields
+from .channels import adapt_state_channels
 from .densenet import DenseNet
 from .features import DenseNetFeatures
 from .pretrained import get_weights_entry
@@ -66,14 +67,14 @@ def create_model(
 
 def _load_named(model: DenseNet, name: str, tag: bool | str) -> None:
     entry = get_weights_entry(name, tag)
-    state = fetch_pretrained(entry)
-    if entry.input_size[0] != model.config.in_channels:
-        raise ConfigError(
-            f"weights {entry.name} take {entry.input_size[0]}-channel images; drop in_channels="
-            f"{model.config.in_channels} or train from scratch"
-        )
+    # another in_channels: the stem adapted as timm's in_chans does, the normalisation with it
+    state, mean, std, _ = adapt_state_channels(fetch_pretrained(entry), model, entry.mean, entry.std)
     load_backbone(model, state, entry.file_name)
-    model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
+    size = (model.config.in_channels, *entry.input_size[1:])
+    model.pretrained_cfg = {
+        **entry.pretrained_cfg(), "mean": tuple(mean), "std": tuple(std), "input_size": size,
+        "num_classes": model.config.num_classes,
+    }  # fmt: skip
 
 
 def _saved_model(path: Path, overrides: dict) -> nn.Module:

@@ -18,6 +18,7 @@ def test_every_data_set_name_is_known():  # noqa: D103
         "svhn",
         "imagenet",
         "imagefolder",
+        "csv",
     }
 
 

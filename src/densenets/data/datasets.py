@@ -12,7 +12,7 @@ import difflib
 import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from ..errors import DataError
 from .cifar_files import SafeCifarMixin
+from .csv_labels import SPLITS, CsvImageDataset, check_images, check_positives, read_label_csv
 from .determinism import EpochSeededDataset
 from .digits import digits_datasets
 from .transforms import (
@@ -54,6 +55,8 @@ class DataSpec:
     mean: tuple[float, ...] | None = None  # image folders: normalisation of the weights fine-tuned (None: ImageNet's)
     std: tuple[float, ...] | None = None
     channels: int | None = None  # image folders: 1 or 3 (None: 1 when the images are grey, else 3)
+    labels: str | None = None  # csv: the labels file (None: DATA_DIR/labels.csv)
+    uncertain: str = "ignore"  # csv: what a -1 label becomes: ignore (masked, as unknown) | ones | zeros
 
 
 @dataclass
@@ -67,6 +70,8 @@ class DataBundle:
     preprocess: dict
     augment: str  # "none" | "cifar" | "imagenet" | "shift"
     class_names: list[str] = field(default_factory=list)
+    multilabel: bool = False  # targets are (C,) floats, 1 / 0 / NaN (unknown), not class indices
+    notes: list[str] = field(default_factory=list)  # what was decided about the data, for the run's first lines
 
     @property
     def image_size(self) -> int:
@@ -213,12 +218,16 @@ _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 def folder_is_grey(root: Path, sample: int = 32) -> bool:
     """True when the first ``sample`` image files under ``root`` are all single-channel."""
+    files = (p for p in root.rglob("*") if p.is_file() and has_file_allowed_extension(str(p), IMG_EXTENSIONS))
+    return images_are_grey(files, sample)
+
+
+def images_are_grey(paths: Iterable[Path], sample: int = 32) -> bool:
+    """True when the first ``sample`` readable files of ``paths`` are all single-channel images."""
     seen = 0
-    for path in root.rglob("*"):
+    for path in paths:
         if seen >= sample:
             break
-        if not path.is_file() or not has_file_allowed_extension(str(path), IMG_EXTENSIONS):
-            continue
         try:
             with Image.open(path) as image:
                 if image.mode not in _GREY_MODES:
@@ -234,12 +243,12 @@ def choose_augment(size: int) -> str:
     return "crop-flip" if size <= 64 else "imagenet"
 
 
-def _imagenet_like(
-    spec: DataSpec, root: Path, title: str, default_size: int, require_split: bool, verify_default: bool
-) -> DataBundle:
+def _user_images_preprocess(spec: DataSpec, title: str, default_size: int, grey: bool) -> tuple[dict, str]:
+    """(preprocess, augment) for a user's images: the spec's size, channels, mean and std, else
+    ImageNet's (grey images: one channel, mean 0.5, std 0.25); augmentation by image size."""
     size = spec.image_size or default_size
     augment = spec.augment or choose_augment(size)
-    channels = spec.channels or (1 if root.is_dir() and folder_is_grey(root) else 3)
+    channels = spec.channels or (1 if grey else 3)
     mean = list(spec.mean) if spec.mean else (list(IMAGENET_MEAN) if channels == 3 else [0.5])
     std = list(spec.std) if spec.std else (list(IMAGENET_STD) if channels == 3 else [0.25])
     if len(mean) != channels or len(std) != channels:
@@ -254,6 +263,15 @@ def _imagenet_like(
     }
     if augment == "imagenet" and channels == 1:
         raise DataError(f"{title}: augment imagenet needs RGB images; use crop or crop-flip for grey images")
+    return preprocess, augment
+
+
+def _imagenet_like(
+    spec: DataSpec, root: Path, title: str, default_size: int, require_split: bool, verify_default: bool
+) -> DataBundle:
+    grey = root.is_dir() and folder_is_grey(root)
+    preprocess, augment = _user_images_preprocess(spec, title, default_size, grey)
+    channels = preprocess["channels"]
     train_dir = root / "train"
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if train_dir.is_dir() and test_dir is not None:
@@ -291,6 +309,61 @@ def _imagenet(spec: DataSpec) -> DataBundle:
 
 def _imagefolder(spec: DataSpec) -> DataBundle:
     return _imagenet_like(spec, Path(spec.data_dir), "image folder", 224, require_split=False, verify_default=True)
+
+
+def _csv(spec: DataSpec) -> DataBundle:
+    """Images listed in a labels CSV (:mod:`.csv_labels`): its split column, else a seeded 80/20 split."""
+    labels = Path(spec.labels) if spec.labels else Path(spec.data_dir) / "labels.csv"
+    table = read_label_csv(labels, spec.uncertain)
+    verify = True if spec.verify_images is None else spec.verify_images
+    rows, skipped = check_images(table, verify, spec.skip_bad_images)
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        warnings.warn(f"{labels}: left out {len(skipped)} row(s) with unreadable images: {shown}", stacklevel=2)
+    preprocess, augment = _user_images_preprocess(spec, str(labels), 224, images_are_grey(table.paths[i] for i in rows))
+    loader = functools.partial(_load_image, mode="L" if preprocess["channels"] == 1 else "RGB")
+
+    def part(indices: list[int], transform) -> CsvImageDataset:
+        return CsvImageDataset(table, indices, transform, loader)
+
+    if table.splits is not None:
+        by_split = {s: [i for i in rows if table.splits[i] == s] for s in SPLITS}
+        train_rows, val_rows, test_rows = by_split["train"], by_split["val"], by_split["test"]
+        if not test_rows:
+            raise DataError(f"{labels}: no rows with split 'test'")
+        if val_rows and spec.val_split:
+            raise DataError(f"{labels}: the split column already names validation rows; drop --val-split")
+        note = f"splits from the split column: {len(train_rows)} train / {len(val_rows)} val / {len(test_rows)} test"
+    else:
+        val_rows = []
+        if table.multilabel:
+            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(spec.seed)).tolist()
+            n_test = max(1, round(0.2 * len(rows)))
+            train_rows = sorted(rows[j] for j in order[n_test:])
+            test_rows = sorted(rows[j] for j in order[:n_test])
+        else:
+            train_idx, test_idx = _stratified_split([table.targets[i] for i in rows], 0.2, spec.seed)
+            train_rows, test_rows = [rows[j] for j in train_idx], [rows[j] for j in test_idx]
+        note = (
+            f"no split column: a seeded split (seed {spec.seed}) of {len(rows)} rows into "
+            f"{len(train_rows)} train / {len(test_rows)} test (20%)"
+            + ("" if table.multilabel else ", stratified by class")
+        )
+    check_positives(table, train_rows)
+    train = part(train_rows, train_transform(preprocess, augment))
+    train_eval, test = part(train_rows, eval_transform(preprocess)), part(test_rows, eval_transform(preprocess))
+    bundle = _finish(
+        replace(spec, val_split=0) if val_rows else spec,
+        train, train_eval, test, len(table.class_names), preprocess["channels"], preprocess, augment,
+        list(table.class_names),
+    )  # fmt: skip
+    if val_rows:
+        bundle.val = part(val_rows, eval_transform(preprocess))
+    kind = f"multi-label, {len(table.class_names)} classes" if table.multilabel else "single-label"
+    uncertain = f"; -1 labels: {spec.uncertain}" if table.multilabel else ""
+    bundle.multilabel = table.multilabel
+    bundle.notes = [f"{labels}: {kind}{uncertain}; {note}"]
+    return bundle
 
 
 def _digits(spec: DataSpec, augmented: bool) -> DataBundle:
@@ -349,6 +422,7 @@ DATASETS: dict[str, Callable[[DataSpec], DataBundle]] = {
     "svhn": _svhn,
     "imagenet": _imagenet,
     "imagefolder": _imagefolder,
+    "csv": _csv,
 }
 
 
@@ -359,7 +433,7 @@ def build_data(spec: DataSpec) -> DataBundle:
         close = difflib.get_close_matches(spec.name, list(DATASETS), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise DataError(f"unknown data set {spec.name!r}; {hint}choose from {', '.join(DATASETS)}")
-    if spec.augment is not None and spec.name not in ("imagefolder", "imagenet"):
+    if spec.augment is not None and spec.name not in ("imagefolder", "imagenet", "csv"):
         raise DataError(f"augment applies to image folders; {spec.name} keeps the paper's (e.g. cifar10 vs cifar10+)")
     if spec.download:
         os.makedirs(spec.data_dir, exist_ok=True)

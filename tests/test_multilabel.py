@@ -1,0 +1,192 @@
+"""CSV-labelled data, multi-label loss, AUROC and operating points (issue 19, items 3-6)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densenets.data import DataSpec, build_data
+from densenets.data.csv_labels import read_label_csv
+from densenets.engine.multilabel import (
+    balanced_pos_weight,
+    choose_thresholds,
+    masked_bce,
+    multilabel_metrics,
+    operating_points,
+)
+from densenets.errors import DataError
+
+CLASSES = ["Atelectasis", "Cardiomegaly", "Edema"]
+
+
+def write_images(root, names, size=16, grey=False):
+    g = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shape = (size, size) if grey else (size, size, 3)
+        Image.fromarray(g.integers(0, 255, shape, dtype=np.uint8)).save(root / "img" / name)
+
+
+def write_chexpert(root, rows=None, header=None, split=True):
+    """A CheXpert-style labels.csv: path, one column per finding (1, 0, blank, -1), split."""
+    header = header or ["path", *CLASSES, *(["split"] if split else [])]
+    rows = rows or [
+        ["img/a.png", "1", "0", "", "train"],
+        ["img/b.png", "0", "1", "-1", "train"],
+        ["img/c.png", "1.0", "", "1", "train"],
+        ["img/d.png", "0", "0", "0", "train"],
+        ["img/e.png", "1", "1", "0", "val"],
+        ["img/f.png", "0", "0", "1", "val"],
+        ["img/g.png", "1", "0", "0", "test"],
+        ["img/h.png", "0", "1", "1", "test"],
+    ]
+    if not split:
+        rows = [r[:-1] for r in rows]
+    write_images(root, [r[0].split("/")[-1] for r in rows if r[0]])
+    lines = [",".join(header), *(",".join(r) for r in rows)]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def test_chexpert_csv_reads_blanks_and_uncertain_as_masked(tmp_path):
+    path = write_chexpert(tmp_path)
+    table = read_label_csv(path)
+    assert table.multilabel and table.class_names == CLASSES
+    t = table.targets
+    assert t[0].tolist()[:2] == [1.0, 0.0] and math.isnan(t[0, 2])  # blank: unknown
+    assert math.isnan(t[1, 2])  # -1 under "ignore": masked like unknown
+    assert t[2, 0] == 1.0  # "1.0" as CheXpert writes it
+    assert read_label_csv(path, uncertain="ones").targets[1, 2] == 1.0
+    assert read_label_csv(path, uncertain="zeros").targets[1, 2] == 0.0
+    bundle = build_data(DataSpec(name="csv", data_dir=str(tmp_path), image_size=16))
+    assert bundle.multilabel and bundle.num_classes == 3
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (4, 2, 2)
+    assert "splits from the split column: 4 train / 2 val / 2 test" in bundle.notes[0]
+    image, target = bundle.test[1]
+    assert image.shape == (3, 16, 16) and target.tolist() == [0.0, 1.0, 1.0]
+
+
+def test_single_label_csv_and_seeded_split(tmp_path):
+    rows = [[f"img/{i}.png", "cat" if i % 2 else "dog"] for i in range(10)]
+    write_images(tmp_path, [f"{i}.png" for i in range(10)], grey=True)
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    bundle = build_data(DataSpec(name="csv", data_dir=str(tmp_path), image_size=16))
+    assert not bundle.multilabel and bundle.class_names == ["cat", "dog"]
+    assert bundle.in_channels == 1  # grey images: one channel, as image folders
+    assert (len(bundle.train), len(bundle.test)) == (8, 2)
+    assert "seeded split (seed 0) of 10 rows into 8 train / 2 test" in bundle.notes[0]
+    assert build_data(DataSpec(name="csv", data_dir=str(tmp_path), image_size=16)).test.rows == bundle.test.rows
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda rows: rows[2].__setitem__(1, "2"), "line 4: Atelectasis is '2'; labels are 1, 0, -1"),
+        (lambda rows: rows[3].__setitem__(0, "img/a.png"), "line 5: duplicate path img/a.png (first on line 2)"),
+        (lambda rows: rows[1].__setitem__(0, "img/missing.png"), "line 3: image"),
+        (lambda rows: rows[5].__setitem__(4, "holdout"), "line 7: split 'holdout' is not one of train, val, test"),
+    ],
+)
+def test_bad_rows_stop_in_one_line_naming_the_row(tmp_path, change, message):
+    rows = [
+        ["img/a.png", "1", "0", "", "train"],
+        ["img/b.png", "0", "1", "-1", "train"],
+        ["img/c.png", "1", "", "1", "train"],
+        ["img/d.png", "0", "0", "0", "train"],
+        ["img/e.png", "1", "1", "0", "val"],
+        ["img/f.png", "0", "0", "1", "test"],
+    ]
+    write_chexpert(tmp_path, rows)
+    change(rows)
+    text = "path," + ",".join(CLASSES) + ",split\n" + "\n".join(",".join(r) for r in rows) + "\n"
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(DataError, match="labels.csv " + message.replace("(", r"\(").replace(")", r"\)")) as info:
+        build_data(DataSpec(name="csv", data_dir=str(tmp_path), image_size=16))
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_image_names_its_row(tmp_path):
+    write_chexpert(tmp_path)
+    (tmp_path / "img" / "c.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"labels.csv line 4: .*c.png is not a readable image"):
+        build_data(DataSpec(name="csv", data_dir=str(tmp_path), image_size=16))
+
+
+def test_class_without_a_positive_training_label_and_csv_without_path(tmp_path):
+    rows = [
+        ["img/a.png", "1", "0", "", "train"],
+        ["img/b.png", "0", "1", "-1", "train"],  # Edema's only training positive is uncertain
+        ["img/c.png", "0", "0", "1", "test"],
+    ]
+    write_chexpert(tmp_path, rows)
+    with pytest.raises(DataError, match="class\\(es\\) Edema have no positive label in the training split"):
+        build_data(DataSpec(name="csv", data_dir=str(tmp_path), image_size=16))
+    build_data(DataSpec(name="csv", data_dir=str(tmp_path), image_size=16, uncertain="ones"))  # -1 -> 1: fine
+    (tmp_path / "labels.csv").write_text("file,Edema\nimg/a.png,1\n")
+    with pytest.raises(DataError, match="no 'path' column \\(the header is file, Edema\\)"):
+        read_label_csv(tmp_path / "labels.csv")
+
+
+def test_masked_loss_equals_hand_computed_bce():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-0.5, 1.5, -2.0]])
+    targets = torch.tensor([[1.0, math.nan, 0.0], [0.0, 1.0, math.nan]])
+
+    def bce(x, y, w=1.0):  # -[w y log s(x) + (1 - y) log(1 - s(x))]
+        s = 1 / (1 + math.exp(-x))
+        return -(w * y * math.log(s) + (1 - y) * math.log(1 - s))
+
+    known = [(0, 0), (0, 2), (1, 0), (1, 1)]
+    expected = sum(bce(logits[i, j].item(), targets[i, j].item()) for i, j in known) / 4
+    assert masked_bce(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    pos_weight = torch.tensor([3.0, 2.0, 1.0])
+    expected_w = sum(bce(logits[i, j].item(), targets[i, j].item(), pos_weight[j].item()) for i, j in known) / 4
+    assert masked_bce(logits, targets, pos_weight).item() == pytest.approx(expected_w, rel=1e-6)
+    # the unknown cells get no gradient
+    x = logits.clone().requires_grad_()
+    masked_bce(x, targets).backward()
+    assert x.grad[0, 1] == 0 and x.grad[1, 2] == 0 and x.grad[0, 0] != 0
+    assert balanced_pos_weight(torch.tensor([[1.0, 0], [0, 0], [0, math.nan], [math.nan, 1]])).tolist() == [2.0, 2.0]
+
+
+def test_auroc_equals_sklearn_on_known_scores():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    probs = np.array([[0.9, 0.2], [0.4, 0.8], [0.6, 0.3], [0.1, 0.7], [0.3, 0.9]])
+    targets = np.array([[1, 0], [0, 1], [1, np.nan], [0, 1], [1, 0]], dtype=float)
+    m = multilabel_metrics(probs, targets)
+    assert m["auroc"][0] == pytest.approx(roc_auc_score([1, 0, 1, 0, 1], probs[:, 0]))
+    assert m["auroc"][1] == pytest.approx(roc_auc_score([0, 1, 1, 0], probs[[0, 1, 3, 4], 1]))  # NaN row left out
+    assert m["average_precision"][0] == pytest.approx(average_precision_score([1, 0, 1, 0, 1], probs[:, 0]))
+    assert m["auroc_macro"] == pytest.approx(sum(m["auroc"]) / 2)
+    known = ~np.isnan(targets)
+    assert m["auroc_micro"] == pytest.approx(roc_auc_score(targets[known], probs[known]))
+    assert m["auroc"][0] == pytest.approx(5 / 6)  # 5 of the 6 (positive, negative) pairs ranked right
+    # a class with one label value only has no AUROC, and is left out of the macro mean
+    one_sided = multilabel_metrics(probs, np.array([[1, 0], [0, 0], [1, 0], [0, 0], [1, 0]], dtype=float))
+    assert math.isnan(one_sided["auroc"][1]) and one_sided["auroc_macro"] == pytest.approx(5 / 6)
+
+
+def test_thresholds_on_a_crafted_case():
+    # positives at 0.9, 0.8, 0.3; negatives at 0.5, 0.4 and ten at 0.1
+    probs = np.array([[0.9], [0.8], [0.3], [0.5], [0.4], *[[0.1]] * 10])
+    targets = np.array([[1], [1], [1], [0], [0], *[[0]] * 10], dtype=float)
+    # F1 (TN do not count): >= 0.8: TP 2, FP 0, FN 1 -> 4/5; >= 0.3: TP 3, FP 2 -> 6/8
+    assert choose_thresholds(probs, targets, "f1") == [pytest.approx(0.8)]
+    # Youden (sensitivity + specificity - 1): >= 0.8: 2/3 + 1 - 1; >= 0.3: 1 + 10/12 - 1 (the best)
+    assert choose_thresholds(probs, targets, "youden") == [pytest.approx(0.3)]
+    points = operating_points(probs, targets, [0.3])
+    assert points["sensitivity"] == [1.0] and points["specificity"] == [pytest.approx(10 / 12)]
+    assert points["f1"] == [pytest.approx(6 / 8)] and points["precision"] == [pytest.approx(3 / 5)]
+    # no both-label class: the default 0.5
+    assert choose_thresholds(probs, np.ones_like(targets), "f1") == [0.5]
+
+
+def test_metrics_json_round_trip_of_nan():
+    m = multilabel_metrics(np.array([[0.2], [0.3]]), np.array([[1.0], [1.0]]))
+    assert math.isnan(m["auroc_macro"])
+    json.dumps(m)  # NaN is written as NaN by json; evaluation replaces it with null

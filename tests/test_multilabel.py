@@ -190,3 +190,29 @@ def test_metrics_json_round_trip_of_nan():
     m = multilabel_metrics(np.array([[0.2], [0.3]]), np.array([[1.0], [1.0]]))
     assert math.isnan(m["auroc_macro"])
     json.dumps(m)  # NaN is written as NaN by json; evaluation replaces it with null
+
+
+def test_multilabel_accumulation_gives_the_same_step_as_one_batch():
+    """Chunks weigh by their known cells, so a masked batch steps the same with or without accumulation."""
+    import copy
+
+    from densenets.engine.loop import TrainState, train_step
+    from densenets.engine.recipes import Recipe
+    from densenets.engine.runtime import make_runtime
+    from densenets.models import create_model
+
+    model = create_model("densenet_bc16_k4", num_classes=3).eval()
+    x = torch.randn(8, 3, 8, 8)
+    y = torch.randint(0, 2, (8, 3)).float()
+    y[:4, 0] = math.nan  # the first chunk has fewer known cells than the second
+    y[1, 2] = math.nan
+    runtime = make_runtime(Recipe(device="cpu"))
+    results = []
+    for accum in (1, 2):
+        m = copy.deepcopy(model)
+        state = TrainState(m, torch.optim.SGD(m.parameters(), lr=0.1))
+        loss, _ = train_step(state, x, y, runtime, 0.1, accum_steps=accum, pos_weight=torch.tensor([1.0, 2.0, 3.0]))
+        results.append((loss, [p.detach().clone() for p in m.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """Figures drawn from run folders and the paper's numbers.
 
-``plot_runs``: error curves and error against parameters and FLOPs of any runs.
+``plot_runs``: error curves and error against parameters and FLOPs of any runs; for
+multi-label runs, macro AUROC curves.
 ``figure3`` / ``figure4``: the paper's Figures 3 and 4 laid out as its panels -- ImageNet
 top-1 error of DenseNets and ResNets against parameters and FLOPs (3); C10+ error against
 parameters for the DenseNet variants, DenseNet-BC against the pre-activation ResNet, and the
@@ -62,6 +63,37 @@ def plot_curves(runs: list[dict], path: Path) -> Path:
     ax.set_title(f"Training and test error ({', '.join(sorted(data))})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def is_multilabel(run: dict) -> bool:
+    """A multi-label run logs macro AUROC (``test_auroc``), not an error."""
+    return "test_auroc" in run["metrics"][-1]
+
+
+def plot_auroc_curves(runs: list[dict], path: Path) -> Path:
+    """Multi-label runs: test (solid) and validation (dotted) macro AUROC per epoch, training loss on the right."""
+    plt = _pyplot()
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for run in runs:
+        epochs = [m["epoch"] for m in run["metrics"]]
+        line = ax.plot(epochs, [m["test_auroc"] for m in run["metrics"]], label=f"{_label(run)} test")[0]
+        if any("val_auroc" in m for m in run["metrics"]):
+            ax.plot(epochs, [m.get("val_auroc") for m in run["metrics"]], ":", color=line.get_color(), label="val")
+        right.plot(epochs, [m["train_loss"] for m in run["metrics"]], "--", color=line.get_color(), label=_label(run))
+        right.plot(epochs, [m["test_loss"] for m in run["metrics"]], color=line.get_color())
+    for axis in (ax, right):
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    ax.set_ylabel("macro AUROC")
+    ax.set_title("Multi-label: macro AUROC per epoch")
+    right.set_ylabel("masked BCE loss (train dashed, test solid)")
+    right.set_title("Loss")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -147,7 +179,12 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     runs = [load_run(d) for d in run_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [plot_curves(runs, out_dir / "error_curves.png"), *plot_error_vs_cost(runs, out_dir)]
+    multilabel = [run for run in runs if is_multilabel(run)]
+    single = [run for run in runs if not is_multilabel(run)]
+    paths = [plot_auroc_curves(multilabel, out_dir / "auroc_curves.png")] if multilabel else []
+    if single:
+        paths += [plot_curves(single, out_dir / "error_curves.png"), *plot_error_vs_cost(single, out_dir)]
+    return paths
 
 
 # ---------------------------------------------------------------------------------------

@@ -58,9 +58,19 @@ def run_results(run_dirs: list[str | Path]) -> list[dict]:
         metrics = read_metrics(run_dir)
         if not metrics:
             raise UserError(f"{run_dir}: no completed epoch yet")
-        error = reported_result(metrics)["test_error"]
-        results.append({"model": recipe["model"], "data": recipe["data"], "error": error, "run": run_dir.name})
+        reported = reported_result(metrics)
+        result = {"model": recipe["model"], "data": recipe["data"], "run": run_dir.name}
+        if "test_auroc" in reported:  # multi-label: macro AUROC, not an error
+            result["auroc"] = reported["test_auroc"]
+        else:
+            result["error"] = reported["test_error"]
+        results.append(result)
     return results
+
+
+def _result(run: dict, percent: str = "") -> str:
+    """A run's reported figure: its test error, or a multi-label run's macro AUROC."""
+    return f"macro AUROC {run['auroc']:.3f}" if "auroc" in run else f"{run['error']:.2f}{percent}"
 
 
 def _fmt(value) -> str:
@@ -69,7 +79,7 @@ def _fmt(value) -> str:
 
 def _yours(model: str | None, runs: list[dict]) -> str:
     mine = [r for r in runs if r["model"] == model]
-    return "; ".join(f"{DATA_LABELS.get(r['data'], r['data'])} {r['error']:.2f} ({r['run']})" for r in mine) or "-"
+    return "; ".join(f"{DATA_LABELS.get(r['data'], r['data'])} {_result(r)} ({r['run']})" for r in mine) or "-"
 
 
 def _ours(params: int, published: float | None) -> str:
@@ -184,7 +194,7 @@ def report_markdown(rows: list[dict] | None = None, runs: list[dict] | None = No
     others = [r for r in runs if r["model"] not in listed | set(FIGURE3_RESNET_TOP1)]
     if others:
         lines += ["", "Runs of models the paper does not report:", ""]
-        lines += [f"- {r['model']} on {r['data']}: {r['error']:.2f}% ({r['run']})" for r in others]
+        lines += [f"- {r['model']} on {r['data']}: {_result(r, '%')} ({r['run']})" for r in others]
     lines += [
         "",
         "FLOPs count multiply and add separately (2 per multiply-add), convolutions and classifier only, "

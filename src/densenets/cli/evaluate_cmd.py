@@ -66,6 +66,10 @@ def run_eval(args) -> int:
         return 0
     print(f"evaluated {result['checkpoint']} ({result['checkpoint_choice']})")
     print(f"precision: {result['precision_note']}")
+    if result.get("multilabel"):
+        print(format_multilabel(result))
+        print(f"metrics.json, per_class.csv and roc.png written to {out}")
+        return 0
     crops = ", ten-crop (logits summed over the crops)" if args.ten_crop else ""
     print(f"{result['data']} test set ({result['count']} images{crops}): error {result['error']:.2f}%  "
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")  # fmt: skip
@@ -75,9 +79,40 @@ def run_eval(args) -> int:
     return 0
 
 
+def format_multilabel(result: dict) -> str:
+    """The per-class table of a multi-label evaluation, headed by macro and micro AUROC."""
+
+    def cell(value, percent: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+    lines = [
+        f"{result['data']} test set ({result['count']} images): macro AUROC {cell(result['auroc_macro'])}  "
+        f"micro AUROC {cell(result['auroc_micro'])}  macro AP {cell(result['ap_macro'])}  loss {result['loss']:.4f}",
+        f"thresholds: {result['threshold_source']}",
+        f"{'class':<16} {'AUROC':>6} {'AP':>6} {'prev.':>6} {'thresh.':>7} {'sens.':>6} {'spec.':>6} {'F1':>6}",
+    ]
+    for name in result["class_names"]:
+        lines.append(
+            f"{name[:16]:<16} {cell(result['auroc'][name]):>6} {cell(result['average_precision'][name]):>6} "
+            f"{cell(result['prevalence'][name], True):>6} {cell(result['thresholds'][name]):>7} "
+            f"{cell(result['sensitivity'][name], True):>6} {cell(result['specificity'][name], True):>6} "
+            f"{cell(result['f1'][name]):>6}"
+        )
+    return "\n".join(lines)
+
+
 def run_predict(args) -> int:
     from ..engine.precision import with_precision
-    from ..engine.prediction import expand_image_paths, format_predictions, predict_images, write_predictions_csv
+    from ..engine.prediction import (
+        expand_image_paths,
+        format_predictions,
+        multilabel_thresholds,
+        predict_images,
+        write_multilabel_csv,
+        write_predictions_csv,
+    )
     from ..engine.recipes import Recipe
     from ..engine.runtime import make_runtime
     from ..models.weights import load_model
@@ -93,7 +128,12 @@ def run_predict(args) -> int:
         print(f"precision: {precision['note']}")
     records = predict_images(loaded, expand_image_paths(args.images), args.top_k, args.batch_size)
     failed = sum("error" in r for r in records)
-    if args.csv:
+    multilabel = multilabel_thresholds(loaded)
+    if multilabel is not None and not args.json:
+        print(f"multi-label: positives at or above per-class thresholds ({multilabel[1]})")
+    if args.csv and multilabel is not None:
+        write_multilabel_csv(records, args.csv, loaded.class_names)
+    elif args.csv:
         write_predictions_csv(records, args.csv, min(args.top_k, loaded.model.config.num_classes))
     if not args.csv or args.json:
         print(json.dumps(records, indent=2) if args.json else format_predictions(records))

@@ -63,6 +63,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_gather_arrays(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every rank's CPU tensors concatenated along dim 0, in rank order (identity in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(tensors)
+    gathered: list[list[torch.Tensor] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, tensors)
+    return [torch.cat([parts[i] for parts in gathered]) for i in range(len(tensors))]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -63,6 +64,9 @@ def evaluate_checkpoint(
         name=data,
         data_dir=data_dir or recipe.get("data_dir", "data"),
         image_size=loaded.preprocess.get("crop"),
+        # a labels CSV as the run read it (another --data-dir: its labels.csv)
+        labels=recipe.get("labels") if not data_dir else None,
+        uncertain=recipe.get("uncertain", "ignore"),
     )
     bundle = build_data(spec)
     # int8's automatic calibration reads the training images of the data set evaluated here
@@ -90,6 +94,10 @@ def evaluate_checkpoint(
     loader = DataLoader(test, batch_size=batch_size, num_workers=workers)
     metrics = evaluate(model, loader, runtime, confusion=True)
     names = loaded.class_names if len(loaded.class_names) == bundle.num_classes else bundle.class_names
+    if bundle.multilabel:
+        head = {"checkpoint": str(loaded.source), "checkpoint_choice": reason, "data": data, "ten_crop": ten_crop,
+                "precision": precision, "precision_note": precision_info["note"]}  # fmt: skip
+        return multilabel_evaluation(head, metrics, names, loaded.preprocess, out_dir)
     result = {
         "checkpoint": str(loaded.source),
         "checkpoint_choice": reason,
@@ -153,6 +161,95 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, title:
     ax.set_ylabel("true class")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preprocess: dict, out_dir) -> dict:
+    """The multi-label result: per-class AUROC, AP, prevalence and the operating points of the
+    model's thresholds (sensitivity, specificity, F1); with ``out_dir`` metrics.json,
+    per_class.csv and roc.png."""
+    from .multilabel import DEFAULT_THRESHOLD, operating_points
+
+    thresholds = preprocess.get("thresholds")
+    if thresholds and len(thresholds) == len(names):
+        source = preprocess.get("threshold_source") or "the thresholds saved with the model"
+    else:
+        thresholds = [DEFAULT_THRESHOLD] * len(names)
+        source = "0.5 for every class: the model carries no thresholds (its run had no validation split)"
+    probs, targets = metrics.pop("probs"), metrics.pop("targets")
+    points = operating_points(probs, targets, thresholds)
+
+    def per_class(values) -> dict:
+        return {name: _finite(v) for name, v in zip(names, values, strict=True)}
+
+    result = {
+        **head,
+        "multilabel": True,
+        "count": metrics["count"],
+        "loss": metrics["loss"],
+        "auroc_macro": _finite(metrics["auroc_macro"]),
+        "auroc_micro": _finite(metrics["auroc_micro"]),
+        "ap_macro": _finite(metrics["ap_macro"]),
+        "auroc": per_class(metrics["auroc"]),
+        "average_precision": per_class(metrics["average_precision"]),
+        "prevalence": per_class(metrics["prevalence"]),
+        "known_labels": dict(zip(names, metrics["known"], strict=True)),
+        "thresholds": per_class(thresholds),
+        "threshold_source": source,
+        **{key: per_class(points[key]) for key in ("sensitivity", "specificity", "precision", "f1")},
+        "class_names": list(names),
+    }
+    if out_dir is not None:
+        save_multilabel_evaluation(result, probs, targets, Path(out_dir))
+    return result
+
+
+def _finite(value: float) -> float | None:
+    """NaN (a class with one label value in this split) as None: null in metrics.json."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+PER_CLASS_COLUMNS = ("auroc", "average_precision", "prevalence", "thresholds", "sensitivity", "specificity", "f1")
+
+
+def save_multilabel_evaluation(result: dict, probs, targets, out_dir: Path) -> list[Path]:
+    """metrics.json, per_class.csv (one row per class) and roc.png (one ROC curve per class)."""
+    from .multilabel import roc_curves
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "metrics.json"
+    json_path.write_text(json.dumps(result, indent=2))
+    csv_path = out_dir / "per_class.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", *PER_CLASS_COLUMNS])
+        for name in result["class_names"]:
+            writer.writerow(
+                [name, *("" if result[k][name] is None else f"{result[k][name]:.6f}" for k in PER_CLASS_COLUMNS)]
+            )
+    png_path = out_dir / "roc.png"
+    plot_roc(roc_curves(probs, targets), result, png_path)
+    return [json_path, csv_path, png_path]
+
+
+def plot_roc(curves: list, result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    for name, curve in zip(result["class_names"], curves, strict=True):
+        if curve is not None:
+            ax.plot(curve[0], curve[1], lw=1.2, label=f"{name} ({result['auroc'][name]:.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="gray", lw=1)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    macro = result["auroc_macro"]
+    ax.set_title(f"{result['data']}: ROC per class, macro AUROC {macro:.3f}" if macro is not None else "ROC")
+    ax.legend(fontsize=7, loc="lower right", title="class (AUROC)", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

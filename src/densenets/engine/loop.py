@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from ..data.determinism import derive_seed
 from ..errors import TrainingDiverged
-from .distributed import all_reduce_sum
+from .distributed import all_gather_arrays, all_reduce_sum
+from .multilabel import masked_bce, multilabel_metrics
 from .recipes import Recipe
 from .runtime import Runtime
 from .schedule import lr_at
@@ -55,9 +56,13 @@ def train_step(
     lr: float,
     label_smoothing: float = 0.0,
     accum_steps: int = 1,
+    pos_weight: torch.Tensor | None = None,
 ):
     """Forward, backward and SGD step; returns (summed loss, correct predictions) as tensors.
 
+    Class-index targets (N,) train with cross-entropy; float targets (N, C) are multi-label:
+    binary cross-entropy over the known cells (NaN: unknown, see :func:`masked_bce`), positives
+    weighted by ``pos_weight`` (C,), and no "correct" count (0).
     With ``accum_steps`` > 1 the batch runs as that many chunks whose gradients add up
     before the one optimiser step (the mean loss over the whole batch, as without chunks).
     A parameter group with ``frozen_epochs`` gets lr 0 (no update) during the first epochs.
@@ -65,16 +70,26 @@ def train_step(
     for group in state.optimizer.param_groups:
         group["lr"] = lr if state.epoch >= group.get("frozen_epochs", 0) else 0.0
     state.optimizer.zero_grad(set_to_none=True)
+    multilabel = targets.is_floating_point()
+    # what the batch mean is over: images, or the known cells of a multi-label batch
+    weight = (lambda y: (~torch.isnan(y)).sum().clamp(min=1)) if multilabel else (lambda y: y.shape[0])
+    batch_weight = weight(targets)
     loss_sum = torch.zeros((), device=targets.device)
     correct = torch.zeros((), dtype=torch.long, device=targets.device)
     for x, y in zip(images.chunk(accum_steps), targets.chunk(accum_steps), strict=True):
         with runtime.autocast():
             logits = state.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        scaled = loss * (y.numel() / targets.numel())  # chunk mean -> its share of the batch mean
+            if multilabel:
+                smoothed = y * (1 - label_smoothing) + label_smoothing / 2  # NaN stays NaN
+                loss = masked_bce(logits.float(), smoothed, pos_weight)
+            else:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        share = weight(y) / batch_weight  # chunk mean -> its share of the batch mean
+        scaled = loss * share
         (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
-        loss_sum += loss.detach() * y.numel()
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss_sum += loss.detach() * share * targets.shape[0]
+        if not multilabel:
+            correct += (logits.detach().argmax(1) == y).sum()
     if state.scaler is not None:
         state.scaler.step(state.optimizer)
         state.scaler.update()
@@ -93,8 +108,10 @@ def train_one_epoch(
     steps_per_epoch: int,
     on_step: Callable[[TrainState], None] | None = None,
     show_progress: bool = True,
+    pos_weight: torch.Tensor | None = None,
 ) -> dict:
-    """Train until the end of the epoch (or ``recipe.max_steps``); returns the epoch's metrics."""
+    """Train until the end of the epoch (or ``recipe.max_steps``); returns the epoch's metrics
+    (multi-label data: the loss, no error)."""
     state.model.train()
     sums = state.epoch_sums
     start_step = state.step - state.epoch * steps_per_epoch
@@ -108,6 +125,7 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     tick = waiting_since = time.perf_counter()
+    multilabel = False
     for images, targets in loader:
         if recipe.max_steps and state.step >= recipe.max_steps:
             break
@@ -116,7 +134,10 @@ def train_one_epoch(
         # Dropout masks depend only on (seed, step, rank): resume reproduces them exactly.
         torch.manual_seed(derive_seed(recipe.seed, "step", state.step, runtime.dist.rank))
         lr = lr_at(state.step, recipe, steps_per_epoch)
-        loss_sum, correct = train_step(state, images, targets, runtime, lr, recipe.label_smoothing, recipe.accum_steps)
+        multilabel = targets.is_floating_point()
+        loss_sum, correct = train_step(
+            state, images, targets, runtime, lr, recipe.label_smoothing, recipe.accum_steps, pos_weight
+        )
         loss_value = loss_sum.item()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"the loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1})")
@@ -124,13 +145,14 @@ def train_one_epoch(
         now = time.perf_counter()
         sums["loss"] += loss_value
         sums["correct"] += correct.item()
-        sums["count"] += targets.numel()
+        sums["count"] += targets.shape[0]
         sums["seconds"] += now - tick
         tick = now
         bar.update(1)
+        accuracy = {} if multilabel else {"acc": f"{100 * sums['correct'] / sums['count']:.1f}%"}
         bar.set_postfix(
             loss=f"{sums['loss'] / sums['count']:.3f}",
-            acc=f"{100 * sums['correct'] / sums['count']:.1f}%",
+            **accuracy,
             img_s=f"{sums['count'] * runtime.dist.world_size / max(sums['seconds'], 1e-9):.0f}",
             lr=f"{lr:g}",
         )
@@ -148,7 +170,7 @@ def train_one_epoch(
     count = max(count, 1.0)
     return {
         "train_loss": loss / count,
-        "train_error": 100.0 * (1.0 - correct / count),
+        **({} if multilabel else {"train_error": 100.0 * (1.0 - correct / count)}),
         "train_images": int(count),
         "train_seconds": seconds,
         "data_wait_seconds": data_seconds,
@@ -159,7 +181,8 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False) -> dict:
-    """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks.
+    """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks; for
+    multi-label targets (float (N, C)) the loss, AUROC and AP instead (:func:`_multilabel_result`).
 
     Batches of shape (N, n_crops, C, H, W) are ten-crop testing: the crops' logits are
     averaged (the authors sum them: the same argmax) and the loss is that of the mean.
@@ -168,9 +191,13 @@ def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
     matrix = None
+    multilabel_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, targets) on the CPU
     for images, targets in loader:
         targets = targets.to(runtime.device)
         logits = _logits(model, images, runtime)
+        if targets.is_floating_point():
+            multilabel_batches.append((logits.cpu(), targets.cpu()))
+            continue
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == targets).sum().item()
@@ -181,6 +208,8 @@ def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False
             pairs = targets * n + top[:, 0]
             batch_matrix = torch.bincount(pairs, minlength=n * n).view(n, n).cpu()
             matrix = batch_matrix if matrix is None else matrix + batch_matrix
+    if multilabel_batches:
+        return _multilabel_result(multilabel_batches)
     loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime.device)
     count = max(count, 1.0)
     result = {
@@ -195,6 +224,21 @@ def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False
         result["confusion"] = matrix.tolist()
         result["per_class_accuracy"] = (100.0 * matrix.diag() / totals).tolist()
     return result
+
+
+def _multilabel_result(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Masked BCE, AUROC and AP over every rank's outputs; the sigmoid ``probs`` and ``targets``
+    (N, C) are kept for thresholds and curves."""
+    logits, targets = all_gather_arrays([torch.cat([x for x, _ in batches]), torch.cat([t for _, t in batches])])
+    probs = logits.sigmoid()
+    metrics = multilabel_metrics(probs.numpy(), targets.numpy())
+    return {
+        "loss": masked_bce(logits, targets).item(),
+        **metrics,
+        "count": int(targets.shape[0]),
+        "probs": probs.numpy(),
+        "targets": targets.numpy(),
+    }
 
 
 def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:

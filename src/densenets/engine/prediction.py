@@ -24,9 +24,27 @@ def read_image(path: str | Path) -> Image.Image:
     return image
 
 
+def multilabel_thresholds(loaded: LoadedModel) -> tuple[list[float], str] | None:
+    """(per-class thresholds, where they come from) of a multi-label model; None for single-label."""
+    from .multilabel import DEFAULT_THRESHOLD
+
+    if not loaded.preprocess.get("multilabel"):
+        return None
+    thresholds = loaded.preprocess.get("thresholds")
+    if thresholds and len(thresholds) == loaded.model.config.num_classes:
+        return list(thresholds), loaded.preprocess.get("threshold_source") or "saved with the model"
+    note = "0.5 for every class: the model carries no thresholds (its run had no validation split)"
+    return [DEFAULT_THRESHOLD] * loaded.model.config.num_classes, note
+
+
 def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
     """One record per path: ``{"file", "predictions": [{"class", "index", "probability"}]}``,
-    or ``{"file", "error"}`` for a file that cannot be read as an image."""
+    or ``{"file", "error"}`` for a file that cannot be read as an image.
+
+    A multi-label model gives every class's sigmoid probability instead, and ``positives``: the
+    classes at or above their thresholds (:func:`multilabel_thresholds`), most probable first.
+    """
+    multilabel = multilabel_thresholds(loaded)
     transform = image_transform(loaded.preprocess)
     model = loaded.model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime (int8) module has none: CPU
@@ -53,14 +71,24 @@ def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5,
         chunk = ready[start : start + batch_size]
         batch = torch.stack([t for _, t in chunk]).to(device)
         with torch.inference_mode():
-            probs = model(batch).float().softmax(1)
+            logits = model(batch).float()
+        if multilabel is not None:
+            for (index, _), row in zip(chunk, logits.sigmoid().tolist(), strict=True):
+                records[index]["probabilities"] = {_name(names, c): p for c, p in enumerate(row)}
+                above = [c for c, p in enumerate(row) if p >= multilabel[0][c]]
+                records[index]["positives"] = [_name(names, c) for c in sorted(above, key=lambda c: -row[c])]
+            continue
+        probs = logits.softmax(1)
         top = probs.topk(k, dim=1)
         for (index, _), values, classes in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
             records[index]["predictions"] = [
-                {"class": names[c] if c < len(names) else str(c), "index": c, "probability": p}
-                for p, c in zip(values, classes, strict=True)
+                {"class": _name(names, c), "index": c, "probability": p} for p, c in zip(values, classes, strict=True)
             ]
     return records
+
+
+def _name(names: list[str], index: int) -> str:
+    return names[index] if index < len(names) else str(index)
 
 
 def expand_image_paths(items: list[str]) -> list[str]:
@@ -98,12 +126,28 @@ def write_predictions_csv(records: list[dict], path: str | Path, top_k: int) -> 
             writer.writerow([*row, record.get("error", "")])
 
 
+def write_multilabel_csv(records: list[dict], path: str | Path, class_names: list[str]) -> None:
+    """One row per file: ``file``, one probability column per class, ``positives`` (``;``-separated), ``error``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", *class_names, "positives", "error"])
+        for record in records:
+            probs = record.get("probabilities", {})
+            cells = [f"{probs[name]:.6f}" if name in probs else "" for name in class_names]
+            writer.writerow([record["file"], *cells, ";".join(record.get("positives", [])), record.get("error", "")])
+
+
 def format_predictions(records: list[dict]) -> str:
     lines = []
     for record in records:
         lines.append(record["file"])
         if "error" in record:
             lines.append(f"  error: {record['error']}")
+            continue
+        if "positives" in record:
+            lines.append(f"  positives: {', '.join(record['positives']) or '(none)'}")
+            ranked = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
+            lines.append("  " + "  ".join(f"{name} {100 * p:.1f}%" for name, p in ranked))
             continue
         for p in record["predictions"]:
             lines.append(f"  {100 * p['probability']:6.2f}%  {p['class']}")

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from ..data.csv_labels import UNCERTAIN
 from ..errors import ConfigError, reject_unknown_fields
+from .multilabel import POS_WEIGHTS, THRESHOLD_RULES
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Recipe:
     val_split: int = 0  # training images held out for validation (paper: 5,000 CIFAR / 6,000 SVHN)
     verify_images: bool | None = None  # decode-check image folders up front (None: imagefolder yes, imagenet no)
     skip_bad_images: bool = False  # leave out unreadable images with a warning instead of stopping
+    labels: str | None = None  # csv: the labels file (None: DATA_DIR/labels.csv)
+    uncertain: str = "ignore"  # csv, multi-label: a -1 label is ignore (masked like a blank) | ones | zeros
+    pos_weight: str = "none"  # multi-label: none | balanced (each class's positives weighted negatives/positives)
+    threshold: str = "f1"  # multi-label: per-class operating point on the validation split, f1 (max F1) | youden
     # optimiser and schedule (paper: SGD, Nesterov 0.9, no dampening, wd 1e-4)
     epochs: int = 30
     batch_size: int = 64  # global: split over the ranks of a distributed run
@@ -96,6 +102,9 @@ class Recipe:
             raise ConfigError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
         if self.loader not in (None, "workers", "resident"):
             raise ConfigError(f"loader must be one of workers, resident; got {self.loader!r}")
+        for name, allowed in (("uncertain", UNCERTAIN), ("pos_weight", POS_WEIGHTS), ("threshold", THRESHOLD_RULES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.init not in ("fan_out", "fan_in"):
             raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -189,9 +198,10 @@ RECIPE_FOR_DATA = {
     "digits": "digits",
     "digits+": "digits",
     "imagefolder": "imagefolder",
+    "csv": "imagefolder",
 }
 
-AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder"}
+AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder", "csv"}
 
 
 # What a field left at None means (resolved by resolve_recipe or at run time).
@@ -199,6 +209,7 @@ AUTO_MEANING = {
     "image_size": "the data set's own size",
     "verify_images": "image folders yes, ImageNet no",
     "weights": "none: random initialisation",
+    "labels": "DATA_DIR/labels.csv",
     "augment": "chosen by the data set and image size",
     "loader": "resident for in-memory CIFAR/SVHN, else workers",
     "dropout": "0.2 without data augmentation, 0 with (the paper's rule)",
@@ -228,8 +239,8 @@ def describe_default(name: str) -> str:
 
 def base_recipe(name: str | None = None, data: str | None = None, pretrained: bool | str = False) -> Recipe:
     """The named recipe, or the one the data set implies (digits when neither is given;
-    ``finetune`` for an image folder with pretrained weights)."""
-    if name is None and pretrained and (data or "imagefolder") == "imagefolder":
+    ``finetune`` for an image folder or a labels CSV with pretrained weights)."""
+    if name is None and pretrained and (data or "imagefolder") in ("imagefolder", "csv"):
         name = "finetune"
     if name is None:
         name = RECIPE_FOR_DATA.get(data or "digits+", "digits")

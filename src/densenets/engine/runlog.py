@@ -62,8 +62,17 @@ def reported_result(records: list[dict]) -> dict:
 
     With a validation split (SVHN) the epoch with the lowest validation error (the first
     one on a tie, as ``best.pt``); without one (CIFAR) the final epoch: choosing an epoch by
-    its test error would report an optimistic number.
+    its test error would report an optimistic number. A multi-label run (records with
+    ``test_auroc``) reports its macro AUROC, ``test_auroc``, under the same rule (highest
+    validation AUROC).
     """
+    if any("test_auroc" in r for r in records):
+        if any("val_auroc" in r for r in records):
+            chosen = max((r for r in records if "val_auroc" in r), key=lambda r: r["val_auroc"])
+            rule = "best validation epoch"
+        else:
+            chosen, rule = records[-1], "final epoch"
+        return {"test_auroc": chosen["test_auroc"], "epoch": chosen["epoch"], "rule": rule}
     if any("val_error" in r for r in records):
         chosen = min((r for r in records if "val_error" in r), key=lambda r: r["val_error"])
         rule = "best validation epoch"

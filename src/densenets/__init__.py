@@ -1,5 +1,6 @@
 """densenets: every DenseNet of Huang et al. (CVPR 2017), exact, fast and trainable."""
 
+from .interpret import explain
 from .models import (
     DenseNet,
     DenseNetConfig,
@@ -23,6 +24,7 @@ __all__ = [
     "cifar_config",
     "create_model",
     "data_config",
+    "explain",
     "get_config",
     "list_models",
     "list_pretrained",

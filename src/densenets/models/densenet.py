@@ -215,7 +215,10 @@ class DenseNet(nn.Module):
     ``num_features`` and ``feature_info``. ``pretrained_cfg`` (timm's keys) describes the
     input the weights expect. ``memory_efficient`` recomputes concat-BN-ReLU (not the conv) in the
     backward pass (a runtime switch, also ``set_memory_efficient``), not part of the architecture.
+    ``feature_map_layer`` names the module whose output is ``forward_features(x)`` (for CAM).
     """
+
+    feature_map_layer = "features.relu5"
 
     def __init__(self, config: DenseNetConfig, memory_efficient: bool = False) -> None:
         super().__init__()
@@ -267,6 +270,10 @@ class DenseNet(nn.Module):
                 reduction *= 2
         # torchvision's name for the final BN, whatever the number of blocks.
         self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        # A module, not torchvision's F.relu(..., inplace=True) in forward: ``features[-1]`` is the
+        # post-ReLU map, a hook point that means one thing (Grad-CAM). No parameters, so state
+        # dicts are unchanged.
+        self.features.add_module("relu5", nn.ReLU())
         self.num_features = channels
         self.classifier: nn.Module = self._make_classifier(c.num_classes)
         self._init_weights(c.init)
@@ -278,8 +285,8 @@ class DenseNet(nn.Module):
         init_weights(self, scheme)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(N, C_in, H, W) -> (N, num_features, h, w), after the final BN and ReLU."""
-        return F.relu(self.features(x))
+        """(N, C_in, H, W) -> (N, num_features, h, w), after the final BN and ReLU (``features.relu5``)."""
+        return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global average pool, then the classifier unless ``pre_logits``."""

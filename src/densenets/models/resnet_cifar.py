@@ -252,7 +252,7 @@ class CifarResNet(nn.Module):
     """A CIFAR ResNet built from a :class:`CifarResNetConfig`, with the model surface the
     engine and the analysis use (as :class:`~densenets.models.densenet.DenseNet`):
     ``forward_features``, ``forward_head``, ``forward``, ``forward_blocks``,
-    ``reset_classifier``, ``num_features``, ``feature_info`` and ``config``."""
+    ``reset_classifier``, ``num_features``, ``feature_info``, ``feature_map_layer`` and ``config``."""
 
     def __init__(self, config: CifarResNetConfig) -> None:
         super().__init__()
@@ -286,6 +286,9 @@ class CifarResNet(nn.Module):
             )
         if not self.post_activation:
             self.norm = nn.BatchNorm2d(channels)  # pre-activation nets end with BN-ReLU
+            self.final_relu = nn.ReLU()  # a module, so the final map has a hook point (Grad-CAM)
+        # The module whose output is forward_features(x): a basic unit ends with its own ReLU.
+        self.feature_map_layer = "layer3" if self.post_activation else "final_relu"
         self.num_features = channels
         self.fc: nn.Module = self._make_classifier(c.num_classes)
         self._init_weights(c.init)
@@ -312,7 +315,7 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, num_features, H/4, W/4), activated."""
         x = self.forward_blocks(x)[-1]
-        return x if self.post_activation else F.relu(self.norm(x))
+        return x if self.post_activation else self.final_relu(self.norm(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)

@@ -68,7 +68,11 @@ class TorchvisionResNetConfig:
 class TorchvisionResNet(nn.Module):
     """torchvision's ResNet with the densenets model surface (``forward_features``,
     ``forward_head``, ``forward_blocks``, ``reset_classifier``, ``num_features``,
-    ``feature_info``, ``config``)."""
+    ``feature_info``, ``feature_map_layer``, ``config``)."""
+
+    # layer4 ends with its last unit's ReLU and nothing rewrites its output afterwards, so a hook
+    # there sees the final map (a hook on ``layer4[-1].relu`` would fire three times per unit).
+    feature_map_layer = "layer4"
 
     def __init__(self, config: TorchvisionResNetConfig) -> None:
         super().__init__()

@@ -1,0 +1,9 @@
+"""Where a model looks: CAM and Grad-CAM heat maps (``densenets.explain``) and their overlays.
+
+Named ``interpret``, not ``explain``: a subpackage ``densenets.explain`` would be shadowed by the
+function ``densenets.explain``.
+"""
+
+from .maps import METHODS, explain, normalise
+
+__all__ = ["METHODS", "explain", "normalise"]

@@ -202,3 +202,70 @@ def test_torchvisions_densenet_state_dict_loads_and_gives_the_same_outputs():
     torch.testing.assert_close(ours(x), twin(x), atol=1e-4, rtol=1e-4)  # ours pools before the 1x1 conv
     assert set(ours.state_dict()) == set(twin.state_dict())
     torch.testing.assert_close(ours.features(x), F.relu(twin.features(x)), atol=1e-4, rtol=1e-4)
+
+
+def write_pngs(folder, grey: bool = False):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(2)
+    for i in range(2):
+        pixels = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    if grey:
+        Image.fromarray(pixels[..., 0]).save(folder / "grey.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+
+
+def test_cli_explains_named_weights_grey_images_and_skips_unreadable_files(tmp_path, capsys):
+    from densenets.cli.main import main
+
+    write_pngs(tmp_path / "in", grey=True)
+    code = main(["explain", "densenet_bc40_k12.cifar10", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--top-k", "2", "--method", "gradcam"])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and len(lines) == 4  # one line per image; the unreadable one named
+    assert "broken.png: skipped, not a readable image" in lines[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grey.png", "img0.png", "img1.png"]
+    assert all("gradcam" in line and line.count("%") == 2 for line in lines[1:])
+    code = main(["explain", "densenet_bc40_k12.cifar10", str(tmp_path / "in" / "img0.png"), "--out",
+                 str(tmp_path / "out2"), "--class", "frog"])  # fmt: skip
+    assert code == 0 and "frog" in capsys.readouterr().out
+
+
+def test_cli_refuses_exported_runtime_models_and_unknown_classes(tmp_path, capsys):
+    from densenets.cli.main import main
+
+    write_pngs(tmp_path / "in")
+    assert main(["explain", "model.onnx", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs gradients" in err and len(err.splitlines()) == 1
+    code = main(["explain", "densenet_bc40_k12.cifar10", str(tmp_path / "in"), "--out", str(tmp_path), "--class", "x"])
+    assert code == 2 and "unknown class 'x'" in capsys.readouterr().err
+
+
+def multilabel_checkpoint(path, thresholds):
+    """A hand-made checkpoint carrying the multi-label keys (multilabel, thresholds, class_names)."""
+    model = tiny("densenet_bc")
+    with torch.no_grad():  # probabilities ~ sigmoid(bias): 0.95, 0.05, 0.88, 0.01, 0.73
+        model.classifier.weight.normal_(0, 0.001)
+        model.classifier.bias.copy_(torch.tensor([3.0, -3.0, 2.0, -5.0, 1.0]))
+    preprocess = {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": None, "crop": 32, "channels": 3,
+                  "multilabel": True, "thresholds": thresholds}  # fmt: skip
+    data = {"preprocess": preprocess, "class_names": ["a", "b", "c", "d", "e"]}
+    torch.save({"model": model.state_dict(), "config": {"model": model.config.to_dict(), "data": data}}, path)
+
+
+def test_cli_multilabel_explains_every_class_above_its_threshold(tmp_path, capsys):
+    from densenets.cli.main import main
+
+    write_pngs(tmp_path / "in")
+    multilabel_checkpoint(tmp_path / "ml.pt", [0.5, 0.5, 0.9, 0.5, 0.5])
+    assert main(["explain", str(tmp_path / "ml.pt"), str(tmp_path / "in" / "img0.png"), "--out", str(tmp_path / "o"),
+                 "--json"]) == 0  # fmt: skip
+    (record,) = __import__("json").loads(capsys.readouterr().out)
+    assert [e["class"] for e in record["explained"]] == ["a", "e"]  # c (0.88) is under its 0.9 threshold
+    assert "thresholds" in record["note"] and record["explained"][0]["probability"] == pytest.approx(0.95, abs=0.01)
+    multilabel_checkpoint(tmp_path / "none.pt", [0.99] * 5)
+    main(["explain", str(tmp_path / "none.pt"), str(tmp_path / "in" / "img0.png"), "--out", str(tmp_path / "o")])
+    assert "no class reaches its threshold" in capsys.readouterr().out

@@ -37,18 +37,9 @@ def multilabel_thresholds(loaded: LoadedModel) -> tuple[list[float], str] | None
     return [DEFAULT_THRESHOLD] * loaded.model.config.num_classes, note
 
 
-def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
-    """One record per path: ``{"file", "predictions": [{"class", "index", "probability"}]}``,
-    or ``{"file", "error"}`` for a file that cannot be read as an image.
-
-    A multi-label model gives every class's sigmoid probability instead, and ``positives``: the
-    classes at or above their thresholds (:func:`multilabel_thresholds`), most probable first.
-    """
-    multilabel = multilabel_thresholds(loaded)
-    transform = image_transform(loaded.preprocess)
-    model = loaded.model.eval()
-    device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime (int8) module has none: CPU
-    names = loaded.class_names
+def read_images(paths: list[str | Path], transform) -> tuple[list[dict], list[tuple[int, torch.Tensor]]]:
+    """One record per path, ``{"file"}`` or ``{"file", "error"}`` (why it cannot be read), and
+    ``(record index, transform(image))`` for each readable one (predict and explain)."""
     records: list[dict] = []
     ready: list[tuple[int, torch.Tensor]] = []
     for path in paths:
@@ -66,6 +57,22 @@ def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5,
             continue
         records.append({"file": str(path)})
         ready.append((len(records) - 1, tensor))
+    return records, ready
+
+
+def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
+    """One record per path: ``{"file", "predictions": [{"class", "index", "probability"}]}``,
+    or ``{"file", "error"}`` for a file that cannot be read as an image.
+
+    A multi-label model gives every class's sigmoid probability instead, and ``positives``: the
+    classes at or above their thresholds (:func:`multilabel_thresholds`), most probable first.
+    """
+    multilabel = multilabel_thresholds(loaded)
+    transform = image_transform(loaded.preprocess)
+    model = loaded.model.eval()
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime (int8) module has none: CPU
+    names = loaded.class_names
+    records, ready = read_images(paths, transform)
     k = max(1, min(top_k, model.config.num_classes))
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]

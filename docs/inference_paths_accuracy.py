@@ -17,7 +17,7 @@ from densenets import optimize_for_inference
 from densenets.data import DataSpec, build_data
 from densenets.engine.evaluation import evaluate_checkpoint
 from densenets.engine.precision import with_precision
-from densenets.models.weights import load_model
+from densenets.engine.loading import load_model
 
 NAME = "densenet_bc40_k12.cifar10"
 data_dir = sys.argv[1]

@@ -9,12 +9,13 @@ import torchvision
 
 from densenets import create_model, list_models
 from densenets.engine import base_recipe, resolve_recipe
+from densenets.engine.loading import load_model
 from densenets.engine.loop import TrainState, train_step
 from densenets.engine.runtime import make_runtime
 from densenets.engine.trainer import fit
 from densenets.errors import ConfigError
 from densenets.models import CifarResNetConfig, build_model, config_from_dict, get_config
-from densenets.models.weights import guess_name, infer_config, load_model
+from densenets.models.weights import guess_name, infer_config
 from densenets.paper import TABLE2_BASELINES, baseline_params_m
 
 from .conftest import randomize_batchnorm

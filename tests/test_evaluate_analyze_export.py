@@ -13,8 +13,9 @@ from densenets import DenseNet, DenseNetConfig, create_model
 from densenets.analysis.feature_reuse import feature_reuse
 from densenets.cli import main
 from densenets.engine import base_recipe, resolve_recipe
+from densenets.engine.loading import load_model
 from densenets.engine.trainer import fit
-from densenets.models.weights import guess_name, infer_config, load_model
+from densenets.models.weights import guess_name, infer_config
 
 from .fakedata import write_cifar10, write_image_folder
 

@@ -16,6 +16,7 @@ from densenets.data import DataSpec, build_data
 from densenets.data.transforms import CIFAR10_MEAN, CIFAR10_STD, train_transform
 from densenets.engine import base_recipe, resolve_recipe
 from densenets.engine.distributed import DistInfo
+from densenets.engine.loading import choose_checkpoint
 from densenets.engine.loop import evaluate
 from densenets.engine.recipes import Recipe
 from densenets.engine.runlog import RunLog, reported_result
@@ -24,7 +25,6 @@ from densenets.engine.trainer import fit
 from densenets.errors import ConfigError, DataError, UserError
 from densenets.models import DenseNetConfig
 from densenets.models.batchnorm import batchnorm_scale_shift
-from densenets.models.weights import choose_checkpoint
 from densenets.paper import TORCHVISION_GMACS
 
 from .fakedata import write_cifar10

@@ -161,8 +161,8 @@ def test_bad_calibration_folder_is_one_line_exit_2(case, message, digits_run, tm
 
 @needs_vnni
 def test_bad_calibration_tensors_name_the_problem(digits_run):
+    from densenets.engine.loading import load_model
     from densenets.errors import DataError
-    from densenets.models.weights import load_model
 
     model = load_model(digits_run).model  # 1 channel, 10 classes
     with pytest.raises(DataError, match="3 channels but the model takes 1"):

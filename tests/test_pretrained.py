@@ -276,7 +276,7 @@ def test_our_cifar10_weights_load_by_name_offline_and_evaluate_by_name(tmp_path,
 
 def test_named_weights_keep_their_classifier_only_for_their_own_classes():
     """10 CIFAR-10 classes in order: the head is kept; 10 other classes (digits): a new head."""
-    from densenets.engine.trainer import _init_from_pretrained
+    from densenets.engine.build_run import _init_from_pretrained
     from densenets.models.pretrained import CIFAR10_CLASSES, get_weights_entry
 
     entry = get_weights_entry("densenet_bc40_k12", "cifar10")

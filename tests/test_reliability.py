@@ -23,10 +23,10 @@ from densenets.engine import base_recipe, resolve_recipe
 from densenets.engine import checkpoint as checkpoint_module
 from densenets.engine import loop as loop_module
 from densenets.engine.checkpoint import load_checkpoint
+from densenets.engine.loading import load_model
 from densenets.engine.prediction import predict_images
 from densenets.engine.trainer import fit
 from densenets.errors import CheckpointError, DataError, TrainingDiverged
-from densenets.models.weights import load_model
 
 from .fakedata import write_cifar10, write_image_folder
 

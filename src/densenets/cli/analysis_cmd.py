@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.weights import resolve_checkpoint_path
+from ..engine.loading import resolve_checkpoint_path
 
 
 def add_parser(sub) -> None:
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
 def run_analyze(args) -> int:
     from ..analysis.feature_reuse import feature_reuse, save_feature_reuse
-    from ..models.weights import load_model
+    from ..engine.loading import load_model
 
     source = resolve_checkpoint_path(args.checkpoint)
     loaded = load_model(source, args.model)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..engine.loading import resolve_checkpoint_path
 from ..errors import ConfigError
-from ..models.weights import resolve_checkpoint_path
 
 
 def add_parser(sub) -> None:
@@ -104,6 +104,7 @@ def format_multilabel(result: dict) -> str:
 
 
 def run_predict(args) -> int:
+    from ..engine.loading import load_model
     from ..engine.precision import with_precision
     from ..engine.prediction import (
         expand_image_paths,
@@ -115,7 +116,6 @@ def run_predict(args) -> int:
     )
     from ..engine.recipes import Recipe
     from ..engine.runtime import make_runtime
-    from ..models.weights import load_model
 
     if args.batch_size < 1 or args.top_k < 1:
         raise ConfigError("--batch-size and --top-k must be >= 1")

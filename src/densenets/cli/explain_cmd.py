@@ -26,11 +26,11 @@ def add_parser(sub) -> None:
 
 
 def run_explain(args) -> int:
+    from ..engine.loading import load_model
     from ..engine.prediction import expand_image_paths
     from ..engine.recipes import Recipe
     from ..engine.runtime import make_runtime
     from ..interpret.files import explain_files, format_line
-    from ..models.weights import load_model
 
     if Path(args.checkpoint).suffix in NO_GRADIENTS_SUFFIXES:
         raise ConfigError(

@@ -6,7 +6,7 @@ import json
 
 from ..analysis.summary import format_summary, model_summary
 from ..models import create_model, list_models, list_pretrained
-from ..models.weights import hub_cache_dir
+from ..models.hub import hub_cache_dir
 from .options import parse_overrides
 
 

@@ -15,7 +15,7 @@ from ..data import DataSpec, build_data
 from ..data.determinism import EpochSeededDataset
 from ..data.transforms import ten_crop_transform
 from ..errors import ConfigError, DataError
-from ..models.weights import choose_checkpoint, load_model
+from .loading import choose_checkpoint, load_model
 from .loop import evaluate
 from .recipes import Recipe
 from .runtime import make_runtime

@@ -8,11 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-# the files a run folder stands for; models.weights reads them, so they are named there
-from ..models.weights import BEST as BEST
-from ..models.weights import CONFIG as CONFIG
-from ..models.weights import LAST as LAST
-
+BEST, LAST, CONFIG = "best.pt", "last.pt", "config.json"  # engine.loading chooses between the first two
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 

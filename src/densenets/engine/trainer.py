@@ -1,127 +1,36 @@
-"""``fit``: build everything a recipe names, train, evaluate, checkpoint, resume."""
+"""``fit``: build a run (:mod:`.build_run`), train it epoch by epoch, evaluate, checkpoint and
+report (:mod:`.reporting`); Ctrl-C saves and stops (:mod:`.interrupt`)."""
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .. import __version__
-from ..data import DataBundle, DataSpec, build_data
-from ..data.datasets import folder_is_grey
-from ..data.determinism import derive_seed
 from ..data.loaders import TrainLoader, default_loader, default_workers, make_train_loader
 from ..data.samplers import ShardSampler
-from ..errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from ..models import build_model, config_from_dict, get_config
-from ..models.pretrained import PretrainedEntry, get_weights_entry
-from ..models.registry import ModelConfig
-from ..models.weights import classifier_prefix, fetch_pretrained, load_backbone
-from .checkpoint import (
-    FORMAT,
-    capture_rng,
-    load_checkpoint,
-    remove_stale_temporaries,
-    restore_rng,
-    save_checkpoint,
-    state_dict_from,
-    unwrap_model,
-)
-from .distributed import (
-    DistInfo,
-    all_reduce_sum,
-    average_buffers,
-    barrier,
-    init_distributed,
-    run_on_main,
-)
+from ..errors import TrainingDiverged, TrainingInterrupted, UserError
+from .build_run import RESUME_OVERRIDES, Run, build_run, non_finite_tensors, recipe_to_run
+from .checkpoint import load_checkpoint, unwrap_model
+from .distributed import DistInfo, all_reduce_sum, average_buffers, barrier, init_distributed
+from .interrupt import ignore_sigint, install_sigint, restore_sigint
 from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
 from .recipes import Recipe
+from .reporting import describe_run, epoch_line, epoch_record, print_summary, select_best, summarise
 from .runfolder import RunFolder
-from .runlog import BEST, CONFIG, LAST, SUMMARY, RunLog, read_json, read_metrics, reported_result, write_json
-from .runtime import Runtime, make_runtime, tune_cpu_allocator
+from .runlog import BEST, LAST, SUMMARY, RunLog, write_json
+from .runtime import make_runtime, tune_cpu_allocator
 
-
-@dataclass
-class Run:
-    """Everything built from a recipe, shared by the epoch loop and the checkpoint writer."""
-
-    recipe: Recipe
-    runtime: Runtime
-    run_dir: Path
-    data: DataBundle
-    model_config: ModelConfig
-    config: dict
-    state: TrainState
-    steps_per_epoch: int
-    per_rank_batch: int
-    drop_last: bool
-
-    def log(self, message: str) -> None:
-        if self.runtime.dist.is_main:
-            print(message, flush=True)
-
-    def on_main(self, fn):
-        """Run a file write on rank 0; an error there stops every rank (see ``run_on_main``)."""
-        return run_on_main(fn, self.runtime.dist)
-
-    def save(self, *names: str) -> None:
-        """Rank 0 writes the checkpoint(s); every rank's state is identical under DDP.
-
-        Weights or buffers (BatchNorm running statistics) that are no longer finite are
-        never written over a good checkpoint.
-        """
-        self.on_main(lambda: self._write(names))
-
-    def _write(self, names: tuple[str, ...]) -> None:
-        s = self.state
-        model = unwrap_model(s.model)
-        bad = non_finite_tensors(model)
-        if bad:
-            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            raise TrainingDiverged(
-                f"the weights became NaN or infinite by step {s.step} (epoch {s.epoch + 1}): {shown}"
-            )
-        payload = {
-            "format": FORMAT,
-            "model": model.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
-            "scaler": s.scaler.state_dict() if s.scaler is not None else None,
-            "step": s.step,
-            "epoch": s.epoch,
-            "best": dict(s.best),
-            "epoch_sums": dict(s.epoch_sums),
-            "rng": capture_rng(),
-            "config": self.config,
-        }
-        if s.ema is not None:  # read first by evaluation and export (models.weights.state_dict_from)
-            payload["ema"] = s.ema.module.state_dict()
-            payload["ema_updates"] = int(s.ema.n_averaged)
-        for name in names:
-            save_checkpoint(self.run_dir / name, payload)
-
-
-def non_finite_tensors(model: nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``model`` holding NaN or infinity."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    return [name for name, t in tensors if t.is_floating_point() and not bool(t.detach().isfinite().all())]
+__all__ = ["RESUME_OVERRIDES", "FitResult", "fit", "non_finite_tensors"]
 
 
 @dataclass
 class FitResult:
     summary: dict
     model: nn.Module  # the trained model, unwrapped from DDP / torch.compile
-
-
-# What may change when a run is resumed: how it executes, never what it computes.
-RESUME_OVERRIDES = ("max_steps", "workers", "checkpoint_every", "device")
 
 
 def fit(
@@ -140,7 +49,7 @@ def fit(
     """
     dist = DistInfo.from_env()
     folder = RunFolder(run_dir)
-    recipe = _recipe_to_run(recipe, folder.path, resume, resume_overrides)
+    recipe = recipe_to_run(recipe, folder.path, resume, resume_overrides)
     runtime = make_runtime(recipe, dist)
     if recipe.loader is None:  # decided once and recorded: resume must use the same augmentation stream
         recipe = replace(recipe, loader=default_loader(recipe.data, runtime.device.type))
@@ -149,293 +58,13 @@ def fit(
     init_distributed(dist, runtime.device)
     failed = True
     try:
-        run = _build(recipe, runtime, folder, resume)
+        run = build_run(recipe, runtime, folder, resume)
         summary = _train(run, show_progress)
         failed = False
         return FitResult(summary, run.state.result_model(unwrap_model(run.state.model)))
     finally:
         if dist.is_main:
             folder.close(failed=failed)
-
-
-def _recipe_to_run(recipe: Recipe | None, run_dir: Path, resume: bool, changes: dict | None) -> Recipe:
-    """The recipe itself, or on resume the run's recorded recipe with the allowed changes."""
-    if not resume:
-        if recipe is None:
-            raise ConfigError("fit needs a recipe unless resume=True")
-        return recipe
-    # runs recorded before the loader choice existed used worker processes
-    recorded = Recipe.from_dict({"loader": "workers", **read_json(run_dir / CONFIG)["recipe"]})
-    changes = changes or {}
-    bad = sorted(set(changes) - set(RESUME_OVERRIDES))
-    if bad:
-        raise ConfigError(f"cannot change {bad} when resuming; only {', '.join(RESUME_OVERRIDES)} may change")
-    return replace(recorded, **changes)
-
-
-def _build(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool) -> Run:
-    """Everything the recipe names; the run folder is opened only once all of it was built."""
-    dist = runtime.dist
-    if not resume:
-        _refuse_existing_run(folder.path)
-    entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
-    data = _load_data(recipe, entry)
-    model_config = get_config(
-        recipe.model,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        dropout=recipe.dropout,
-        init=recipe.init,
-    )
-    config = _run_config(recipe=recipe, model_config=model_config, data=data, runtime=runtime)
-    if resume:
-        config = _recorded_config(folder.path, config)
-    per_rank_batch = _per_rank_batch(recipe, dist)
-    model = _make_model(
-        recipe=recipe, model_config=model_config, runtime=runtime, entry=entry, load_weights=not resume,
-        class_names=data.class_names,
-    )  # fmt: skip
-    optimizer = _make_optimizer(recipe, model)
-    model = _wrap_model(model, recipe=recipe, runtime=runtime)
-    scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
-    state = TrainState(model=model, optimizer=optimizer, scaler=scaler, ema=_make_ema(recipe, model))
-    steps_per_epoch, drop_last = _epoch_length(len(data.train), per_rank_batch, dist.world_size)
-    run_on_main(lambda: _open_folder(folder, config=config, resume=resume), dist)
-    run = Run(
-        recipe=recipe,
-        runtime=runtime,
-        run_dir=folder.path,
-        data=data,
-        model_config=model_config,
-        config=config,
-        state=state,
-        steps_per_epoch=steps_per_epoch,
-        per_rank_batch=per_rank_batch,
-        drop_last=drop_last,
-    )
-    if resume:
-        _restore(run)
-    return run
-
-
-def _refuse_existing_run(run_dir: Path) -> None:
-    if (run_dir / LAST).exists():
-        raise UserError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
-        )
-
-
-def _load_data(recipe: Recipe, entry: PretrainedEntry | None) -> DataBundle:
-    """The data set; with named weights, at their input size, channels and normalisation."""
-    spec = DataSpec(
-        name=recipe.data,
-        data_dir=recipe.data_dir,
-        download=recipe.download,
-        image_size=recipe.image_size,
-        val_split=recipe.val_split,
-        seed=recipe.seed,
-        verify_images=recipe.verify_images,
-        skip_bad_images=recipe.skip_bad_images,
-        augment=recipe.augment,
-    )
-    if entry is not None:
-        spec = replace(
-            spec,
-            image_size=recipe.image_size or entry.input_size[-1],
-            mean=tuple(entry.mean),
-            std=tuple(entry.std),
-            channels=entry.input_size[0],
-        )
-    return build_data(spec)
-
-
-def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, runtime: Runtime) -> dict:
-    """config.json: the resolved recipe, the model, the data and the environment."""
-    return {
-        "recipe": recipe.to_dict(),
-        "model": model_config.to_dict(),
-        "data": {
-            "name": data.name,
-            "num_classes": data.num_classes,
-            "in_channels": data.in_channels,
-            "preprocess": data.preprocess,
-            "augment": data.augment,
-            "class_names": data.class_names,
-            "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0, "test": len(data.test)},
-        },
-        "environment": {
-            "densenets": __version__,
-            "torch": str(torch.__version__),
-            "device": str(runtime.device),
-            "world_size": runtime.dist.world_size,
-        },
-    }
-
-
-def _recorded_config(run_dir: Path, config: dict) -> dict:
-    """On resume the run keeps its own config.json, which must describe the same model."""
-    saved = read_json(run_dir / CONFIG)
-    # compared as configs: files written before memory_efficient became a runtime switch carry it
-    if config_from_dict(saved["model"]) != config_from_dict(config["model"]):
-        raise UserError(f"{run_dir}/{CONFIG} describes a different model than the recipe builds")
-    return saved
-
-
-def _per_rank_batch(recipe: Recipe, dist: DistInfo) -> int:
-    if recipe.batch_size % dist.world_size:
-        raise ConfigError(f"batch_size {recipe.batch_size} is not divisible by the {dist.world_size} processes")
-    return recipe.batch_size // dist.world_size
-
-
-def _make_model(
-    *,
-    recipe: Recipe,
-    model_config: ModelConfig,
-    runtime: Runtime,
-    entry: PretrainedEntry | None,
-    load_weights: bool,
-    class_names: list[str] | None = None,
-) -> nn.Module:
-    """The network on its device, from the recipe's seed, its ``weights`` file or its named weights."""
-    torch.manual_seed(derive_seed(recipe.seed, "init"))
-    model: nn.Module = build_model(model_config)
-    if recipe.memory_efficient:
-        model.set_memory_efficient(True)  # DenseNets only: a baseline refuses in one line
-    if recipe.weights and load_weights:
-        _init_from_weights(model, recipe.weights, runtime.dist.is_main)
-    elif entry is not None and load_weights:
-        _init_from_pretrained(model, entry, runtime.dist.is_main, class_names)
-    if recipe.sync_bn and runtime.device.type != "cuda":
-        raise ConfigError(
-            "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
-        )
-    if recipe.sync_bn and runtime.dist.enabled:
-        if recipe.memory_efficient:
-            raise ConfigError("sync_bn cannot be combined with memory_efficient (recomputation would sync twice)")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def _make_ema(recipe: Recipe, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
-    """torch's AveragedModel as an EMA of the parameters and the BatchNorm statistics."""
-    if not recipe.ema_decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
-
-
-def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(
-        _param_groups(model, recipe),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        dampening=0.0,
-        nesterov=recipe.nesterov,
-        weight_decay=recipe.weight_decay,
-    )
-
-
-def _wrap_model(model: nn.Module, *, recipe: Recipe, runtime: Runtime) -> nn.Module:
-    """DDP across ranks, then ``torch.compile`` when asked; checkpoints unwrap both."""
-    if runtime.dist.enabled:
-        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        # Stochastic depth skips whole units on some steps: their parameters get no gradient then.
-        skips = getattr(getattr(model, "config", None), "stochastic_depth", 0) > 0
-        model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skips)
-    if recipe.compile:
-        model = torch.compile(model)
-    return model
-
-
-def _epoch_length(train_size: int, per_rank_batch: int, world_size: int) -> tuple[int, bool]:
-    """(steps per epoch, drop_last): full batches only, unless the data is smaller than one batch."""
-    per_rank_samples = -(-train_size // world_size)
-    drop_last = per_rank_samples >= per_rank_batch
-    return (per_rank_samples // per_rank_batch if drop_last else 1), drop_last
-
-
-def _open_folder(folder: RunFolder, *, config: dict, resume: bool) -> None:
-    """Create and lock the run folder (rank 0), then record the config or clear a crash's leftovers."""
-    folder.open()
-    if resume:
-        remove_stale_temporaries(folder.path)
-    else:
-        _refuse_existing_run(folder.path)  # another run may have finished here meanwhile
-        write_json(folder.path / CONFIG, config)
-
-
-def _init_from_pretrained(
-    model: nn.Module, entry: PretrainedEntry, verbose: bool, class_names: list[str] | None = None
-) -> None:
-    """Start from named weights; the classifier is new unless the data's classes are the weights'
-    (the same names in the same order; ImageNet's 1000 classes by number)."""
-    theirs = list(entry.categories) if entry.categories != "imagenet" else None
-    other_classes = theirs is not None and class_names is not None and list(class_names) != theirs
-    replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name, new_head=other_classes)
-    model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
-    if verbose:
-        head = f"new classifier for {model.config.num_classes} classes" if replaced else "its classifier kept"
-        size = "x".join(str(s) for s in entry.input_size)
-        print(f"starting from {entry.name} ({entry.file_name}): {head}; input {size}, "
-              f"mean {list(entry.mean)}, std {list(entry.std)}", flush=True)  # fmt: skip
-
-
-def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
-    """One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0."""
-    if not recipe.freeze_epochs:
-        return [{"params": list(model.parameters())}]
-    prefix = classifier_prefix(model)
-    head = [p for n, p in model.named_parameters() if n.startswith(prefix)]
-    body = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
-    return [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
-
-
-def _describe_data(run: Run) -> None:
-    """Say what was chosen for the user's images (augmentation, channels) in the run's first lines."""
-    r, data = run.recipe, run.data
-    if r.data not in ("imagefolder",):
-        return
-    how = "as asked" if r.augment else f"chosen for {data.image_size}px images; set --augment to change"
-    grey = "grey images, one channel" if data.in_channels == 1 else "RGB"
-    if data.in_channels == 3 and folder_is_grey(Path(r.data_dir)):
-        grey = "grey images converted to RGB (the starting weights take 3 channels)"
-    run.log(f"augmentation: {data.augment} ({how}); {grey}; normalised with mean {data.preprocess['mean']}")
-    if r.freeze_epochs:
-        run.log(f"classifier only for the first {r.freeze_epochs} epoch(s), then the whole network")
-
-
-def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
-    """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
-    state = state_dict_from(load_checkpoint(path))
-    head = classifier_prefix(model)
-    theirs = state.get(head + "weight")
-    if load_backbone(model, state, path) and verbose and theirs is not None:
-        print(f"{path}: {theirs.shape[0]} classes in the file, {model.config.num_classes} in the data: "
-              "classifier re-initialised", flush=True)  # fmt: skip
-
-
-def _restore(run: Run) -> None:
-    ckpt = load_checkpoint(run.run_dir / LAST, map_location=run.runtime.device)
-    s = run.state
-    try:
-        unwrap_model(s.model).load_state_dict(ckpt["model"])
-        s.optimizer.load_state_dict(ckpt["optimizer"])
-        if s.scaler is not None and ckpt.get("scaler"):
-            s.scaler.load_state_dict(ckpt["scaler"])
-        s.step, s.epoch = int(ckpt["step"]), int(ckpt["epoch"])
-        s.best = dict(ckpt.get("best") or {})
-        s.epoch_sums = dict(ckpt["epoch_sums"])
-        restore_rng(ckpt["rng"])
-        if s.ema is not None:
-            s.ema.module.load_state_dict(ckpt["ema"])
-            s.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise UserError(f"{run.run_dir / LAST}: cannot resume from it ({type(exc).__name__}: {exc})") from exc
-    run.log(f"resuming {run.run_dir} at step {s.step} (epoch {s.epoch + 1}/{run.recipe.epochs})")
 
 
 def _loaders(run: Run) -> tuple[TrainLoader, DataLoader, DataLoader | None]:
@@ -451,7 +80,7 @@ def _loaders(run: Run) -> tuple[TrainLoader, DataLoader, DataLoader | None]:
         world_size=dist.world_size,
         drop_last=run.drop_last,
         channels_last=run.runtime.channels_last,
-        worker_init_fn=_ignore_sigint,
+        worker_init_fn=ignore_sigint,
     )
     pin = run.runtime.device.type == "cuda"
     workers = r.workers if r.workers is not None else default_workers(run.runtime.device.type)
@@ -463,7 +92,7 @@ def _loaders(run: Run) -> tuple[TrainLoader, DataLoader, DataLoader | None]:
             sampler=ShardSampler(len(dataset), dist.rank, dist.world_size),
             num_workers=workers,
             pin_memory=pin,
-            worker_init_fn=_ignore_sigint if workers else None,
+            worker_init_fn=ignore_sigint if workers else None,
         )
 
     return train, eval_loader(data.test), eval_loader(data.val) if data.val is not None else None
@@ -476,15 +105,7 @@ def _train(run: Run, show_progress: bool) -> dict:
     if metrics_log.note:
         run.log(metrics_log.note)
     params = sum(p.numel() for p in unwrap_model(s.model).parameters())
-    sizes = run.config["data"]["sizes"]
-    run.log(
-        f"training {r.model} ({params:,} parameters) on {r.data} "
-        f"({sizes['train']} train / {sizes['val']} val / {sizes['test']} test images, {run.data.num_classes} classes) "
-        f"for {r.epochs} epochs, batch {r.batch_size}, on {run.runtime.device}"
-        + (f" x{run.runtime.dist.world_size} processes" if run.runtime.dist.enabled else "")
-    )
-    run.log(f"run folder: {run.run_dir}")
-    _describe_data(run)
+    describe_run(run, params)
 
     def on_step(state: TrainState) -> None:
         if run.runtime.dist.enabled and _any_rank(state.stop_requested, run):
@@ -493,7 +114,7 @@ def _train(run: Run, show_progress: bool) -> dict:
             run.save(LAST)
 
     started = time.perf_counter()
-    previous_handler = _install_sigint(s)
+    previous_handler = install_sigint(s)
     try:
         while s.epoch < r.epochs and not _step_limit_reached(run):
             done_in_epoch = s.step - s.epoch * run.steps_per_epoch
@@ -519,21 +140,21 @@ def _train(run: Run, show_progress: bool) -> dict:
             except TrainingDiverged as exc:
                 raise _diverged_message(run, exc) from None
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        restore_sigint(previous_handler)
         metrics_log.close()
     barrier()
-    summary = _summary(run, test_loader, time.perf_counter() - started, params)
+    summary = summarise(run, test_loader, time.perf_counter() - started, params)
     run.on_main(lambda: write_json(run.run_dir / SUMMARY, summary))
-    _print_summary(run, summary)
+    print_summary(run, summary)
     return summary
 
 
 def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_log: RunLog) -> None:
-    s, r = run.state, run.recipe
+    s = run.state
     trained = unwrap_model(s.model)
     average_buffers(trained)
     model = s.result_model(trained)
+    raw_test = None
     if s.ema is not None:
         average_buffers(model)
         raw_test = evaluate(trained, test_loader, run.runtime)
@@ -541,92 +162,11 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     val = evaluate(model, val_loader, run.runtime) if val_loader is not None else None
     s.epoch += 1
     s.epoch_sums = new_epoch_sums()
-    record = {
-        "epoch": s.epoch,
-        "step": s.step,
-        **train_metrics,
-        "test_loss": test["loss"],
-        "test_error": test["error"],
-        "test_top5_error": 100.0 - test["top5"],
-    }
-    if val is not None:
-        record.update(val_loss=val["loss"], val_error=val["error"])
-    if s.ema is not None:
-        record.update(raw_test_error=raw_test["error"])
-    selected_on = "val" if val is not None else "test"
-    error = record[f"{selected_on}_error"]
-    is_best = not s.best or error < s.best["error"]
-    if is_best:
-        s.best = {"error": error, "epoch": s.epoch, "selected_on": selected_on, "test_error": test["error"]}
+    record = epoch_record(s, train_metrics, test, val, raw_test)
+    is_best = select_best(s, record, test)
     run.save(*([BEST] if is_best else []), LAST)
     run.on_main(lambda: metrics_log.epoch(record))
-    val_text = f"  val err {val['error']:5.2f}%" if val is not None else ""
-    if s.ema is not None:
-        val_text += f"  (EMA weights; without EMA test err {raw_test['error']:5.2f}%)"
-    run.log(
-        f"epoch {s.epoch:>3}/{r.epochs}  train loss {record['train_loss']:.4f} err {record['train_error']:5.2f}%  "
-        f"test loss {test['loss']:.4f} err {test['error']:5.2f}%{val_text}  lr {record['lr']:g}  "
-        f"{record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s  "
-        f"data wait {record['data_wait_seconds']:.1f} s of {record['train_seconds']:.1f} s"
-        + ("  *best" if is_best else "")
-    )
-
-
-def _summary(run: Run, test_loader, wall: float, params: int) -> dict:
-    s = run.state
-    records = read_metrics(run.run_dir) if run.runtime.dist.is_main else []
-    # Rank 0 alone can read the metrics file; every rank must agree whether to evaluate
-    # (a collective), or the ranks that evaluate wait for the others forever.
-    stale = not records or records[-1]["step"] != s.step
-    if all_reduce_sum([float(stale)], run.runtime.device)[0] > 0:
-        final_error = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime)["error"]
-    else:
-        final_error = records[-1]["test_error"]
-    seconds = sum(rec["train_seconds"] for rec in records)
-    images = sum(rec["train_images"] for rec in records)
-    return {
-        "model": run.recipe.model,
-        "data": run.recipe.data,
-        "parameters": params,
-        "epochs_completed": s.epoch,
-        "steps": s.step,
-        "final_test_error": final_error,
-        "weights_reported": f"EMA of the weights (decay {run.recipe.ema_decay:g})" if s.ema else "the trained weights",
-        "best": s.best,
-        "reported": reported_result(records) if records else None,
-        "wall_seconds": wall,
-        "train_images_per_s": images / seconds if seconds else None,
-        "run_dir": str(run.run_dir),
-    }
-
-
-def _print_summary(run: Run, summary: dict) -> None:
-    best = summary["best"]
-    if not best:
-        best_text = "no completed epoch"
-    elif best["selected_on"] == "val":
-        best_text = (
-            f"best validation error {best['error']:.2f}% at epoch {best['epoch']} "
-            f"(test error then {best['test_error']:.2f}%; best.pt)"
-        )
-    else:
-        best_text = (
-            f"lowest test error {best['error']:.2f}% at epoch {best['epoch']} (best.pt, chosen on the test set: "
-            "not a result to report; the final epoch is)"
-        )
-    speed = summary["train_images_per_s"]
-    run.log(
-        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
-        + (f", {speed:.0f} train img/s" if speed else "")
-    )
-    ema = f"; {summary['weights_reported']}" if run.state.ema is not None else ""
-    run.log(
-        f"final test error {summary['final_test_error']:.2f}% (accuracy {100 - summary['final_test_error']:.2f}%{ema})"
-    )
-    reported = summary["reported"]
-    if reported and reported["rule"] != "final epoch":
-        run.log(f"reported test error {reported['test_error']:.2f}% ({reported['rule']}, epoch {reported['epoch']})")
-    run.log(f"{best_text}; {summary['parameters']:,} parameters; checkpoints in {run.run_dir}")
+    run.log(epoch_line(run, record, val, raw_test, is_best))
 
 
 def _diverged_message(run: Run, exc: TrainingDiverged) -> TrainingDiverged:
@@ -650,26 +190,3 @@ def _saved_step(run: Run) -> int | str:
 
 def _any_rank(flag: bool, run: Run) -> bool:
     return all_reduce_sum([float(flag)], run.runtime.device)[0] > 0
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which saves and stops them.
-
-    A terminal's Ctrl-C goes to the whole process group; a worker killed by it would make
-    the main process fail with "DataLoader worker exited unexpectedly" instead of saving.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _install_sigint(state: TrainState):
-    """First Ctrl-C: finish the current step, save, exit. Second: stop at once."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        if state.stop_requested:
-            raise KeyboardInterrupt
-        state.stop_requested = True
-        print("\nstopping after this step (Ctrl-C again to abort without saving)", flush=True)
-
-    return signal.signal(signal.SIGINT, handler)

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.loading import load_model
 from ..errors import UserError
 from ..models.onnx_runtime import onnx_bytes
 from ..models.onnx_runtime import plain_eval_copy as _exportable
-from ..models.weights import MODEL_FORMAT, LoadedModel, load_model
+from ..models.weights import MODEL_FORMAT, LoadedModel
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 

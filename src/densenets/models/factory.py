@@ -11,9 +11,10 @@ from ..errors import ConfigError, reject_unknown_fields
 from .channels import adapt_state_channels
 from .densenet import DenseNet
 from .features import DenseNetFeatures
+from .hub import fetch_pretrained
 from .pretrained import get_weights_entry
 from .registry import build_model, get_config
-from .weights import fetch_pretrained, load_backbone, load_model, load_weights, read_file, state_dict_from
+from .weights import load_backbone, load_file, load_weights, read_file, state_dict_from
 
 _SAVED_MODEL_SUFFIXES = (".json", ".safetensors")
 
@@ -78,7 +79,7 @@ def _load_named(model: DenseNet, name: str, tag: bool | str) -> None:
 
 
 def _saved_model(path: Path, overrides: dict) -> nn.Module:
-    loaded = load_model(path)
+    loaded = load_file(path)
     model = loaded.model.train()
     if not overrides:
         return model

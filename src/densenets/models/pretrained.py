@@ -214,3 +214,10 @@ def data_config(model) -> dict:
     """timm's ``resolve_data_config`` for our models: input size, interpolation, mean, std, crop fraction."""
     cfg = getattr(model, "pretrained_cfg", None) or default_pretrained_cfg(model.config)
     return {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names that torchvision ships (no download)."""
+    from torchvision.models import DenseNet121_Weights  # torchvision.models is slow to import
+
+    return list(DenseNet121_Weights.IMAGENET1K_V1.meta["categories"])

@@ -1,25 +1,23 @@
-"""The one home for weights: read a file safely, clean its keys, infer the architecture it
-holds, load it into a model, and fetch named weights (:mod:`.pretrained`) through torch.hub.
+"""Reading weights: read a file safely, clean its keys, infer the architecture it holds, and
+load it into a model.
 
-Accepted files: our checkpoints (``best.pt``/``last.pt``, or a run folder: see
-:func:`choose_checkpoint`), a bare state dict such as torchvision's ``densenet121-a639ec97.pth``
-(legacy ``norm.1`` keys included) or ``resnet50-*.pth``, ``{"state_dict": ...}`` files, and an
-exported ``model.json`` + ``.safetensors`` pair. Every file is read with
-``torch.load(weights_only=True)`` or safetensors: no pickled code runs. Anything wrong raises
-one :class:`CheckpointError` line. Training code writes checkpoints (``engine.checkpoint``);
-everything that reads weights calls this module.
+Accepted files: our checkpoints (``best.pt``/``last.pt``), a bare state dict such as
+torchvision's ``densenet121-a639ec97.pth`` (legacy ``norm.1`` keys included) or
+``resnet50-*.pth``, ``{"state_dict": ...}`` files, and an exported ``model.json`` +
+``.safetensors`` pair. Every file is read with ``torch.load(weights_only=True)`` or
+safetensors: no pickled code runs. Anything wrong raises one :class:`CheckpointError` line.
+Named weights are fetched by :mod:`.hub`; which file a run folder means, and loading by
+folder or name, is ``engine.loading``; training code writes checkpoints (``engine.checkpoint``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -27,13 +25,12 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from .densenet import VARIANTS, DenseNet, DenseNetConfig
-from .pretrained import PretrainedEntry, cfg_from_preprocess, named_weights, preprocess_from_cfg
+from .pretrained import cfg_from_preprocess, imagenet_categories
 from .registry import ModelConfig, build_model, config_from_dict, get_config, list_models, parse_cifar_name
 from .resnet_imagenet import TorchvisionResNetConfig
 
 CHECKPOINT_FORMAT = "densenets-checkpoint/1"  # what engine.checkpoint writes
 MODEL_FORMAT = "densenets-model/1"  # the model.json beside an exported .safetensors
-BEST, LAST, CONFIG = "best.pt", "last.pt", "config.json"  # a run folder's files (engine.runlog writes them)
 
 # DataParallel/DDP ("module.") and torch.compile ("_orig_mod.") wrap the real keys.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -330,63 +327,22 @@ IMAGENET_PREPROCESS = {
 }
 
 
-def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
-    """The file ``path`` means, and a few words on why.
-
-    A run folder means ``best.pt`` only when the run chose it on a validation split (the
-    paper's SVHN protocol); otherwise ``last.pt``, the final epoch the paper reports for
-    CIFAR, since a ``best.pt`` chosen on the test set would report an optimistic error.
-    """
-    entry = _named_entry(path)
-    if entry is not None:
-        return Path(entry.name), f"named weights {entry.name} ({entry.source}; {entry.training or entry.dataset})"
-    path = Path(path)
-    if not path.is_dir():
-        return path, "the file given"
-    best, last = path / BEST, path / LAST
-    if best.is_file() and _validation_split(path) > 0:
-        return best, "best.pt: the epoch with the lowest validation error"
-    if last.is_file():
-        note = "; best.pt was chosen on the test set" if best.is_file() else ""
-        return last, f"last.pt: the final epoch (this run has no validation split{note})"
-    if best.is_file():
-        return best, "best.pt (the folder holds no last.pt)"
-    raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
-
-
-def _named_entry(path: str | Path) -> PretrainedEntry | None:
-    """The registered weights ``path`` names (``densenet_bc40_k12.cifar10``), unless a file or folder has that name."""
-    return named_weights(str(path)) if not Path(path).exists() else None
-
-
-def _validation_split(run_dir: Path) -> int:
-    try:
-        config = json.loads((run_dir / CONFIG).read_text())
-        return int(config["recipe"]["val_split"] or 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """The checkpoint file ``path`` means (see :func:`choose_checkpoint`)."""
-    return choose_checkpoint(path)[0]
-
-
-def load_model(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model for evaluation, prediction, analysis or export (in eval mode).
-
-    The model's ``pretrained_cfg`` describes the input it was trained on.
-    """
-    entry = _named_entry(path)
-    path = resolve_checkpoint_path(path)
-    exported = path.suffix in (".json", ".safetensors")
-    if entry is not None:
-        loaded = _load_named(entry)
-    else:
-        loaded = _load_exported(path) if exported else _load_torch_file(path, model_name)
+def ready(loaded: LoadedModel, device: str | torch.device = "cpu") -> LoadedModel:
+    """A loaded model on ``device`` in eval mode, its ``pretrained_cfg`` describing its input."""
     loaded.model.pretrained_cfg = cfg_from_preprocess(loaded.preprocess, loaded.model.config.num_classes)
     loaded.model.to(device).eval()
     return loaded
+
+
+def load_file(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a weights file for evaluation, prediction, analysis or export (in eval mode).
+
+    ``path`` is one file: our checkpoint, a bare state dict, or an exported ``model.json`` /
+    ``.safetensors``. A run folder or a registered name is ``engine.loading.load_model``'s.
+    """
+    path = Path(path)
+    exported = path.suffix in (".json", ".safetensors")
+    return ready(_load_exported(path) if exported else _load_torch_file(path, model_name), device)
 
 
 def _config_from_dict(data: dict, source: Path) -> ModelConfig:
@@ -429,17 +385,6 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     return LoadedModel(model, dict(preprocess), classes, path, name)
 
 
-def _load_named(entry: PretrainedEntry) -> LoadedModel:
-    """Registered weights by name (``densenets eval densenet_bc40_k12.cifar10``): fetched, checked, loaded."""
-    config = get_config(entry.model, num_classes=entry.num_classes, in_channels=entry.input_size[0])
-    model = build_model(config)
-    load_weights(model, fetch_pretrained(entry), entry.file_name)
-    recipe = {"model": entry.model, **({"data": entry.data} if entry.data else {})}
-    return LoadedModel(
-        model, entry_preprocess(entry), entry_class_names(entry), Path(entry.name), entry.model, {"recipe": recipe}
-    )
-
-
 def _load_exported(path: Path) -> LoadedModel:
     meta_path = path.with_suffix(".json")
     weights_path = path.with_suffix(".safetensors")
@@ -459,88 +404,3 @@ def _load_exported(path: Path) -> LoadedModel:
         model, dict(meta.get("preprocess") or IMAGENET_PREPROCESS), list(meta.get("class_names") or []), path,
         meta.get("name"), {"recipe": {k: v for k, v in data.items() if v is not None}},
     )  # fmt: skip
-
-
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names that torchvision ships (no download)."""
-    from torchvision.models import DenseNet121_Weights  # torchvision.models is slow to import
-
-    return list(DenseNet121_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-# ---------------------------------------------------------------------------------------
-# Named weights (see .pretrained for the entries)
-# ---------------------------------------------------------------------------------------
-
-
-def hub_cache_dir() -> Path:
-    """Where torch.hub keeps weights files: ``$TORCH_HOME/hub/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fetch_pretrained(entry: PretrainedEntry, progress: bool = False) -> dict[str, Tensor]:
-    """The cleaned state dict of a named entry.
-
-    A URL entry goes through ``torch.hub.load_state_dict_from_url`` (hash-checked download
-    into the hub cache; a cached file is used offline). torch.hub checks the hash only while
-    downloading, so the file's sha256 is checked here as well, every time.
-    """
-    if entry.package_file is not None:
-        path = Path(str(resources.files("densenets") / "weights" / entry.package_file))
-        if not path.is_file():
-            raise CheckpointError(f"weights {entry.name}: {path} is missing from the installed package")
-        _check_sha256(entry, path)
-        return state_dict_from(read_file(path))
-    cached = hub_cache_dir() / entry.file_name
-    if cached.is_file():
-        _check_sha256(entry, cached)
-    try:
-        data = torch.hub.load_state_dict_from_url(
-            entry.url, map_location="cpu", progress=progress, check_hash=True, file_name=entry.file_name,
-            weights_only=True,
-        )  # fmt: skip
-    except (OSError, ValueError) as exc:  # URLError is an OSError; offline, DNS, proxy, disk
-        if cached.is_file():
-            raise CheckpointError(f"{cached}: not a readable weights file ({exc}); delete it to fetch again") from exc
-        raise CheckpointError(
-            f"pretrained weights {entry.name} are not in the cache and could not be downloaded "
-            f"({type(exc).__name__}); fetch {entry.url} and put {entry.file_name} in {hub_cache_dir()}/"
-        ) from exc
-    except RuntimeError as exc:  # torch.hub's hash mismatch on download, or a damaged file
-        raise CheckpointError(f"weights {entry.name} ({entry.file_name}): {str(exc).splitlines()[0]}") from exc
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{cached}: refused to load: not a plain weights file ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{cached}: expected a dict of tensors, found {type(data).__name__}")
-    _check_sha256(entry, cached)  # just downloaded: torch.hub checked the name's prefix, we check the entry's
-    return state_dict_from(data)
-
-
-def _check_sha256(entry: PretrainedEntry, path: Path) -> None:
-    if not entry.sha256:
-        return
-    actual = sha256_of(path)
-    if not actual.startswith(entry.sha256):
-        raise CheckpointError(
-            f"{path}: sha256 {actual[:12]}... does not start with {entry.sha256} as registered for {entry.name}; "
-            f"the file is damaged or not {entry.file_name}: delete it and download {entry.url or 'it'} again"
-        )
-
-
-def entry_class_names(entry: PretrainedEntry) -> list[str]:
-    if entry.categories == "imagenet":
-        return imagenet_categories()
-    return list(entry.categories)
-
-
-def entry_preprocess(entry: PretrainedEntry) -> dict:
-    """A named entry's test-time preprocessing in the run-config form (data.transforms)."""
-    return preprocess_from_cfg(entry.pretrained_cfg())

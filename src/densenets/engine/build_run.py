@@ -1,0 +1,372 @@
+"""Building a run: everything a recipe names (data, model, optimizer, EMA, DDP wrapping), the
+run folder opened once all of it was built, and on resume the saved state restored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import __version__
+from ..data import DataBundle, DataSpec, build_data
+from ..data.determinism import derive_seed
+from ..errors import ConfigError, TrainingDiverged, UserError
+from ..models import build_model, config_from_dict, get_config
+from ..models.hub import fetch_pretrained
+from ..models.pretrained import PretrainedEntry, get_weights_entry
+from ..models.registry import ModelConfig
+from ..models.weights import classifier_prefix, load_backbone
+from .checkpoint import (
+    FORMAT,
+    capture_rng,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+    state_dict_from,
+    unwrap_model,
+)
+from .distributed import DistInfo, run_on_main
+from .loop import TrainState
+from .recipes import Recipe
+from .runfolder import RunFolder
+from .runlog import CONFIG, LAST, read_json, write_json
+from .runtime import Runtime
+
+
+@dataclass
+class Run:
+    """Everything built from a recipe, shared by the epoch loop and the checkpoint writer."""
+
+    recipe: Recipe
+    runtime: Runtime
+    run_dir: Path
+    data: DataBundle
+    model_config: ModelConfig
+    config: dict
+    state: TrainState
+    steps_per_epoch: int
+    per_rank_batch: int
+    drop_last: bool
+
+    def log(self, message: str) -> None:
+        if self.runtime.dist.is_main:
+            print(message, flush=True)
+
+    def on_main(self, fn):
+        """Run a file write on rank 0; an error there stops every rank (see ``run_on_main``)."""
+        return run_on_main(fn, self.runtime.dist)
+
+    def save(self, *names: str) -> None:
+        """Rank 0 writes the checkpoint(s); every rank's state is identical under DDP.
+
+        Weights or buffers (BatchNorm running statistics) that are no longer finite are
+        never written over a good checkpoint.
+        """
+        self.on_main(lambda: self._write(names))
+
+    def _write(self, names: tuple[str, ...]) -> None:
+        s = self.state
+        model = unwrap_model(s.model)
+        bad = non_finite_tensors(model)
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite by step {s.step} (epoch {s.epoch + 1}): {shown}"
+            )
+        payload = {
+            "format": FORMAT,
+            "model": model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+            "step": s.step,
+            "epoch": s.epoch,
+            "best": dict(s.best),
+            "epoch_sums": dict(s.epoch_sums),
+            "rng": capture_rng(),
+            "config": self.config,
+        }
+        if s.ema is not None:  # read first by evaluation and export (models.weights.state_dict_from)
+            payload["ema"] = s.ema.module.state_dict()
+            payload["ema_updates"] = int(s.ema.n_averaged)
+        for name in names:
+            save_checkpoint(self.run_dir / name, payload)
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``model`` holding NaN or infinity."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in tensors if t.is_floating_point() and not bool(t.detach().isfinite().all())]
+
+
+# What may change when a run is resumed: how it executes, never what it computes.
+RESUME_OVERRIDES = ("max_steps", "workers", "checkpoint_every", "device")
+
+
+def recipe_to_run(recipe: Recipe | None, run_dir: Path, resume: bool, changes: dict | None) -> Recipe:
+    """The recipe itself, or on resume the run's recorded recipe with the allowed changes."""
+    if not resume:
+        if recipe is None:
+            raise ConfigError("fit needs a recipe unless resume=True")
+        return recipe
+    # runs recorded before the loader choice existed used worker processes
+    recorded = Recipe.from_dict({"loader": "workers", **read_json(run_dir / CONFIG)["recipe"]})
+    changes = changes or {}
+    bad = sorted(set(changes) - set(RESUME_OVERRIDES))
+    if bad:
+        raise ConfigError(f"cannot change {bad} when resuming; only {', '.join(RESUME_OVERRIDES)} may change")
+    return replace(recorded, **changes)
+
+
+def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool) -> Run:
+    """Everything the recipe names; the run folder is opened only once all of it was built."""
+    dist = runtime.dist
+    if not resume:
+        _refuse_existing_run(folder.path)
+    entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
+    data = _load_data(recipe, entry)
+    model_config = get_config(
+        recipe.model,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        dropout=recipe.dropout,
+        init=recipe.init,
+    )
+    config = _run_config(recipe=recipe, model_config=model_config, data=data, runtime=runtime)
+    if resume:
+        config = _recorded_config(folder.path, config)
+    per_rank_batch = _per_rank_batch(recipe, dist)
+    model = _make_model(
+        recipe=recipe, model_config=model_config, runtime=runtime, entry=entry, load_weights=not resume,
+        class_names=data.class_names,
+    )  # fmt: skip
+    optimizer = _make_optimizer(recipe, model)
+    model = _wrap_model(model, recipe=recipe, runtime=runtime)
+    scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
+    state = TrainState(model=model, optimizer=optimizer, scaler=scaler, ema=_make_ema(recipe, model))
+    steps_per_epoch, drop_last = _epoch_length(len(data.train), per_rank_batch, dist.world_size)
+    run_on_main(lambda: _open_folder(folder, config=config, resume=resume), dist)
+    run = Run(
+        recipe=recipe,
+        runtime=runtime,
+        run_dir=folder.path,
+        data=data,
+        model_config=model_config,
+        config=config,
+        state=state,
+        steps_per_epoch=steps_per_epoch,
+        per_rank_batch=per_rank_batch,
+        drop_last=drop_last,
+    )
+    if resume:
+        _restore(run)
+    return run
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / LAST).exists():
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
+        )
+
+
+def _load_data(recipe: Recipe, entry: PretrainedEntry | None) -> DataBundle:
+    """The data set; with named weights, at their input size, channels and normalisation."""
+    spec = DataSpec(
+        name=recipe.data,
+        data_dir=recipe.data_dir,
+        download=recipe.download,
+        image_size=recipe.image_size,
+        val_split=recipe.val_split,
+        seed=recipe.seed,
+        verify_images=recipe.verify_images,
+        skip_bad_images=recipe.skip_bad_images,
+        augment=recipe.augment,
+    )
+    if entry is not None:
+        spec = replace(
+            spec,
+            image_size=recipe.image_size or entry.input_size[-1],
+            mean=tuple(entry.mean),
+            std=tuple(entry.std),
+            channels=entry.input_size[0],
+        )
+    return build_data(spec)
+
+
+def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, runtime: Runtime) -> dict:
+    """config.json: the resolved recipe, the model, the data and the environment."""
+    return {
+        "recipe": recipe.to_dict(),
+        "model": model_config.to_dict(),
+        "data": {
+            "name": data.name,
+            "num_classes": data.num_classes,
+            "in_channels": data.in_channels,
+            "preprocess": data.preprocess,
+            "augment": data.augment,
+            "class_names": data.class_names,
+            "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0, "test": len(data.test)},
+        },
+        "environment": {
+            "densenets": __version__,
+            "torch": str(torch.__version__),
+            "device": str(runtime.device),
+            "world_size": runtime.dist.world_size,
+        },
+    }
+
+
+def _recorded_config(run_dir: Path, config: dict) -> dict:
+    """On resume the run keeps its own config.json, which must describe the same model."""
+    saved = read_json(run_dir / CONFIG)
+    # compared as configs: files written before memory_efficient became a runtime switch carry it
+    if config_from_dict(saved["model"]) != config_from_dict(config["model"]):
+        raise UserError(f"{run_dir}/{CONFIG} describes a different model than the recipe builds")
+    return saved
+
+
+def _per_rank_batch(recipe: Recipe, dist: DistInfo) -> int:
+    if recipe.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size {recipe.batch_size} is not divisible by the {dist.world_size} processes")
+    return recipe.batch_size // dist.world_size
+
+
+def _make_model(
+    *,
+    recipe: Recipe,
+    model_config: ModelConfig,
+    runtime: Runtime,
+    entry: PretrainedEntry | None,
+    load_weights: bool,
+    class_names: list[str] | None = None,
+) -> nn.Module:
+    """The network on its device, from the recipe's seed, its ``weights`` file or its named weights."""
+    torch.manual_seed(derive_seed(recipe.seed, "init"))
+    model: nn.Module = build_model(model_config)
+    if recipe.memory_efficient:
+        model.set_memory_efficient(True)  # DenseNets only: a baseline refuses in one line
+    if recipe.weights and load_weights:
+        _init_from_weights(model, recipe.weights, runtime.dist.is_main)
+    elif entry is not None and load_weights:
+        _init_from_pretrained(model, entry, runtime.dist.is_main, class_names)
+    if recipe.sync_bn and runtime.device.type != "cuda":
+        raise ConfigError(
+            "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
+        )
+    if recipe.sync_bn and runtime.dist.enabled:
+        if recipe.memory_efficient:
+            raise ConfigError("sync_bn cannot be combined with memory_efficient (recomputation would sync twice)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
+    """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
+    state = state_dict_from(load_checkpoint(path))
+    head = classifier_prefix(model)
+    theirs = state.get(head + "weight")
+    if load_backbone(model, state, path) and verbose and theirs is not None:
+        print(f"{path}: {theirs.shape[0]} classes in the file, {model.config.num_classes} in the data: "
+              "classifier re-initialised", flush=True)  # fmt: skip
+
+
+def _init_from_pretrained(
+    model: nn.Module, entry: PretrainedEntry, verbose: bool, class_names: list[str] | None = None
+) -> None:
+    """Start from named weights; the classifier is new unless the data's classes are the weights'
+    (the same names in the same order; ImageNet's 1000 classes by number)."""
+    theirs = list(entry.categories) if entry.categories != "imagenet" else None
+    other_classes = theirs is not None and class_names is not None and list(class_names) != theirs
+    replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name, new_head=other_classes)
+    model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
+    if verbose:
+        head = f"new classifier for {model.config.num_classes} classes" if replaced else "its classifier kept"
+        size = "x".join(str(s) for s in entry.input_size)
+        print(f"starting from {entry.name} ({entry.file_name}): {head}; input {size}, "
+              f"mean {list(entry.mean)}, std {list(entry.std)}", flush=True)  # fmt: skip
+
+
+def _make_ema(recipe: Recipe, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+    """torch's AveragedModel as an EMA of the parameters and the BatchNorm statistics."""
+    if not recipe.ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+
+
+def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        _param_groups(model, recipe),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        dampening=0.0,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0."""
+    if not recipe.freeze_epochs:
+        return [{"params": list(model.parameters())}]
+    prefix = classifier_prefix(model)
+    head = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+    body = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
+    return [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
+
+
+def _wrap_model(model: nn.Module, *, recipe: Recipe, runtime: Runtime) -> nn.Module:
+    """DDP across ranks, then ``torch.compile`` when asked; checkpoints unwrap both."""
+    if runtime.dist.enabled:
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        # Stochastic depth skips whole units on some steps: their parameters get no gradient then.
+        skips = getattr(getattr(model, "config", None), "stochastic_depth", 0) > 0
+        model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skips)
+    if recipe.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _epoch_length(train_size: int, per_rank_batch: int, world_size: int) -> tuple[int, bool]:
+    """(steps per epoch, drop_last): full batches only, unless the data is smaller than one batch."""
+    per_rank_samples = -(-train_size // world_size)
+    drop_last = per_rank_samples >= per_rank_batch
+    return (per_rank_samples // per_rank_batch if drop_last else 1), drop_last
+
+
+def _open_folder(folder: RunFolder, *, config: dict, resume: bool) -> None:
+    """Create and lock the run folder (rank 0), then record the config or clear a crash's leftovers."""
+    folder.open()
+    if resume:
+        remove_stale_temporaries(folder.path)
+    else:
+        _refuse_existing_run(folder.path)  # another run may have finished here meanwhile
+        write_json(folder.path / CONFIG, config)
+
+
+def _restore(run: Run) -> None:
+    ckpt = load_checkpoint(run.run_dir / LAST, map_location=run.runtime.device)
+    s = run.state
+    try:
+        unwrap_model(s.model).load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        if s.scaler is not None and ckpt.get("scaler"):
+            s.scaler.load_state_dict(ckpt["scaler"])
+        s.step, s.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        s.best = dict(ckpt.get("best") or {})
+        s.epoch_sums = dict(ckpt["epoch_sums"])
+        restore_rng(ckpt["rng"])
+        if s.ema is not None:
+            s.ema.module.load_state_dict(ckpt["ema"])
+            s.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise UserError(f"{run.run_dir / LAST}: cannot resume from it ({type(exc).__name__}: {exc})") from exc
+    run.log(f"resuming {run.run_dir} at step {s.step} (epoch {s.epoch + 1}/{run.recipe.epochs})")

@@ -1,0 +1,72 @@
+"""Which weights a path means, and loading them: a run folder (its ``best.pt`` or ``last.pt``,
+by the run's own protocol), a weights file, or registered weights by name.
+
+The files themselves are read by ``models.weights``; named weights are fetched by ``models.hub``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.hub import load_named
+from ..models.pretrained import PretrainedEntry, named_weights
+from ..models.weights import LoadedModel, load_file
+from .runlog import BEST, CONFIG, LAST
+
+
+def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """The file ``path`` means, and a few words on why.
+
+    A run folder means ``best.pt`` only when the run chose it on a validation split (the
+    paper's SVHN protocol); otherwise ``last.pt``, the final epoch the paper reports for
+    CIFAR, since a ``best.pt`` chosen on the test set would report an optimistic error.
+    """
+    entry = _named_entry(path)
+    if entry is not None:
+        return Path(entry.name), f"named weights {entry.name} ({entry.source}; {entry.training or entry.dataset})"
+    path = Path(path)
+    if not path.is_dir():
+        return path, "the file given"
+    best, last = path / BEST, path / LAST
+    if best.is_file() and _validation_split(path) > 0:
+        return best, "best.pt: the epoch with the lowest validation error"
+    if last.is_file():
+        note = "; best.pt was chosen on the test set" if best.is_file() else ""
+        return last, f"last.pt: the final epoch (this run has no validation split{note})"
+    if best.is_file():
+        return best, "best.pt (the folder holds no last.pt)"
+    raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
+
+
+def _named_entry(path: str | Path) -> PretrainedEntry | None:
+    """The registered weights ``path`` names (``densenet_bc40_k12.cifar10``), unless a file or folder has that name."""
+    return named_weights(str(path)) if not Path(path).exists() else None
+
+
+def _validation_split(run_dir: Path) -> int:
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+        return int(config["recipe"]["val_split"] or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file ``path`` means (see :func:`choose_checkpoint`)."""
+    return choose_checkpoint(path)[0]
+
+
+def load_model(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model for evaluation, prediction, analysis or export (in eval mode), from a run
+    folder, a weights file or a registered name.
+
+    The model's ``pretrained_cfg`` describes the input it was trained on.
+    """
+    entry = _named_entry(path)
+    if entry is not None:
+        return load_named(entry, device)
+    return load_file(resolve_checkpoint_path(path), model_name, device)

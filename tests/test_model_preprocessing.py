@@ -4,13 +4,22 @@ run's ``pretrained_cfg``, and three-channel weights adapt to one-channel input i
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 import densenets
 from densenets import create_model
+from densenets.cli.main import main
 from densenets.models import DenseNet, get_config
 from densenets.models.channels import adapt_input_conv, adapt_state_channels
 from densenets.models.pretrained import get_weights_entry
+
+from .fakedata import write_image_folder
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
 
@@ -79,3 +88,58 @@ def test_other_channel_counts_repeat_and_rescale_the_filters_as_timm_does():
     model = create_model("densenet_bc40_k12", pretrained="cifar10", in_channels=2)
     assert model.pretrained_cfg["input_size"] == (2, 32, 32) and len(model.pretrained_cfg["mean"]) == 2
     assert get_weights_entry("densenet_bc40_k12", "cifar10").input_size[0] == 3
+
+
+# ---------------------------------------------------------------------------------------
+# eval normalises as the model was trained (item 1)
+# ---------------------------------------------------------------------------------------
+
+
+def _grey_folder(root: Path, per_class: int = 6) -> Path:
+    """The README's digits folder in miniature: 16x16 grey PNGs, train/ and val/, two classes."""
+    rng = np.random.default_rng(0)
+    for part, n in (("train", per_class), ("val", per_class // 2)):
+        for c in range(2):
+            folder = root / part / str(c)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(60 + 120 * c + rng.integers(-40, 41, (16, 16)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    return root
+
+
+def _finetune_from_cifar10(data: Path, run: Path, capsys) -> str:
+    code = main([
+        "train", "--data", "imagefolder", "--data-dir", str(data), "--model", "densenet_bc40_k12", "--pretrained",
+        "--augment", "crop", "--epochs", "1", "--batch-size", "6", "--run-dir", str(run), "--no-progress",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out
+
+
+def _assert_eval_matches_training(run: Path, tmp_path: Path, capsys) -> dict:
+    final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval")]) == 0, capsys.readouterr().out
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert result["error"] == final["test_error"]
+    assert result["loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+    return result
+
+
+def test_eval_of_the_readme_grey_finetuning_flow_equals_the_runs_final_test_error(tmp_path, capsys):
+    """Grey PNGs fine-tuned from 3-channel weights: eval used to read the folder as one channel
+    and stop in the stem (weight of size [24, 3, 3, 3], expected input[N, 1, 32, 32])."""
+    data = _grey_folder(tmp_path / "digits")
+    _finetune_from_cifar10(data, tmp_path / "run", capsys)
+    _assert_eval_matches_training(tmp_path / "run", tmp_path, capsys)
+
+
+def test_eval_of_an_rgb_folder_uses_the_weights_normalisation_not_imagenets(tmp_path, capsys):
+    """Fine-tuned from CIFAR-10 weights, the run normalised with CIFAR-10's mean/std; eval used to
+    rebuild the folder with ImageNet's and report another loss without a word."""
+    data = write_image_folder(tmp_path / "photos", classes=2, per_class=6, size=20)
+    _finetune_from_cifar10(data, tmp_path / "run", capsys)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["preprocess"]["mean"] == list(CIFAR_MEAN)
+    _assert_eval_matches_training(tmp_path / "run", tmp_path, capsys)

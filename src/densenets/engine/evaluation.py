@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import DataSpec, build_data
 from ..data.determinism import EpochSeededDataset
-from ..data.transforms import ten_crop_transform
+from ..data.transforms import image_transform, ten_crop_transform
 from ..errors import ConfigError, DataError
 from .loading import choose_checkpoint, load_model
 from .loop import evaluate
@@ -32,6 +32,18 @@ def with_transform(dataset: Dataset, transform) -> Dataset:
     clone = copy.copy(dataset)
     clone.transform = transform
     return clone
+
+
+def same_preprocessing(data: dict, model: dict) -> bool:
+    """True when a data set's test-time transform is the model's (mean, std, channels, sizes)."""
+    keys = ("mean", "std", "channels", "crop")
+    if any(_plain(data.get(k)) != _plain(model.get(k)) for k in keys):
+        return False
+    return (data.get("resize") or data["crop"]) == (model.get("resize") or model["crop"])
+
+
+def _plain(value):
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def evaluate_checkpoint(
@@ -60,13 +72,19 @@ def evaluate_checkpoint(
     data = data or recipe.get("data")
     if data is None:
         raise ConfigError("this weights file does not say which data set it was trained on; pass --data NAME")
+    preprocess = loaded.preprocess
     spec = DataSpec(
         name=data,
         data_dir=data_dir or recipe.get("data_dir", "data"),
-        image_size=loaded.preprocess.get("crop"),
+        image_size=preprocess.get("crop"),
         # a labels CSV as the run read it (another --data-dir: its labels.csv)
         labels=recipe.get("labels") if not data_dir else None,
         uncertain=recipe.get("uncertain", "ignore"),
+        # image folders read with the model's normalisation and channels (other data sets keep theirs)
+        mean=tuple(preprocess["mean"]),
+        std=tuple(preprocess["std"]),
+        channels=int(preprocess.get("channels", 3)),
+        augment=recipe.get("augment") if data in ("imagefolder", "imagenet", "csv") else None,  # sets the resize
     )
     bundle = build_data(spec)
     # int8's automatic calibration reads the training images of the data set evaluated here
@@ -76,6 +94,8 @@ def evaluate_checkpoint(
             f"{data} has {bundle.num_classes} classes but the model predicts {loaded.model.config.num_classes}"
         )
     test = bundle.test
+    if not same_preprocessing(bundle.preprocess, preprocess):
+        test = with_transform(test, image_transform(preprocess))  # the model's input, as predict makes it
     if ten_crop:
         if not loaded.preprocess.get("resize") or loaded.preprocess["resize"] <= loaded.preprocess["crop"]:
             raise ConfigError("ten-crop testing needs images resized larger than the crop (ImageNet-style data)")

@@ -269,3 +269,13 @@ def test_cli_multilabel_explains_every_class_above_its_threshold(tmp_path, capsy
     multilabel_checkpoint(tmp_path / "none.pt", [0.99] * 5)
     main(["explain", str(tmp_path / "none.pt"), str(tmp_path / "in" / "img0.png"), "--out", str(tmp_path / "o")])
     assert "no class reaches its threshold" in capsys.readouterr().out
+
+
+def test_peak_cells_names_the_tile_of_each_maps_maximum():
+    maps = torch.zeros(2, 3, 32, 32)
+    maps[0, 0, 3, 20] = 1  # top right
+    maps[0, 1, 16, 15] = 1  # bottom left (row 16 is the lower half)
+    maps[0, 2, 31, 31] = 1
+    maps[1, :, 0, 0] = 1
+    assert densenets.interpret.peak_cells(maps).tolist() == [[1, 2, 3], [0, 0, 0]]
+    assert densenets.interpret.peak_cells(maps[0, 2], grid=(4, 4)).item() == 15

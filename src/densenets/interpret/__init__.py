@@ -4,6 +4,6 @@ Named ``interpret``, not ``explain``: a subpackage ``densenets.explain`` would b
 function ``densenets.explain``.
 """
 
-from .maps import METHODS, explain, normalise
+from .maps import METHODS, explain, normalise, peak_cells
 
-__all__ = ["METHODS", "explain", "normalise"]
+__all__ = ["METHODS", "explain", "normalise", "peak_cells"]

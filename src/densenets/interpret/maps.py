@@ -215,3 +215,14 @@ def _as_found(model: nn.Module):
     finally:
         for m, training in modes:
             m.training = training
+
+
+def peak_cells(maps: Tensor, grid: tuple[int, int] = (2, 2)) -> Tensor:
+    """(..., H, W) maps -> (...) the row-major index of the grid cell holding each map's maximum.
+
+    The pointing game on a mosaic: a map points at the right tile when its peak cell holds the class.
+    """
+    h, w = maps.shape[-2:]
+    peak = maps.flatten(-2).argmax(-1)
+    rows, cols = peak // w, peak % w
+    return (rows * grid[0] // h) * grid[1] + cols * grid[1] // w

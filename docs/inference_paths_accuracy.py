@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from densenets import optimize_for_inference
 from densenets.data import DataSpec, build_data
+from densenets.deploy.precision import with_precision
 from densenets.engine.evaluation import evaluate_checkpoint
-from densenets.engine.precision import with_precision
 from densenets.engine.loading import load_model
 
 NAME = "densenet_bc40_k12.cifar10"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from densenets import DenseNet, DenseNetConfig, create_model
-from densenets.models.inference import optimize_for_inference
+from densenets.deploy import optimize_for_inference
 
 from .conftest import randomize_batchnorm
 
@@ -140,3 +140,20 @@ def test_onnxruntime_backend_matches_eval_model(name):
 def test_optimize_for_inference_rejects_unknown_backend():
     with pytest.raises(ValueError, match="valid backends: torch, onnxruntime"):
         optimize_for_inference(create_model("densenet_bc16_k4"), backend="tensorrt")
+
+
+def test_models_import_no_runtime_and_the_public_name_still_works():
+    """Runtimes live in densenets.deploy, which imports models/; models/ never imports it back."""
+    import ast
+    from pathlib import Path
+
+    import densenets
+    from densenets import deploy
+
+    models_dir = Path(densenets.__file__).parent / "models"
+    for path in models_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert "deploy" not in target and "engine" not in target, f"{path.name} imports {target}"
+    assert densenets.optimize_for_inference is deploy.optimize_for_inference

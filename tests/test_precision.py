@@ -10,11 +10,10 @@ from PIL import Image
 
 from densenets.cli.main import main
 from densenets.data import DataSpec, build_data
+from densenets.deploy import folding, optimize_for_inference, quantize
 from densenets.engine.evaluation import evaluate_checkpoint
 from densenets.engine.recipes import base_recipe, resolve_recipe
 from densenets.engine.trainer import fit
-from densenets.models import quantize
-from densenets.models.inference import optimize_for_inference
 
 pytest.importorskip("onnxruntime")
 needs_vnni = pytest.mark.skipif(quantize.int8_cpu_problem() is not None, reason="int8 needs VNNI on this CPU")
@@ -129,7 +128,7 @@ def test_folded_copy_gives_the_same_outputs():
             m.running_var.uniform_(0.5, 2.0)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(quantize.folded_copy(model)(x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(folding.folded_copy(model)(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def make_folder(root: Path, names: list[str], channels: str = "L", size: int = 16) -> Path:

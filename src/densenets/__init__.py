@@ -1,5 +1,6 @@
 """densenets: every DenseNet of Huang et al. (CVPR 2017), exact, fast and trainable."""
 
+from .deploy import optimize_for_inference
 from .interpret import explain
 from .models import (
     DenseNet,
@@ -12,7 +13,6 @@ from .models import (
     register_model,
     register_weights,
 )
-from .models.inference import optimize_for_inference
 from .preprocessing import data_config, transforms
 
 __version__ = "0.1.0"

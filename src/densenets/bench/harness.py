@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..deploy import optimize_for_inference
 from ..engine.runtime import amp_dtype, default_channels_last, resolve_device
 from ..models import create_model
-from ..models.inference import optimize_for_inference
 from .memory import fit_growth, measure_step_memory, plot_memory
 from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown

@@ -24,10 +24,10 @@ from collections.abc import Callable
 
 import torch
 
+from ..deploy import optimize_for_inference
+from ..deploy.onnx_runtime import OnnxRuntimeModule
 from ..engine.runtime import amp_dtype
 from ..models import create_model
-from ..models.inference import optimize_for_inference
-from ..models.onnx_runtime import OnnxRuntimeModule
 from .reference import torchvision_twin
 from .timing import inference_fn, synchronize, training_step_fn
 

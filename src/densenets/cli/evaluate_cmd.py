@@ -104,8 +104,8 @@ def format_multilabel(result: dict) -> str:
 
 
 def run_predict(args) -> int:
+    from ..deploy.precision import with_precision
     from ..engine.loading import load_model
-    from ..engine.precision import with_precision
     from ..engine.prediction import (
         expand_image_paths,
         format_predictions,

@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
 from ..data import DataSpec, build_data
-from ..data.determinism import EpochSeededDataset
+from ..data.images import with_transform
 from ..data.transforms import image_transform, ten_crop_transform
-from ..errors import ConfigError, DataError
+from ..deploy.precision import with_precision
+from ..errors import ConfigError
 from .loading import choose_checkpoint, load_model
 from .loop import evaluate
 from .recipes import Recipe
 from .runtime import make_runtime
-
-
-def with_transform(dataset: Dataset, transform) -> Dataset:
-    """A shallow copy of a (possibly Subset-wrapped) data set with another transform."""
-    if isinstance(dataset, Subset):
-        return Subset(with_transform(dataset.dataset, transform), dataset.indices)
-    if isinstance(dataset, EpochSeededDataset):  # the seeding is for random transforms; the new one is fixed
-        return with_transform(dataset.dataset, transform)
-    if not hasattr(dataset, "transform"):
-        raise DataError(f"{type(dataset).__name__} has no transform to replace")
-    clone = copy.copy(dataset)
-    clone.transform = transform
-    return clone
 
 
 def same_preprocessing(data: dict, model: dict) -> bool:
@@ -62,7 +49,7 @@ def evaluate_checkpoint(
     """Evaluate a trained model on a data set's test split; writes metrics and figures to ``out_dir``.
 
     A run folder means the checkpoint :func:`choose_checkpoint` picks; the result names it and why.
-    ``precision`` bf16 or int8 evaluates the optimised model (see :mod:`densenets.engine.precision`).
+    ``precision`` bf16 or int8 evaluates the optimised model (see :mod:`densenets.deploy.precision`).
     """
     path, reason = choose_checkpoint(checkpoint)
     loaded = load_model(path, model_name)
@@ -100,8 +87,6 @@ def evaluate_checkpoint(
         if not loaded.preprocess.get("resize") or loaded.preprocess["resize"] <= loaded.preprocess["crop"]:
             raise ConfigError("ten-crop testing needs images resized larger than the crop (ImageNet-style data)")
         test = with_transform(test, ten_crop_transform(loaded.preprocess))
-    from .precision import with_precision
-
     fast, precision_info = with_precision(loaded, precision, calibration)
     if precision != "fp32":
         device = "cpu" if precision == "int8" else device  # ONNX Runtime runs on the CPU

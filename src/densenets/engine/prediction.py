@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import csv
 import glob
-import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from ..data.images import read_image
 from ..data.transforms import image_transform
 from ..models.weights import LoadedModel
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Open and decode an image fully (so truncated files fail here, not later)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(path)
-        image.load()
-    return image
 
 
 def multilabel_thresholds(loaded: LoadedModel) -> tuple[list[float], str] | None:

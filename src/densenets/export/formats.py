@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..deploy.onnx_runtime import onnx_bytes
+from ..deploy.onnx_runtime import plain_eval_copy as _exportable
 from ..engine.loading import load_model
 from ..errors import UserError
-from ..models.onnx_runtime import onnx_bytes
-from ..models.onnx_runtime import plain_eval_copy as _exportable
 from ..models.weights import MODEL_FORMAT, LoadedModel
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -99,7 +99,7 @@ def export_safetensors(loaded: LoadedModel, path: str | Path) -> dict:
 def export_onnx_int8(loaded: LoadedModel, path: str | Path, calibration: str | None) -> dict:
     """Write an int8 QDQ ``.onnx`` (as ``--precision int8`` runs it) and check it with onnxruntime
     against the fp32 PyTorch model on the calibration images (top-1 agreement, largest difference)."""
-    from ..engine.precision import with_precision
+    from ..deploy.precision import with_precision
 
     module, info = with_precision(loaded, "int8", calibration)
     path = Path(path)

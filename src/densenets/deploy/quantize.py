@@ -12,7 +12,6 @@ trained digits model at fp32's, where quantizing only the convolutions lost 0.6 
 
 from __future__ import annotations
 
-import copy
 import logging
 import platform
 import tempfile
@@ -20,14 +19,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import DataError, UserError
-from .densenet import DenseLayer, DenseNet
 
 CALIBRATION_IMAGES = 256  # enough for min-max ranges of a small model; a few seconds to calibrate
 QUANTIZED_OPS = None  # ONNX Runtime's default set (Conv, Gemm, Concat, pools, BatchNormalization, ...)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 def int8_cpu_problem() -> str | None:
@@ -58,33 +55,6 @@ def check_int8_ready() -> None:
         raise UserError(
             f"int8 runs through ONNX Runtime, which is missing ({exc}): pip install 'densenets[export]'"
         ) from exc
-
-
-def folded_copy(model: DenseNet) -> DenseNet:
-    """An eval fp32 copy in which every BatchNorm that follows a conv is folded into it (same outputs)."""
-    model = copy.deepcopy(model).cpu().eval().float()
-    model.set_memory_efficient(False)
-    features = model.features
-    if model.config.stem == "imagenet":
-        features.conv0 = _fold(features.conv0, features.norm0)
-        features.norm0 = nn.Identity()
-    for layer in model.modules():
-        if isinstance(layer, DenseLayer) and layer.bottleneck:
-            layer.conv1 = _fold(layer.conv1, layer.norm2)
-            layer.norm2 = nn.Identity()
-    return model
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
-    with torch.no_grad():
-        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        folded.bias.copy_(bias)
-    return folded
 
 
 def calibration_batches(
@@ -141,8 +111,8 @@ def _checked_images(images, in_channels: int) -> Tensor:
 
 def _folder_batches(folder: Path, in_channels: int, preprocess: dict | None, class_names: list[str] | None,
                     limit: int, batch_size: int) -> list[Tensor]:  # fmt: skip
+    from ..data.images import IMAGE_SUFFIXES, read_image
     from ..data.transforms import image_transform
-    from ..engine.prediction import read_image
 
     if not folder.is_dir():
         raise DataError(f"calibration folder {folder} does not exist: give a folder of images or 'auto'")

@@ -8,9 +8,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UserError
-from ..models.inference import PRECISIONS, optimize_for_inference
-from ..models.quantize import CALIBRATION_IMAGES, calibration_batches, check_int8_ready
 from ..models.weights import LoadedModel
+from .optimize import PRECISIONS, optimize_for_inference
+from .quantize import CALIBRATION_IMAGES, calibration_batches, check_int8_ready
 
 NOTES = {
     "fp32": "fp32 (exact)",
@@ -24,8 +24,8 @@ def auto_calibration_set(loaded: LoadedModel):
     from torch.utils.data import Subset
 
     from ..data import DataSpec, build_data
+    from ..data.images import with_transform
     from ..data.transforms import eval_transform
-    from .evaluation import with_transform
 
     recipe = loaded.run_config.get("recipe", {})
     if not recipe.get("data"):

@@ -5,7 +5,7 @@ faster than our layer-by-layer module and 1.4x faster than the BN-folded torch p
 (measured, docs/benchmarks.md). The model is exported in memory with a dynamic batch and
 image size; the module takes and returns torch tensors like any other. With
 ``precision="int8"`` the graph is first quantized by ONNX Runtime's static quantizer
-(:mod:`densenets.models.quantize`), for our model or any other, the same way.
+(:mod:`densenets.deploy.quantize`), for our model or any other, the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .densenet import DenseNet
+from ..models.densenet import DenseNet
 
 
 def plain_eval_copy(model: nn.Module) -> nn.Module:
@@ -108,7 +108,7 @@ def onnxruntime_densenet(model: DenseNet, precision: str = "fp32", threads: int 
     size = 224 if model.config.stem == "imagenet" else 32
     example = torch.zeros(1, model.config.in_channels, size, size)
     if precision == "int8":
-        from .quantize import folded_copy
+        from .folding import folded_copy
 
         exportable = folded_copy(model)
     else:

@@ -42,7 +42,8 @@ def class_images(n: int, num_classes: int, size: int = 32, seed: int = 0) -> tup
     return images, labels
 
 
-def write_cifar10(root: Path, n_train: int = 100, n_test: int = 40) -> Path:
+def write_cifar10(root: Path, n_train: int = 100, n_test: int = 40, names: list[str] | None = None) -> Path:
+    """CIFAR-10's python layout; class names ``class0``... unless ``names`` (e.g. CIFAR-10's own)."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     images, labels = class_images(n_train + n_test, 10)
@@ -52,7 +53,7 @@ def write_cifar10(root: Path, n_train: int = 100, n_test: int = 40) -> Path:
         _pickle(folder / f"data_batch_{i}", {"data": flat[idx], "labels": labels[idx].tolist()})
     test = np.arange(n_train, n_train + n_test)
     _pickle(folder / "test_batch", {"data": flat[test], "labels": labels[test].tolist()})
-    _pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)]})
+    _pickle(folder / "batches.meta", {"label_names": list(names or [f"class{i}" for i in range(10)])})
     return folder
 
 

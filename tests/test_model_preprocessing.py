@@ -5,6 +5,7 @@ run's ``pretrained_cfg``, and three-channel weights adapt to one-channel input i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from PIL import Image
 import densenets
 from densenets import create_model
 from densenets.cli.main import main
+from densenets.engine.evaluation import evaluate_checkpoint
+from densenets.errors import CheckpointError, ConfigError
 from densenets.models import DenseNet, get_config
 from densenets.models.channels import adapt_input_conv, adapt_state_channels
-from densenets.models.pretrained import get_weights_entry
+from densenets.models.pretrained import CIFAR10_CLASSES, get_weights_entry
 
 from .fakedata import write_image_folder
 
@@ -131,15 +134,114 @@ def test_eval_of_the_readme_grey_finetuning_flow_equals_the_runs_final_test_erro
     """Grey PNGs fine-tuned from 3-channel weights: eval used to read the folder as one channel
     and stop in the stem (weight of size [24, 3, 3, 3], expected input[N, 1, 32, 32])."""
     data = _grey_folder(tmp_path / "digits")
-    _finetune_from_cifar10(data, tmp_path / "run", capsys)
+    out = _finetune_from_cifar10(data, tmp_path / "run", capsys)
+    # the stem adapted to one channel (no conversion to RGB), and the first lines say so
+    assert "input 1x32x32, mean [0.4734], std [0.2507]" in out
+    assert "stem adapted to 1 channel: the RGB filters summed (timm's in_chans, each channel's std folded in)" in out
+    assert "grey images, one channel; normalised with mean [0.4734], std [0.2507]" in out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["in_channels"] == 1 and config["data"]["preprocess"]["channels"] == 1
     _assert_eval_matches_training(tmp_path / "run", tmp_path, capsys)
 
 
-def test_eval_of_an_rgb_folder_uses_the_weights_normalisation_not_imagenets(tmp_path, capsys):
+def test_a_run_that_read_grey_images_as_rgb_still_evaluates_on_its_grey_folder(rgb_run, tmp_path):
+    """Runs made before the stem was adapted took grey folders as RGB (3-channel model): eval reads
+    the folder with the model's 3 channels, as predict does, equal to an RGB copy of the folder."""
+    grey, rgb = tmp_path / "grey", tmp_path / "rgb"
+    for path in (rgb_run.parent / "photos").rglob("*.png"):
+        for root, mode in ((grey, "L"), (rgb, "RGB")):
+            target = root / path.relative_to(rgb_run.parent / "photos")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(path).convert("L").convert(mode).save(target)
+    on_grey = evaluate_checkpoint(rgb_run, data_dir=str(grey))  # was: RuntimeError in the stem
+    on_rgb = evaluate_checkpoint(rgb_run, data_dir=str(rgb))
+    assert (on_grey["error"], on_grey["loss"]) == (on_rgb["error"], on_rgb["loss"])
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory) -> Path:
+    """An RGB folder fine-tuned from our CIFAR-10 weights: normalised with CIFAR-10's mean/std."""
+    root = tmp_path_factory.mktemp("rgb")
+    data = write_image_folder(root / "photos", classes=2, per_class=6, size=20)
+    code = main([
+        "train", "--data", "imagefolder", "--data-dir", str(data), "--model", "densenet_bc40_k12", "--pretrained",
+        "--augment", "crop", "--epochs", "1", "--batch-size", "6", "--run-dir", str(root / "run"), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    return root / "run"
+
+
+def test_eval_of_an_rgb_folder_uses_the_weights_normalisation_not_imagenets(rgb_run, tmp_path, capsys):
     """Fine-tuned from CIFAR-10 weights, the run normalised with CIFAR-10's mean/std; eval used to
     rebuild the folder with ImageNet's and report another loss without a word."""
-    data = write_image_folder(tmp_path / "photos", classes=2, per_class=6, size=20)
-    _finetune_from_cifar10(data, tmp_path / "run", capsys)
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config = json.loads((rgb_run / "config.json").read_text())
     assert config["data"]["preprocess"]["mean"] == list(CIFAR_MEAN)
-    _assert_eval_matches_training(tmp_path / "run", tmp_path, capsys)
+    _assert_eval_matches_training(rgb_run, tmp_path, capsys)
+
+
+def test_eval_refuses_data_whose_class_names_are_not_the_models(rgb_run, tmp_path):
+    """The same number of classes under other names, or in another order: one line, both lists."""
+    photos = rgb_run.parent / "photos"
+    renamed = tmp_path / "renamed"
+    shutil.copytree(photos, renamed)
+    for part in ("train", "val"):
+        (renamed / part / "class_0").rename(renamed / part / "cat")
+        (renamed / part / "class_1").rename(renamed / part / "dog")
+    with pytest.raises(ConfigError) as info:
+        evaluate_checkpoint(rgb_run, data_dir=str(renamed))
+    message = str(info.value)
+    assert "\n" not in message and "data [cat, dog]" in message and "model [class_0, class_1]" in message
+    # the right names in another order: a checkpoint whose classifier counts them the other way round
+    checkpoint = torch.load(rgb_run / "last.pt", weights_only=True)
+    checkpoint["config"]["data"]["class_names"] = ["class_1", "class_0"]
+    torch.save(checkpoint, tmp_path / "swapped.pt")
+    with pytest.raises(ConfigError, match=r"another order.*data \[class_0, class_1\], model \[class_1, class_0\]"):
+        evaluate_checkpoint(tmp_path / "swapped.pt", data_dir=str(photos))
+
+
+# ---------------------------------------------------------------------------------------
+# a trained model carries its preprocessing (item 2)
+# ---------------------------------------------------------------------------------------
+
+
+def _assert_cifar_preprocessing(model: torch.nn.Module) -> None:
+    cfg = model.pretrained_cfg
+    assert (cfg["mean"], cfg["std"], cfg["input_size"]) == (CIFAR_MEAN, CIFAR_STD, (3, 32, 32))
+    assert (cfg["class_names"], cfg["thresholds"], cfg["multilabel"]) == (["class_0", "class_1"], None, False)
+    assert densenets.data_config(model)["mean"] == CIFAR_MEAN
+    assert tuple(densenets.transforms(model).transforms[-1].std) == CIFAR_STD
+
+
+def test_load_and_create_model_give_the_runs_preprocessing(rgb_run):
+    """densenets.load(RUN | CHECKPOINT) and create_model(name, weights=CHECKPOINT): the run's
+    CIFAR-10 mean/std and class names (create_model used to report mean 0.5 / std 0.25)."""
+    for model in (densenets.load(rgb_run), densenets.load(rgb_run / "last.pt")):
+        _assert_cifar_preprocessing(model)
+        assert not model.training
+    built = create_model("densenet_bc40_k12", weights=rgb_run / "last.pt", num_classes=2)
+    _assert_cifar_preprocessing(built)
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        create_model("densenet_bc40_k12", weights=rgb_run, num_classes=2)
+    named = densenets.load("densenet_bc40_k12.cifar10")
+    assert named.pretrained_cfg["class_names"] == list(CIFAR10_CLASSES) and named.pretrained_cfg["mean"] == CIFAR_MEAN
+    # one channel from the run's weights: the stem adapted with the run's own normalisation
+    grey = create_model("densenet_bc40_k12", weights=rgb_run / "last.pt", num_classes=2, in_channels=1)
+    assert grey.pretrained_cfg["input_size"] == (1, 32, 32)
+    assert grey.pretrained_cfg["mean"] == pytest.approx((sum(CIFAR_MEAN) / 3,))
+
+
+def test_thresholds_and_multilabel_travel_from_the_checkpoint_and_old_files_get_defaults(rgb_run, tmp_path):
+    checkpoint = torch.load(rgb_run / "last.pt", weights_only=True)
+    preprocess = checkpoint["config"]["data"]["preprocess"]
+    for key in ("thresholds", "multilabel"):  # a file written before these keys
+        preprocess.pop(key, None)
+    torch.save(checkpoint, tmp_path / "old.pt")
+    cfg = densenets.load(tmp_path / "old.pt").pretrained_cfg
+    assert (cfg["thresholds"], cfg["multilabel"]) == (None, False)
+    preprocess.update(thresholds=[0.25, 0.75], multilabel=True)
+    torch.save(checkpoint, tmp_path / "multilabel.pt")
+    for model in (
+        densenets.load(tmp_path / "multilabel.pt"),
+        create_model("densenet_bc40_k12", weights=tmp_path / "multilabel.pt", num_classes=2),
+    ):
+        assert (model.pretrained_cfg["thresholds"], model.pretrained_cfg["multilabel"]) == ([0.25, 0.75], True)

@@ -260,7 +260,9 @@ def test_our_cifar10_weights_load_by_name_offline_and_evaluate_by_name(tmp_path,
     assert (stem_bn.running_var - 1).abs().max() > 0.1
     # the same weights as the file in the package, through `densenets eval` by name (the data set
     # comes from the entry; a tiny CIFAR-10 in the real format stands in for the real one here)
-    write_cifar10(tmp_path / "data", n_train=10, n_test=20)
+    from densenets.models.pretrained import CIFAR10_CLASSES
+
+    write_cifar10(tmp_path / "data", n_train=10, n_test=20, names=list(CIFAR10_CLASSES))  # eval checks the names
     data, out_dir = str(tmp_path / "data"), str(tmp_path / "e")
     code = main(["eval", "densenet_bc40_k12.cifar10", "--data-dir", data, "--out", out_dir])
     out = capsys.readouterr().out

@@ -1,6 +1,7 @@
 """densenets: every DenseNet of Huang et al. (CVPR 2017), exact, fast and trainable."""
 
 from .deploy import optimize_for_inference
+from .engine.loading import load
 from .interpret import explain
 from .models import (
     DenseNet,
@@ -28,6 +29,7 @@ __all__ = [
     "get_config",
     "list_models",
     "list_pretrained",
+    "load",
     "optimize_for_inference",
     "register_model",
     "register_weights",

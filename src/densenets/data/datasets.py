@@ -34,6 +34,7 @@ from .transforms import (
     CIFAR100_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    channel_statistics,
     eval_transform,
     train_transform,
 )
@@ -54,7 +55,8 @@ class DataSpec:
     augment: str | None = None  # image folders: none | crop | crop-flip | imagenet (None: by image size)
     mean: tuple[float, ...] | None = None  # image folders: normalisation of the weights fine-tuned (None: ImageNet's)
     std: tuple[float, ...] | None = None
-    channels: int | None = None  # image folders: 1 or 3 (None: 1 when the images are grey, else 3)
+    channels: int | None = None  # image folders: 1 or 3 (None: 1 when the images are grey, else 3; grey
+    # images with 3-channel mean/std take their averages, as a stem adapted to one channel does)
     labels: str | None = None  # csv: the labels file (None: DATA_DIR/labels.csv)
     uncertain: str = "ignore"  # csv: what a -1 label becomes: ignore (masked, as unknown) | ones | zeros
 
@@ -251,6 +253,9 @@ def _user_images_preprocess(spec: DataSpec, title: str, default_size: int, grey:
     channels = spec.channels or (1 if grey else 3)
     mean = list(spec.mean) if spec.mean else (list(IMAGENET_MEAN) if channels == 3 else [0.5])
     std = list(spec.std) if spec.std else (list(IMAGENET_STD) if channels == 3 else [0.25])
+    if spec.channels is None and len(mean) == len(std) == 3 and channels == 1:
+        # grey images and RGB weights' statistics: the stem is adapted to one channel (models.channels)
+        mean, std = channel_statistics(mean, std, 1)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"{title}: mean/std have {len(mean)} values for {channels}-channel images")
     preprocess = {

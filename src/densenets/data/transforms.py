@@ -24,6 +24,18 @@ _PCA_EIGVEC = torch.tensor(
 )
 
 
+def channel_statistics(mean, std, channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std for ``channels``-channel images from another count's (RGB weights' statistics
+    for grey images): one channel takes the channels' averages, others repeat them cyclically.
+    ``models.channels`` adapts the stem's filters to match (one channel: exact up to the means' spread)."""
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) == channels:
+        return mean, std
+    if channels == 1:
+        return [sum(mean) / len(mean)], [sum(std) / len(std)]
+    return [mean[i % len(mean)] for i in range(channels)], [std[i % len(std)] for i in range(channels)]
+
+
 class Lighting:
     """AlexNet-style PCA lighting noise on a (3, H, W) tensor in [0, 1]."""
 

@@ -15,6 +15,7 @@ from ..data import DataBundle, DataSpec, build_data
 from ..data.determinism import derive_seed
 from ..errors import ConfigError, TrainingDiverged, UserError
 from ..models import build_model, config_from_dict, get_config
+from ..models.channels import adapt_state_channels, describe_adaptation
 from ..models.hub import fetch_pretrained
 from ..models.pretrained import PretrainedEntry, get_weights_entry
 from ..models.registry import ModelConfig
@@ -187,13 +188,8 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None) -> DataBundle:
         augment=recipe.augment,
     )
     if entry is not None:
-        spec = replace(
-            spec,
-            image_size=recipe.image_size or entry.input_size[-1],
-            mean=tuple(entry.mean),
-            std=tuple(entry.std),
-            channels=entry.input_size[0],
-        )
+        # the images keep their channels: grey ones get a stem adapted from the RGB weights
+        spec = replace(spec, image_size=recipe.image_size or entry.input_size[-1], mean=entry.mean, std=entry.std)
     return build_data(spec)
 
 
@@ -268,8 +264,11 @@ def _make_model(
 
 
 def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
-    """Start from pretrained weights; a classifier for another number of classes is re-initialised."""
-    state = state_dict_from(load_checkpoint(path))
+    """Start from pretrained weights; a classifier for another number of classes is re-initialised,
+    a 3-channel stem for grey images adapted (timm's sum of the RGB filters)."""
+    state, _, _, adapted = adapt_state_channels(state_dict_from(load_checkpoint(path)), model)
+    if adapted and verbose:
+        print(f"{path}: {describe_adaptation(model.config.in_channels)}", flush=True)
     head = classifier_prefix(model)
     theirs = state.get(head + "weight")
     if load_backbone(model, state, path) and verbose and theirs is not None:
@@ -284,13 +283,24 @@ def _init_from_pretrained(
     (the same names in the same order; ImageNet's 1000 classes by number)."""
     theirs = list(entry.categories) if entry.categories != "imagenet" else None
     other_classes = theirs is not None and class_names is not None and list(class_names) != theirs
-    replaced = load_backbone(model, fetch_pretrained(entry), entry.file_name, new_head=other_classes)
-    model.pretrained_cfg = {**entry.pretrained_cfg(), "num_classes": model.config.num_classes}
+    state, mean, std, adapted = adapt_state_channels(fetch_pretrained(entry), model, entry.mean, entry.std)
+    replaced = load_backbone(model, state, entry.file_name, new_head=other_classes)
+    size = (model.config.in_channels, *entry.input_size[1:])
+    model.pretrained_cfg = {
+        **entry.pretrained_cfg(), "mean": tuple(mean), "std": tuple(std), "input_size": size,
+        "num_classes": model.config.num_classes, "class_names": class_names,
+    }  # fmt: skip
     if verbose:
         head = f"new classifier for {model.config.num_classes} classes" if replaced else "its classifier kept"
-        size = "x".join(str(s) for s in entry.input_size)
-        print(f"starting from {entry.name} ({entry.file_name}): {head}; input {size}, "
-              f"mean {list(entry.mean)}, std {list(entry.std)}", flush=True)  # fmt: skip
+        print(f"starting from {entry.name} ({entry.file_name}): {head}; input {'x'.join(map(str, size))}, "
+              f"mean {_rounded(mean)}, std {_rounded(std)}", flush=True)  # fmt: skip
+        if adapted:
+            print(f"{describe_adaptation(model.config.in_channels, entry.std)}, from {list(entry.mean)} / "
+                  f"{list(entry.std)} (see densenets.models.channels)", flush=True)  # fmt: skip
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
 
 
 def _make_ema(recipe: Recipe, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:

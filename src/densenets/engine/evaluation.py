@@ -15,10 +15,33 @@ from ..data.images import with_transform
 from ..data.transforms import image_transform, ten_crop_transform
 from ..deploy.precision import with_precision
 from ..errors import ConfigError
+from ..models.weights import LoadedModel
 from .loading import choose_checkpoint, load_model
 from .loop import evaluate
 from .recipes import Recipe
 from .runtime import make_runtime
+
+
+def check_class_names(loaded: LoadedModel, data_names: list[str], data: str) -> None:
+    """Refuse, in one line naming both lists, data whose classes are not the model's (other
+    names or another order): its error and confusion matrix would be silently wrong."""
+    model_names = list(loaded.class_names)
+    if not loaded.class_names_recorded or not model_names or model_names == list(data_names):
+        return
+    first = next((i for i, (a, b) in enumerate(zip(data_names, model_names, strict=False)) if a != b), None)
+    where = ""
+    if first is not None:
+        where = f"; first difference at class {first}: {data_names[first]!r} vs {model_names[first]!r}"
+    raise ConfigError(
+        f"{data}'s classes are not the model's (other names or another order): data {_names(data_names)}, "
+        f"model {_names(model_names)}{where}"
+    )
+
+
+def _names(names: list[str], shown: int = 12) -> str:
+    if len(names) <= shown:
+        return "[" + ", ".join(names) + "]"
+    return "[" + ", ".join(names[: shown - 2]) + f", ..., {names[-1]}] ({len(names)} classes)"
 
 
 def same_preprocessing(data: dict, model: dict) -> bool:
@@ -80,6 +103,7 @@ def evaluate_checkpoint(
         raise ConfigError(
             f"{data} has {bundle.num_classes} classes but the model predicts {loaded.model.config.num_classes}"
         )
+    check_class_names(loaded, bundle.class_names, data)
     test = bundle.test
     if not same_preprocessing(bundle.preprocess, preprocess):
         test = with_transform(test, image_transform(preprocess))  # the model's input, as predict makes it

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError
 from ..models.hub import load_named
@@ -70,3 +71,14 @@ def load_model(path: str | Path, model_name: str | None = None, device: str | to
     if entry is not None:
         return load_named(entry, device)
     return load_file(resolve_checkpoint_path(path), model_name, device)
+
+
+def load(source: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A trained model in eval mode: ``densenets.load("runs/c10")`` (a run folder: the checkpoint
+    :func:`choose_checkpoint` picks), a checkpoint or weights file, or registered weights by name.
+
+    ``model.pretrained_cfg`` is the preprocessing of the run that made it (mean, std,
+    ``input_size``, ``crop_pct``) and what its outputs mean (``class_names``, ``thresholds``,
+    ``multilabel``), so ``densenets.transforms(model)`` gives the images it was trained on.
+    """
+    return load_model(source, device=device).model

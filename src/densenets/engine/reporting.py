@@ -3,9 +3,6 @@ of ``best.pt``, and the summary written to summary.json and printed at the end."
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..data.datasets import folder_is_grey
 from .build_run import Run
 from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
@@ -34,9 +31,8 @@ def describe_data(run: Run) -> None:
         return
     how = "as asked" if r.augment else f"chosen for {data.image_size}px images; set --augment to change"
     grey = "grey images, one channel" if data.in_channels == 1 else "RGB"
-    if data.in_channels == 3 and folder_is_grey(Path(r.data_dir)):
-        grey = "grey images converted to RGB (the starting weights take 3 channels)"
-    run.log(f"augmentation: {data.augment} ({how}); {grey}; normalised with mean {data.preprocess['mean']}")
+    mean, std = ([round(v, 4) for v in data.preprocess[k]] for k in ("mean", "std"))
+    run.log(f"augmentation: {data.augment} ({how}); {grey}; normalised with mean {mean}, std {std}")
     if r.freeze_epochs:
         run.log(f"classifier only for the first {r.freeze_epochs} epoch(s), then the whole network")
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..data.transforms import channel_statistics
 from ..errors import ConfigError
 
 
@@ -47,7 +48,7 @@ def adapt_input_conv(
     mean and std (see the module's docstring); other counts: timm's repeat and 3/C scale,
     the statistics repeated the same way.
     """
-    out_channels, have = weight.shape[:2]
+    have = int(weight.shape[1])
     if have == in_channels:
         return weight, _list(mean), _list(std)
     if have != 3:
@@ -55,16 +56,13 @@ def adapt_input_conv(
     if in_channels < 1:
         raise ConfigError(f"in_channels must be positive, got {in_channels}")
     w = weight.float()
+    new_mean, new_std = channel_statistics(mean or [0.0] * 3, std or [1.0] * 3, in_channels)
     if in_channels == 1:
         stds = torch.tensor(list(std) if std is not None else [1.0, 1.0, 1.0], dtype=torch.float32)
-        new_std = float(stds.mean())
-        adapted = new_std * (w / stds.view(1, 3, 1, 1)).sum(1, keepdim=True)
-        new_mean = [sum(mean) / 3] if mean is not None else None
-        return adapted.to(weight.dtype), new_mean, ([new_std] if std is not None else None)
-    repeats = math.ceil(in_channels / 3)
-    adapted = w.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)
-    cycle = lambda values: None if values is None else [float(values[i % 3]) for i in range(in_channels)]  # noqa: E731
-    return adapted.to(weight.dtype), cycle(mean), cycle(std)
+        adapted = new_std[0] * (w / stds.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    else:
+        adapted = w.repeat(1, math.ceil(in_channels / 3), 1, 1)[:, :in_channels] * (3 / in_channels)
+    return adapted.to(weight.dtype), (new_mean if mean is not None else None), (new_std if std is not None else None)
 
 
 def adapt_state_channels(

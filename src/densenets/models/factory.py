@@ -12,9 +12,9 @@ from .channels import adapt_state_channels
 from .densenet import DenseNet
 from .features import DenseNetFeatures
 from .hub import fetch_pretrained
-from .pretrained import get_weights_entry
+from .pretrained import cfg_from_preprocess, get_weights_entry
 from .registry import build_model, get_config
-from .weights import load_backbone, load_file, load_weights, read_file, state_dict_from
+from .weights import load_backbone, load_file, load_weights, read_file, recorded_preprocessing, state_dict_from
 
 _SAVED_MODEL_SUFFIXES = (".json", ".safetensors")
 
@@ -35,8 +35,10 @@ def create_model(
     - ``pretrained=True`` loads the variant's default named weights (``"cifar10"`` etc.
       picks by tag; see ``list_pretrained``); with another ``num_classes`` the classifier
       is new and everything else pretrained.
-    - ``weights=FILE`` loads one of our checkpoints or torchvision's ``densenet121-*.pth`` /
-      ``resnet50-*.pth``.
+    - ``weights=FILE`` loads one of our checkpoints (``pretrained_cfg``: its run's mean, std,
+      sizes and class names) or torchvision's ``densenet121-*.pth`` / ``resnet50-*.pth``.
+    - ``in_channels`` other than the weights' adapts the stem as timm's ``in_chans`` does
+      (:mod:`.channels`: one channel sums the RGB filters), with the normalisation.
     - ``name`` may be an exported ``model.json`` (``.safetensors`` beside it): its weights
       are kept; overrides that would change a weight's shape are refused.
     - ``features_only=True`` returns a :class:`DenseNetFeatures` giving the maps picked by
@@ -55,7 +57,7 @@ def create_model(
         if pretrained:
             _load_named(model, name, pretrained)
         elif weights is not None:
-            load_weights(model, state_dict_from(read_file(weights)), weights)
+            _load_file(model, Path(weights))
     model.set_memory_efficient(memory_efficient)
     if features_only:
         if not isinstance(model, DenseNet):
@@ -70,12 +72,28 @@ def _load_named(model: DenseNet, name: str, tag: bool | str) -> None:
     entry = get_weights_entry(name, tag)
     # another in_channels: the stem adapted as timm's in_chans does, the normalisation with it
     state, mean, std, _ = adapt_state_channels(fetch_pretrained(entry), model, entry.mean, entry.std)
-    load_backbone(model, state, entry.file_name)
+    new_head = load_backbone(model, state, entry.file_name)
     size = (model.config.in_channels, *entry.input_size[1:])
     model.pretrained_cfg = {
         **entry.pretrained_cfg(), "mean": tuple(mean), "std": tuple(std), "input_size": size,
         "num_classes": model.config.num_classes,
     }  # fmt: skip
+    if new_head:  # the entry's class names are not this classifier's
+        model.pretrained_cfg["class_names"] = None
+
+
+def _load_file(model: nn.Module, path: Path) -> None:
+    """Weights from a file; one of our checkpoints also gives the preprocessing its run recorded."""
+    data = read_file(path)
+    state = state_dict_from(data)
+    if not isinstance(data.get("config"), dict):  # a bare state dict: no preprocessing recorded
+        load_weights(model, adapt_state_channels(state, model)[0], path)
+        return
+    preprocess, class_names = recorded_preprocessing(data)
+    state, mean, std, _ = adapt_state_channels(state, model, preprocess["mean"], preprocess["std"])
+    load_weights(model, state, path)
+    preprocess = {**preprocess, "mean": mean, "std": std, "channels": model.config.in_channels}
+    model.pretrained_cfg = cfg_from_preprocess(preprocess, model.config.num_classes, class_names)
 
 
 def _saved_model(path: Path, overrides: dict) -> nn.Module:

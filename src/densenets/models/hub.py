@@ -97,6 +97,7 @@ def load_named(entry: PretrainedEntry, device: str | torch.device = "cpu") -> Lo
     load_weights(model, fetch_pretrained(entry), entry.file_name)
     recipe = {"model": entry.model, **({"data": entry.data} if entry.data else {})}
     loaded = LoadedModel(
-        model, entry_preprocess(entry), entry_class_names(entry), Path(entry.name), entry.model, {"recipe": recipe}
-    )
+        model, entry_preprocess(entry), entry_class_names(entry), Path(entry.name), entry.model, {"recipe": recipe},
+        class_names_recorded=entry.categories != "imagenet",  # torchvision's names; ImageNet folders are wnids
+    )  # fmt: skip
     return ready(loaded, device)

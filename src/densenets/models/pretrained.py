@@ -68,9 +68,14 @@ class PretrainedEntry:
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
             "num_classes": self.num_classes,
+            **OUTPUT_DEFAULTS,
+            "class_names": self.class_names(),
             "tag": self.tag,
             "source": self.url or f"densenets/weights/{self.package_file}",
         }
+
+    def class_names(self) -> list[str]:
+        return imagenet_categories() if self.categories == "imagenet" else list(self.categories)
 
 
 _WEIGHTS: dict[str, PretrainedEntry] = {}
@@ -166,6 +171,11 @@ register_weights(
 # ---------------------------------------------------------------------------------------
 
 
+# What a model's outputs mean, beside its input: carried by every pretrained_cfg and by a run's
+# preprocess record (absent keys: these defaults, so files written before them still load).
+OUTPUT_DEFAULTS = {"class_names": None, "thresholds": None, "multilabel": False}
+
+
 def default_pretrained_cfg(config) -> dict:
     """The input a freshly built model of ``config`` is meant for (ImageNet stem: ImageNet's)."""
     channels = config.in_channels
@@ -174,18 +184,20 @@ def default_pretrained_cfg(config) -> dict:
         std = IMAGENET_STD if channels == 3 else (0.25,) * channels
         return {
             "mean": mean, "std": std, "input_size": (channels, 224, 224), "interpolation": "bilinear",
-            "crop_pct": TORCHVISION_CROP_PCT, "num_classes": config.num_classes,
+            "crop_pct": TORCHVISION_CROP_PCT, "num_classes": config.num_classes, **OUTPUT_DEFAULTS,
         }  # fmt: skip
     return {
         "mean": (0.5,) * channels, "std": (0.25,) * channels, "input_size": (channels, 32, 32),
-        "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": config.num_classes,
+        "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": config.num_classes, **OUTPUT_DEFAULTS,
     }  # fmt: skip
 
 
-def cfg_from_preprocess(preprocess: dict, num_classes: int) -> dict:
-    """A run's ``preprocess`` dict (mean, std, resize, crop, channels) as a ``pretrained_cfg``."""
+def cfg_from_preprocess(preprocess: dict, num_classes: int, class_names: list[str] | None = None) -> dict:
+    """A run's ``preprocess`` dict (mean, std, resize, crop, channels; thresholds and multilabel
+    for multi-label runs) and class names as a ``pretrained_cfg``."""
     crop = int(preprocess["crop"])
     resize = preprocess.get("resize")
+    thresholds = preprocess.get("thresholds")
     return {
         "mean": tuple(preprocess["mean"]),
         "std": tuple(preprocess["std"]),
@@ -193,6 +205,9 @@ def cfg_from_preprocess(preprocess: dict, num_classes: int) -> dict:
         "interpolation": preprocess.get("interpolation", "bilinear"),
         "crop_pct": crop / resize if resize else 1.0,
         "num_classes": num_classes,
+        "class_names": list(class_names) if class_names else None,
+        "thresholds": [float(t) for t in thresholds] if thresholds is not None else None,
+        "multilabel": bool(preprocess.get("multilabel", False)),
     }
 
 
@@ -207,6 +222,8 @@ def preprocess_from_cfg(cfg: dict) -> dict:
         "crop": crop,
         "channels": channels,
         "interpolation": cfg.get("interpolation", "bilinear"),
+        "thresholds": cfg.get("thresholds"),
+        "multilabel": bool(cfg.get("multilabel", False)),
     }
 
 

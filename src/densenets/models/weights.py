@@ -316,6 +316,9 @@ class LoadedModel:
     source: Path
     name: str | None = None  # registry name, when known
     run_config: dict = field(default_factory=dict)  # the run's config.json content, for our checkpoints
+    # False: the names were supplied here (numbers, torchvision's ImageNet list), not recorded by
+    # the run that trained the weights, so a data set's own names are not checked against them
+    class_names_recorded: bool = True
 
 
 IMAGENET_PREPROCESS = {
@@ -328,8 +331,9 @@ IMAGENET_PREPROCESS = {
 
 
 def ready(loaded: LoadedModel, device: str | torch.device = "cpu") -> LoadedModel:
-    """A loaded model on ``device`` in eval mode, its ``pretrained_cfg`` describing its input."""
-    loaded.model.pretrained_cfg = cfg_from_preprocess(loaded.preprocess, loaded.model.config.num_classes)
+    """A loaded model on ``device`` in eval mode, its ``pretrained_cfg`` describing its input and outputs."""
+    config = loaded.model.config
+    loaded.model.pretrained_cfg = cfg_from_preprocess(loaded.preprocess, config.num_classes, loaded.class_names)
     loaded.model.to(device).eval()
     return loaded
 
@@ -359,15 +363,8 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     if config and isinstance(config.get("model"), dict):
         model = build_model(_config_from_dict(config["model"], path))
         load_weights(model, state, path)
-        data_info = config.get("data", {})
-        return LoadedModel(
-            model,
-            dict(data_info.get("preprocess") or IMAGENET_PREPROCESS),
-            list(data_info.get("class_names") or []),
-            path,
-            config.get("recipe", {}).get("model"),
-            config,
-        )
+        preprocess, class_names = recorded_preprocessing(data)
+        return LoadedModel(model, preprocess, class_names, path, config.get("recipe", {}).get("model"), config)
     # A bare state dict: torchvision's weights or someone else's export.
     inferred = infer_config(state)
     name = model_name or (guess_name(inferred) if inferred else None)
@@ -382,7 +379,15 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
         "mean": [0.5] * model.config.in_channels, "std": [0.25] * model.config.in_channels,
         "resize": None, "crop": 32, "channels": model.config.in_channels,
     }  # fmt: skip
-    return LoadedModel(model, dict(preprocess), classes, path, name)
+    return LoadedModel(model, dict(preprocess), classes, path, name, class_names_recorded=False)
+
+
+def recorded_preprocessing(data: dict) -> tuple[dict, list[str]]:
+    """The preprocess record and class names a checkpoint of ours (a read file) carries;
+    ImageNet's preprocessing and no names for files from before the record."""
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    info = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return dict(info.get("preprocess") or IMAGENET_PREPROCESS), list(info.get("class_names") or [])
 
 
 def _load_exported(path: Path) -> LoadedModel:

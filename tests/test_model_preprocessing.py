@@ -159,16 +159,23 @@ def test_a_run_that_read_grey_images_as_rgb_still_evaluates_on_its_grey_folder(r
 
 
 @pytest.fixture(scope="module")
-def rgb_run(tmp_path_factory) -> Path:
+def rgb_fit(tmp_path_factory):
     """An RGB folder fine-tuned from our CIFAR-10 weights: normalised with CIFAR-10's mean/std."""
+    from densenets.engine import base_recipe, resolve_recipe
+    from densenets.engine.trainer import fit
+
     root = tmp_path_factory.mktemp("rgb")
     data = write_image_folder(root / "photos", classes=2, per_class=6, size=20)
-    code = main([
-        "train", "--data", "imagefolder", "--data-dir", str(data), "--model", "densenet_bc40_k12", "--pretrained",
-        "--augment", "crop", "--epochs", "1", "--batch-size", "6", "--run-dir", str(root / "run"), "--no-progress",
-    ])  # fmt: skip
-    assert code == 0
-    return root / "run"
+    recipe = resolve_recipe(
+        base_recipe(data="imagefolder", pretrained=True), model="densenet_bc40_k12", data_dir=str(data),
+        augment="crop", epochs=1, batch_size=6,
+    )  # fmt: skip
+    return root / "run", fit(recipe, root / "run", show_progress=False).model
+
+
+@pytest.fixture(scope="module")
+def rgb_run(rgb_fit) -> Path:
+    return rgb_fit[0]
 
 
 def test_eval_of_an_rgb_folder_uses_the_weights_normalisation_not_imagenets(rgb_run, tmp_path, capsys):
@@ -212,10 +219,14 @@ def _assert_cifar_preprocessing(model: torch.nn.Module) -> None:
     assert tuple(densenets.transforms(model).transforms[-1].std) == CIFAR_STD
 
 
-def test_load_and_create_model_give_the_runs_preprocessing(rgb_run):
+def test_load_and_create_model_give_the_runs_preprocessing(rgb_fit):
     """densenets.load(RUN | CHECKPOINT) and create_model(name, weights=CHECKPOINT): the run's
-    CIFAR-10 mean/std and class names (create_model used to report mean 0.5 / std 0.25)."""
+    CIFAR-10 mean/std and class names (create_model used to report mean 0.5 / std 0.25), as
+    the model fit returned carries them."""
+    rgb_run, trained = rgb_fit
+    _assert_cifar_preprocessing(trained)
     for model in (densenets.load(rgb_run), densenets.load(rgb_run / "last.pt")):
+        assert model.pretrained_cfg == trained.pretrained_cfg
         _assert_cifar_preprocessing(model)
         assert not model.training
     built = create_model("densenet_bc40_k12", weights=rgb_run / "last.pt", num_classes=2)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from ..data.loaders import TrainLoader, default_loader, default_workers, make_train_loader
 from ..data.samplers import ShardSampler
 from ..errors import TrainingDiverged, TrainingInterrupted, UserError
+from ..models.pretrained import cfg_from_preprocess
 from .build_run import RESUME_OVERRIDES, Run, build_run, non_finite_tensors, recipe_to_run
 from .checkpoint import load_checkpoint, unwrap_model
 from .distributed import DistInfo, all_reduce_sum, average_buffers, barrier, init_distributed
@@ -61,7 +62,10 @@ def fit(
         run = build_run(recipe, runtime, folder, resume)
         summary = _train(run, show_progress)
         failed = False
-        return FitResult(summary, run.state.result_model(unwrap_model(run.state.model)))
+        model = run.state.result_model(unwrap_model(run.state.model))
+        data = run.config["data"]  # what the checkpoints record: densenets.load gives the same pretrained_cfg
+        model.pretrained_cfg = cfg_from_preprocess(data["preprocess"], data["num_classes"], data["class_names"])
+        return FitResult(summary, model)
     finally:
         if dist.is_main:
             folder.close(failed=failed)

@@ -1,6 +1,6 @@
 """A multi-label image set from real CIFAR-10 images: 2x2 mosaics labelled with the classes present.
 
-    python docs/make_mosaics.py CIFAR_DIR OUT_DIR [--train 4000 --val 500 --test 1000 --tile 32]
+    python docs/make_mosaics.py CIFAR_DIR OUT_DIR [--train 4000 --val 500 --test 1000 --tile 32] [--single]
 
 CIFAR_DIR holds ``cifar-10-batches-py`` (``../shared/tools/cifar10 CIFAR_DIR`` writes it).
 Each mosaic has 1 to 3 distinct classes spread over its four tiles (every class at least
@@ -16,6 +16,10 @@ validation and test labels are complete.
 bottom_left, bottom_right``), for localisation checks (e.g. a pointing game on saliency
 maps): the tile of class c in a ``2*tile`` pixel mosaic spans rows/columns
 ``[r*tile, (r+1)*tile)``.
+
+``--single`` makes a single-label set instead: one CIFAR image per mosaic in a random tile,
+colour noise around grey in the other three (blank in ``tiles.csv``), and ``labels.csv`` with one
+``label`` column (the pointing game for a model trained on single labels).
 """
 
 from __future__ import annotations
@@ -56,6 +60,16 @@ def mosaic_layouts(n: int, rng: np.random.Generator) -> list[list[int]]:
     return layouts
 
 
+def single_layouts(n: int, rng: np.random.Generator) -> list[list[int]]:
+    """``n`` lists of four tiles: one class index at a random position, -1 (noise) elsewhere."""
+    layouts = []
+    for _ in range(n):
+        layout = [-1] * 4
+        layout[int(rng.integers(4))] = int(rng.integers(len(CLASSES)))
+        layouts.append(layout)
+    return layouts
+
+
 def draw(layouts: list[list[int]], images: np.ndarray, labels: np.ndarray, rng, tile: int) -> list[Image.Image]:
     """One mosaic per layout from images not used before (``images`` is consumed without repeats)."""
     pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in range(len(CLASSES))}
@@ -63,6 +77,10 @@ def draw(layouts: list[list[int]], images: np.ndarray, labels: np.ndarray, rng, 
     for layout in layouts:
         canvas = Image.new("RGB", (2 * tile, 2 * tile))
         for position, c in enumerate(layout):
+            if c < 0:  # noise around grey, no class
+                noise = np.clip(rng.normal(128, 40, (tile, tile, 3)), 0, 255).astype(np.uint8)
+                canvas.paste(Image.fromarray(noise), ((position % 2) * tile, (position // 2) * tile))
+                continue
             if not pools[c]:
                 raise SystemExit(f"not enough {CLASSES[c]} images for this many mosaics; ask for fewer")
             piece = Image.fromarray(images[pools[c].pop()])
@@ -98,6 +116,7 @@ def main() -> None:
     parser.add_argument("--blank", type=float, default=0.05, help="training label cells left blank (unknown)")
     parser.add_argument("--uncertain", type=float, default=0.05, help="training positives written as -1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--single", action="store_true", help="one CIFAR image per mosaic, noise elsewhere")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -115,16 +134,19 @@ def main() -> None:
     labels_path, tiles_path = args.out_dir / "labels.csv", args.out_dir / "tiles.csv"
     with open(labels_path, "w", newline="") as f, open(tiles_path, "w", newline="") as g:
         labels_csv, tiles_csv = csv.writer(f), csv.writer(g)
-        labels_csv.writerow(["path", *CLASSES, "split"])
+        labels_csv.writerow(["path", "label", "split"] if args.single else ["path", *CLASSES, "split"])
         tiles_csv.writerow(["path", *TILES])
         for split, (images, labels, count) in sources.items():
-            layouts = mosaic_layouts(count, rng)
+            layouts = single_layouts(count, rng) if args.single else mosaic_layouts(count, rng)
             mosaics = draw(layouts, images, labels, rng, args.tile)
             for i, (layout, mosaic) in enumerate(zip(layouts, mosaics, strict=True)):
                 path = f"images/{split}_{i:05d}.png"
                 mosaic.save(args.out_dir / path)
-                labels_csv.writerow([path, *label_cells(layout, split, rng, args.blank, args.uncertain), split])
-                tiles_csv.writerow([path, *(CLASSES[c] for c in layout)])
+                if args.single:
+                    labels_csv.writerow([path, CLASSES[max(layout)], split])
+                else:
+                    labels_csv.writerow([path, *label_cells(layout, split, rng, args.blank, args.uncertain), split])
+                tiles_csv.writerow([path, *(CLASSES[c] if c >= 0 else "" for c in layout)])
     total = args.train + args.val + args.test
     print(f"wrote {total} mosaics ({2 * args.tile}x{2 * args.tile}) and labels.csv, tiles.csv to {args.out_dir}")
 

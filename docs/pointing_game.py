@@ -50,7 +50,7 @@ def pointing_game(model_source: str, mosaic_dir: Path, split: str = "test", laye
         x = torch.stack([t for _, t in ready[start : start + batch]])
         size = tuple(x.shape[-2:])
         layouts = [tiles for _, tiles in items[start : start + batch]]
-        present = [sorted(set(t)) for t in layouts]
+        present = [sorted(set(t) - {""}) for t in layouts]  # blank: a noise tile (make_mosaics.py --single)
         width = max(len(p) for p in present)
         # (N, T) targets, padded with each mosaic's first class (the padding is not scored)
         targets = torch.tensor([[names.index(c) for c in p + p[:1] * (width - len(p))] for p in present])

@@ -22,8 +22,8 @@ from ..errors import ConfigError
 
 METHODS = ("cam", "gradcam")
 NO_GRADIENTS = (
-    "needs a module that runs with autograd (a densenets model, or any nn.Module with layer=...); "
-    "an optimize_for_inference, ONNX Runtime or int8 module has no gradients: explain the model it was made from"
+    "an optimize_for_inference, ONNX Runtime, OpenVINO or int8 module has no gradients: "
+    "explain the model it was made from"
 )
 
 
@@ -51,7 +51,7 @@ def explain(
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ConfigError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
     if torch.is_inference_mode_enabled():
-        raise ConfigError("explain " + NO_GRADIENTS.split(";")[0] + "; it was called under torch.inference_mode()")
+        raise ConfigError("explain needs autograd; it was called under torch.inference_mode()")
     with _as_found(model), torch.enable_grad():
         model.eval()
         if method == "cam":
@@ -91,10 +91,9 @@ def _cam(model: nn.Module, images: Tensor):
     head = getattr(model, "classifier", None) or getattr(model, "fc", None)
     if getattr(model, "feature_map_layer", None) is None or not hasattr(model, "forward_head"):
         raise ConfigError(
-            f"method='cam' needs the densenets model surface (a named final map and a linear head); a "
-            f"{type(model).__name__} " + ("has neither: " + NO_GRADIENTS if _is_inference_only(model) else
-                                          "lacks it: use method='gradcam' with layer=...")
-        )  # fmt: skip
+            f"method='cam' needs the densenets model surface (feature_map_layer and a linear head), which a "
+            f"{type(model).__name__} lacks: use method='gradcam' with layer=NAME; {NO_GRADIENTS}"
+        )
     if not isinstance(head, nn.Linear):
         raise ConfigError(f"method='cam' needs a linear classifier, found {type(head).__name__}")
     with torch.no_grad():  # the model's own forward (and its users' hooks), the final map read by a hook
@@ -123,7 +122,7 @@ def _forward(model: nn.Module, images: Tensor, module: nn.Module) -> tuple[Tenso
         if not isinstance(output, Tensor) or output.dim() != 4:
             raise ConfigError(f"a heat map needs a layer with a (N, C, h, w) output, got {type(output).__name__}")
         if torch.is_inference(output):
-            raise ConfigError("explain " + NO_GRADIENTS)
+            raise ConfigError(f"the layer's output carries no gradients: {NO_GRADIENTS}")
         # A fresh leaf: gradients stop here (nothing upstream, no parameter .grad), and the
         # clone handed on keeps our copy intact if a later op rewrites it in place.
         leaf = output.detach().requires_grad_(torch.is_grad_enabled())
@@ -152,8 +151,8 @@ def _layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
         layer = getattr(model, "feature_map_layer", None)
         if layer is None:
             raise ConfigError(
-                f"a {type(model).__name__} names no final feature map; "
-                + (NO_GRADIENTS if _is_inference_only(model) else "pass layer=NAME (e.g. 'features.norm5')")
+                f"a {type(model).__name__} names no final feature map (feature_map_layer): pass layer=NAME; "
+                + NO_GRADIENTS
             )
     try:
         return model.get_submodule(layer)
@@ -199,11 +198,6 @@ def _index(target: int | str, names: Sequence[str], num_classes: int) -> int:
 
 def _class_names(model: nn.Module) -> list[str]:
     return list((getattr(model, "pretrained_cfg", None) or {}).get("class_names") or [])
-
-
-def _is_inference_only(model: nn.Module) -> bool:
-    # optimize_for_inference's module (deploy/ may move it, so matched by name) and ONNX Runtime's.
-    return type(model).__name__ in ("InferenceDenseNet", "OnnxRuntimeModule") or next(model.parameters(), None) is None
 
 
 @contextmanager

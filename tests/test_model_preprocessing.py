@@ -256,3 +256,24 @@ def test_thresholds_and_multilabel_travel_from_the_checkpoint_and_old_files_get_
         create_model("densenet_bc40_k12", weights=tmp_path / "multilabel.pt", num_classes=2),
     ):
         assert (model.pretrained_cfg["thresholds"], model.pretrained_cfg["multilabel"]) == ([0.25, 0.75], True)
+
+
+def test_finetuning_from_a_checkpoint_reads_the_images_as_its_run_did(rgb_run, tmp_path, capsys):
+    """--weights RUN/last.pt on grey images: the run's CIFAR-10 normalisation averaged to one
+    channel and the stem adapted with it (was: ImageNet-style defaults and a stem that did not fit)."""
+    from densenets.engine import base_recipe, resolve_recipe
+    from densenets.engine.trainer import fit
+
+    data = _grey_folder(tmp_path / "digits", per_class=4)
+    recipe = resolve_recipe(
+        base_recipe("finetune", data="imagefolder"), model="densenet_bc40_k12", data_dir=str(data),
+        weights=str(rgb_run / "last.pt"), augment="crop", epochs=1, batch_size=4,
+    )  # fmt: skip
+    model = fit(recipe, tmp_path / "run", show_progress=False).model
+    out = capsys.readouterr().out
+    assert "normalised as its run was: mean [0.4734], std [0.2507]" in out
+    assert "stem adapted to 1 channel" in out
+    assert model.config.in_channels == 1 and model.pretrained_cfg["mean"] == pytest.approx((sum(CIFAR_MEAN) / 3,))
+    final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    result = evaluate_checkpoint(tmp_path / "run")
+    assert result["error"] == final["test_error"] and result["loss"] == pytest.approx(final["test_loss"], rel=1e-5)

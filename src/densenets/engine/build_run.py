@@ -19,7 +19,7 @@ from ..models.channels import adapt_state_channels, describe_adaptation
 from ..models.hub import fetch_pretrained
 from ..models.pretrained import PretrainedEntry, get_weights_entry
 from ..models.registry import ModelConfig
-from ..models.weights import classifier_prefix, load_backbone
+from ..models.weights import classifier_prefix, load_backbone, recorded_preprocessing
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -128,7 +128,7 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
     if not resume:
         _refuse_existing_run(folder.path)
     entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
-    data = _load_data(recipe, entry)
+    data = _load_data(recipe, entry, _start_preprocess(recipe, folder.path, resume))
     model_config = get_config(
         recipe.model,
         num_classes=data.num_classes,
@@ -174,8 +174,19 @@ def _refuse_existing_run(run_dir: Path) -> None:
         )
 
 
-def _load_data(recipe: Recipe, entry: PretrainedEntry | None) -> DataBundle:
-    """The data set; with named weights, at their input size, channels and normalisation."""
+def _start_preprocess(recipe: Recipe, run_dir: Path, resume: bool) -> dict | None:
+    """The preprocessing recorded with the ``weights`` file a run on the user's images starts
+    from (one of our checkpoints; None for others); on resume, the run's own record."""
+    if not recipe.weights or recipe.data not in ("imagefolder", "csv"):
+        return None
+    if resume:
+        return read_json(run_dir / CONFIG)["data"]["preprocess"]
+    data = load_checkpoint(recipe.weights)
+    return recorded_preprocessing(data)[0] if isinstance(data.get("config"), dict) else None
+
+
+def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None = None) -> DataBundle:
+    """The data set; with named weights or one of our checkpoints, at their input size and normalisation."""
     spec = DataSpec(
         name=recipe.data,
         data_dir=recipe.data_dir,
@@ -190,6 +201,9 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None) -> DataBundle:
     if entry is not None:
         # the images keep their channels: grey ones get a stem adapted from the RGB weights
         spec = replace(spec, image_size=recipe.image_size or entry.input_size[-1], mean=entry.mean, std=entry.std)
+    elif start is not None:
+        mean, std = tuple(start["mean"]), tuple(start["std"])
+        spec = replace(spec, image_size=recipe.image_size or int(start["crop"]), mean=mean, std=std)
     return build_data(spec)
 
 
@@ -246,7 +260,7 @@ def _make_model(
     if recipe.memory_efficient:
         model.set_memory_efficient(True)  # DenseNets only: a baseline refuses in one line
     if recipe.weights and load_weights:
-        _init_from_weights(model, recipe.weights, runtime.dist.is_main)
+        _init_from_weights(model, recipe.weights, runtime.dist.is_main, recipe.data in ("imagefolder", "csv"))
     elif entry is not None and load_weights:
         _init_from_pretrained(model, entry, runtime.dist.is_main, class_names)
     if recipe.sync_bn and runtime.device.type != "cuda":
@@ -263,12 +277,18 @@ def _make_model(
     return model
 
 
-def _init_from_weights(model: nn.Module, path: str, verbose: bool) -> None:
+def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: bool = False) -> None:
     """Start from pretrained weights; a classifier for another number of classes is re-initialised,
-    a 3-channel stem for grey images adapted (timm's sum of the RGB filters)."""
-    state, _, _, adapted = adapt_state_channels(state_dict_from(load_checkpoint(path)), model)
+    a 3-channel stem for grey images adapted (models.channels: with the normalisation the file's
+    run recorded, else timm's plain sum)."""
+    data = load_checkpoint(path)
+    recorded = recorded_preprocessing(data)[0] if isinstance(data.get("config"), dict) else {}
+    mean, std = recorded.get("mean"), recorded.get("std")
+    state, new_mean, new_std, adapted = adapt_state_channels(state_dict_from(data), model, mean, std)
+    if verbose and user_images and mean is not None:  # the data read with it: _start_preprocess
+        print(f"{path}: normalised as its run was: mean {_rounded(new_mean)}, std {_rounded(new_std)}", flush=True)
     if adapted and verbose:
-        print(f"{path}: {describe_adaptation(model.config.in_channels)}", flush=True)
+        print(f"{path}: {describe_adaptation(model.config.in_channels, std)}", flush=True)
     head = classifier_prefix(model)
     theirs = state.get(head + "weight")
     if load_backbone(model, state, path) and verbose and theirs is not None:

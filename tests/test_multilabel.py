@@ -216,3 +216,88 @@ def test_multilabel_accumulation_gives_the_same_step_as_one_batch():
     torch.testing.assert_close(results[1][0], results[0][0])
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def write_chexpert_run_data(root, n_train=16, n_val=8, n_test=8, split=True):
+    """Images whose labels the pixels tell (class c present: channel c bright in the top half), a
+    CheXpert-style CSV with blanks and -1 in the training rows."""
+    g = np.random.default_rng(1)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, part in enumerate(["train"] * n_train + ["val"] * n_val + ["test"] * n_test):
+        labels = [(i >> c) & 1 for c in range(3)]  # 8 rows in a row: every combination, both values per class
+        pixels = g.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+        for c, v in enumerate(labels):
+            if v:
+                pixels[:8, :, c] = 220
+        Image.fromarray(pixels).save(root / "img" / f"{i:03d}.png")
+        cells = [str(v) for v in labels]
+        if part == "train" and i % 5 == 1:
+            cells[0] = ""  # unknown
+        if part == "train" and i % 7 == 2 and cells[1] == "1":
+            cells[1] = "-1"  # uncertain
+        rows.append([f"img/{i:03d}.png", *cells, *([part] if split else [])])
+    header = ["path", *CLASSES, *(["split"] if split else [])]
+    (root / "labels.csv").write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+
+
+def test_chexpert_style_csv_trains_evaluates_and_predicts_via_the_cli(tmp_path, capsys):
+    from densenets.cli.main import main
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    write_chexpert_run_data(data)
+    args = ["train", "--data", "csv", "--data-dir", str(data), "--model", "densenet_bc16_k4", "--image-size", "16",
+            "--epochs", "2", "--batch-size", "8", "--lr", "0.05", "--pos-weight", "balanced", "--run-dir", str(run),
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "multi-label, 3 classes" in out and "macro AUROC" in out
+    assert " err " not in out and "error" not in out.split("run folder")[1]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"test_auroc", "val_auroc", "test_auroc_per_class", "test_ap_per_class", "thresholds"} <= set(records[-1])
+    assert "test_error" not in records[-1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_auroc"] == pytest.approx(records[-1]["test_auroc"])
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    pre = ckpt["config"]["data"]["preprocess"]
+    assert pre["multilabel"] is True and pre["class_names"] == CLASSES and len(pre["thresholds"]) == 3
+
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "best.pt" in out and "macro AUROC" in out and "Cardiomegaly" in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"auroc_macro", "auroc_micro", "auroc", "average_precision", "thresholds"} <= set(metrics)
+    assert set(metrics["auroc"]) == set(CLASSES)
+    best = max(records, key=lambda r: r["val_auroc"])  # best.pt: the highest validation AUROC
+    assert metrics["auroc_macro"] == pytest.approx(best["test_auroc"], abs=1e-6)
+    assert list(metrics["thresholds"].values()) == pytest.approx(pre["thresholds"])
+    assert (tmp_path / "eval" / "roc.png").stat().st_size > 0
+
+    csv_out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), str(data / "img" / "030.png"), str(data / "img"), "--csv", str(csv_out)]) == 0
+    lines = csv_out.read_text().splitlines()
+    assert lines[0] == "file," + ",".join(CLASSES) + ",positives,error"
+    assert len(lines) == 1 + 1 + 32
+
+    assert main(["plot", str(run), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "auroc_curves.png").is_file() and not (
+        tmp_path / "plots" / "error_curves.png"
+    ).exists()
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    assert f"densenet_bc16_k4 on csv: macro AUROC {best['test_auroc']:.3f}" in capsys.readouterr().out
+
+
+def test_without_a_validation_split_thresholds_are_half_and_the_output_says_so(tmp_path, capsys):
+    from densenets.cli.main import main
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    write_chexpert_run_data(data, n_train=24, n_val=0, n_test=0, split=False)
+    args = ["train", "--data", "csv", "--data-dir", str(data), "--model", "densenet_bc16_k4", "--image-size", "16",
+            "--epochs", "1", "--batch-size", "8", "--run-dir", str(run), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "seeded split (seed 0) of 24 rows into 19 train / 5 test" in out
+    assert "thresholds 0.5" in out
+    assert main(["predict", str(run), str(data / "img" / "001.png")]) == 0
+    assert "0.5 for every class" in capsys.readouterr().out

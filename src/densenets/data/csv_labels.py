@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError
 
@@ -184,3 +184,15 @@ class CsvImageDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.table.targets[row]
+
+
+def multilabel_targets(dataset: Dataset) -> torch.Tensor:
+    """The (N, C) targets of a multi-label :class:`CsvImageDataset`, through ``Subset`` and seeding wrappers."""
+    if isinstance(dataset, Subset):
+        return multilabel_targets(dataset.dataset)[list(dataset.indices)]
+    if isinstance(dataset, CsvImageDataset):
+        return dataset.targets
+    inner = getattr(dataset, "dataset", None)
+    if inner is None:
+        raise TypeError(f"{type(dataset).__name__} holds no multi-label targets")
+    return multilabel_targets(inner)

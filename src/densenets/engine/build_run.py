@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from ..data import DataBundle, DataSpec, build_data
+from ..data.csv_labels import multilabel_targets
 from ..data.determinism import derive_seed
 from ..errors import ConfigError, TrainingDiverged, UserError
 from ..models import build_model, config_from_dict, get_config
@@ -32,6 +33,7 @@ from .checkpoint import (
 )
 from .distributed import DistInfo, run_on_main
 from .loop import TrainState
+from .multilabel import balanced_pos_weight
 from .recipes import Recipe
 from .runfolder import RunFolder
 from .runlog import CONFIG, LAST, read_json, write_json
@@ -52,6 +54,7 @@ class Run:
     steps_per_epoch: int
     per_rank_batch: int
     drop_last: bool
+    pos_weight: torch.Tensor | None = None  # multi-label: the loss's weight of each class's positives (C,)
 
     def log(self, message: str) -> None:
         if self.runtime.dist.is_main:
@@ -161,10 +164,18 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
         steps_per_epoch=steps_per_epoch,
         per_rank_batch=per_rank_batch,
         drop_last=drop_last,
+        pos_weight=_pos_weight(recipe, data, runtime),
     )
     if resume:
         _restore(run)
     return run
+
+
+def _pos_weight(recipe: Recipe, data: DataBundle, runtime: Runtime) -> torch.Tensor | None:
+    """``balanced``: each class's positives weighted by negatives / positives among its known training labels."""
+    if not data.multilabel or recipe.pos_weight == "none":
+        return None
+    return balanced_pos_weight(multilabel_targets(data.train)).to(runtime.device)
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
@@ -197,6 +208,8 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None
         verify_images=recipe.verify_images,
         skip_bad_images=recipe.skip_bad_images,
         augment=recipe.augment,
+        labels=recipe.labels,
+        uncertain=recipe.uncertain,
     )
     if entry is not None:
         # the images keep their channels: grey ones get a stem adapted from the RGB weights
@@ -208,7 +221,12 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None
 
 
 def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, runtime: Runtime) -> dict:
-    """config.json: the resolved recipe, the model, the data and the environment."""
+    """config.json: the resolved recipe, the model, the data and the environment.
+
+    The preprocessing record also carries what predict and eval need to read the outputs:
+    the class names, whether they are multi-label, and the per-class thresholds (set at the
+    end of each epoch of a multi-label run, saved with its checkpoints; None single-label).
+    """
     return {
         "recipe": recipe.to_dict(),
         "model": model_config.to_dict(),
@@ -216,7 +234,13 @@ def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, 
             "name": data.name,
             "num_classes": data.num_classes,
             "in_channels": data.in_channels,
-            "preprocess": data.preprocess,
+            "multilabel": data.multilabel,
+            "preprocess": {
+                **data.preprocess,
+                "class_names": list(data.class_names),
+                "multilabel": data.multilabel,
+                "thresholds": None,
+            },
             "augment": data.augment,
             "class_names": data.class_names,
             "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0, "test": len(data.test)},
@@ -397,6 +421,10 @@ def _restore(run: Run) -> None:
         if s.ema is not None:
             s.ema.module.load_state_dict(ckpt["ema"])
             s.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
+        saved = ckpt.get("config", {}).get("data", {}).get("preprocess", {})
+        for key in ("thresholds", "threshold_source"):  # chosen at the last completed epoch
+            if key in saved:
+                run.config["data"]["preprocess"][key] = saved[key]
     except (KeyError, RuntimeError, ValueError) as exc:
         raise UserError(f"{run.run_dir / LAST}: cannot resume from it ({type(exc).__name__}: {exc})") from exc
     run.log(f"resuming {run.run_dir} at step {s.step} (epoch {s.epoch + 1}/{run.recipe.epochs})")

@@ -33,8 +33,10 @@ def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
     if not path.is_dir():
         return path, "the file given"
     best, last = path / BEST, path / LAST
-    if best.is_file() and _validation_split(path) > 0:
-        return best, "best.pt: the epoch with the lowest validation error"
+    val_size, multilabel = _validation_split(path)
+    if best.is_file() and val_size > 0:
+        what = "highest validation macro AUROC" if multilabel else "lowest validation error"
+        return best, f"best.pt: the epoch with the {what}"
     if last.is_file():
         note = "; best.pt was chosen on the test set" if best.is_file() else ""
         return last, f"last.pt: the final epoch (this run has no validation split{note})"
@@ -48,12 +50,15 @@ def _named_entry(path: str | Path) -> PretrainedEntry | None:
     return named_weights(str(path)) if not Path(path).exists() else None
 
 
-def _validation_split(run_dir: Path) -> int:
+def _validation_split(run_dir: Path) -> tuple[int, bool]:
+    """(validation images, multi-label) of a run: ``--val-split`` or a labels CSV's val rows."""
     try:
         config = json.loads((run_dir / CONFIG).read_text())
-        return int(config["recipe"]["val_split"] or 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+        data = config.get("data") or {}
+        size = (data.get("sizes") or {}).get("val", config["recipe"]["val_split"])
+        return int(size or 0), bool(data.get("multilabel"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0, False
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -3,6 +3,8 @@ of ``best.pt``, and the summary written to summary.json and printed at the end."
 
 from __future__ import annotations
 
+import math
+
 from .build_run import Run
 from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
@@ -25,9 +27,13 @@ def describe_run(run: Run, params: int) -> None:
 
 
 def describe_data(run: Run) -> None:
-    """Say what was chosen for the user's images (augmentation, channels) in the run's first lines."""
+    """Say what was chosen for the user's images (augmentation, channels, splits, labels) in the run's first lines."""
     r, data = run.recipe, run.data
-    if r.data not in ("imagefolder",):
+    for note in data.notes:
+        run.log(note)
+    if data.multilabel:
+        describe_multilabel(run)
+    if r.data not in ("imagefolder", "csv"):
         return
     how = "as asked" if r.augment else f"chosen for {data.image_size}px images; set --augment to change"
     grey = "grey images, one channel" if data.in_channels == 1 else "RGB"
@@ -37,25 +43,51 @@ def describe_data(run: Run) -> None:
         run.log(f"classifier only for the first {r.freeze_epochs} epoch(s), then the whole network")
 
 
+def describe_multilabel(run: Run) -> None:
+    """Loss, positive weights and how the thresholds will be chosen, for a multi-label run."""
+    r, data = run.recipe, run.data
+    weights = ""
+    if run.pos_weight is not None:
+        shown = ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, run.pos_weight.tolist(), strict=True))
+        weights = f"; positives weighted negatives/positives per class ({shown})"
+    run.log(f"multi-label: sigmoid outputs, binary cross-entropy masked where a label is unknown{weights}")
+    if data.val is not None:
+        rule = "max F1" if r.threshold == "f1" else "Youden's J (sensitivity + specificity - 1)"
+        run.log(f"operating points: a threshold per class at {rule} on the validation split, saved with the weights")
+    else:
+        run.log("operating points: no validation split, so thresholds 0.5 for every class "
+                "(give the CSV a split column with val rows, or --val-split N)")  # fmt: skip
+
+
 def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
     s = run.state
     records = read_metrics(run.run_dir) if run.runtime.dist.is_main else []
     # Rank 0 alone can read the metrics file; every rank must agree whether to evaluate
     # (a collective), or the ranks that evaluate wait for the others forever.
     stale = not records or records[-1]["step"] != s.step
+    key = "test_auroc" if run.data.multilabel else "test_error"  # multi-label: macro AUROC, never an error
     if all_reduce_sum([float(stale)], run.runtime.device)[0] > 0:
-        final_error = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime)["error"]
+        final = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime)
+        final_result = _finite(final["auroc_macro"]) if run.data.multilabel else final["error"]
     else:
-        final_error = records[-1]["test_error"]
+        final_result = records[-1][key]
     seconds = sum(rec["train_seconds"] for rec in records)
     images = sum(rec["train_images"] for rec in records)
+    # the operating points of the checkpoint eval and predict pick for the run folder
+    chosen = s.best if s.best.get("selected_on") == "val" else run.config["data"]["preprocess"]
+    multilabel = {
+        "thresholds": chosen.get("thresholds"),
+        "threshold_source": chosen.get("threshold_source"),
+        "thresholds_of": "best.pt" if chosen is s.best else "last.pt",
+    } if run.data.multilabel else {}  # fmt: skip
     return {
         "model": run.recipe.model,
         "data": run.recipe.data,
         "parameters": params,
         "epochs_completed": s.epoch,
         "steps": s.step,
-        "final_test_error": final_error,
+        f"final_{key}": final_result,
+        **multilabel,
         "weights_reported": f"EMA of the weights (decay {run.recipe.ema_decay:g})" if s.ema else "the trained weights",
         "best": s.best,
         "reported": reported_result(records) if records else None,
@@ -66,6 +98,9 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
 
 
 def print_summary(run: Run, summary: dict) -> None:
+    if run.data.multilabel:
+        _print_multilabel_summary(run, summary)
+        return
     best = summary["best"]
     if not best:
         best_text = "no completed epoch"
@@ -94,8 +129,74 @@ def print_summary(run: Run, summary: dict) -> None:
     run.log(f"{best_text}; {summary['parameters']:,} parameters; checkpoints in {run.run_dir}")
 
 
-def epoch_record(s: TrainState, train_metrics: dict, test: dict, val: dict | None, raw_test: dict | None) -> dict:
-    """One line of metrics.jsonl: the epoch's training figures and its test (and validation) results."""
+def _print_multilabel_summary(run: Run, summary: dict) -> None:
+    best, speed = summary["best"], summary["train_images_per_s"]
+    run.log(
+        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
+        + (f", {speed:.0f} train img/s" if speed else "")
+    )
+    ema = f" ({summary['weights_reported']})" if run.state.ema is not None else ""
+    run.log(f"final test macro AUROC {_fmt(summary['final_test_auroc'])}{ema}")
+    reported = summary["reported"]
+    if reported and reported["rule"] != "final epoch":
+        run.log(
+            f"reported test macro AUROC {_fmt(reported['test_auroc'])} ({reported['rule']}, epoch {reported['epoch']})"
+        )
+    if not best:
+        best_text = "no completed epoch"
+    elif best["selected_on"] == "val":
+        best_text = (f"best validation macro AUROC {_fmt(best['auroc'])} at epoch {best['epoch']} "
+                     f"(test macro AUROC then {_fmt(best['test_auroc'])}; best.pt)")  # fmt: skip
+    else:
+        best_text = (f"highest test macro AUROC {_fmt(best['auroc'])} at epoch {best['epoch']} (best.pt, chosen on "
+                     "the test set: not a result to report; the final epoch is)")  # fmt: skip
+    thresholds = summary.get("thresholds")
+    if thresholds:
+        shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(run.data.class_names, thresholds, strict=True))
+        run.log(f"{summary['thresholds_of']} thresholds ({summary['threshold_source']}): {shown}")
+    run.log(f"{best_text}; {summary['parameters']:,} parameters; checkpoints in {run.run_dir}")
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN (no class with both labels known) as None, so metrics.jsonl stays plain JSON."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def multilabel_figures(prefix: str, result: dict, class_names: list[str]) -> dict:
+    """``{prefix}_loss``, ``_auroc`` (macro, the headline), ``_auroc_micro``, ``_ap`` (macro) and per-class
+    AUROC and AP of an :func:`evaluate` result on multi-label data."""
+    per_class = lambda values: {n: _finite(v) for n, v in zip(class_names, values, strict=True)}  # noqa: E731
+    return {
+        f"{prefix}_loss": result["loss"],
+        f"{prefix}_auroc": _finite(result["auroc_macro"]),
+        f"{prefix}_auroc_micro": _finite(result["auroc_micro"]),
+        f"{prefix}_ap": _finite(result["ap_macro"]),
+        f"{prefix}_auroc_per_class": per_class(result["auroc"]),
+        f"{prefix}_ap_per_class": per_class(result["average_precision"]),
+    }
+
+
+def epoch_record(
+    s: TrainState,
+    train_metrics: dict,
+    test: dict,
+    val: dict | None,
+    raw_test: dict | None,
+    class_names: list[str] | None = None,
+) -> dict:
+    """One line of metrics.jsonl: the epoch's training figures and its test (and validation) results;
+    a multi-label run's are AUROC and AP (:func:`multilabel_figures`)."""
+    if "auroc_macro" in test:
+        record = {"epoch": s.epoch, "step": s.step, **train_metrics, **multilabel_figures("test", test, class_names)}
+        if val is not None:
+            record.update(multilabel_figures("val", val, class_names))
+        if raw_test is not None:
+            record.update(raw_test_auroc=_finite(raw_test["auroc_macro"]))
+        return record
     record = {
         "epoch": s.epoch,
         "step": s.step,
@@ -112,7 +213,17 @@ def epoch_record(s: TrainState, train_metrics: dict, test: dict, val: dict | Non
 
 
 def select_best(s: TrainState, record: dict, test: dict) -> bool:
-    """Update ``s.best`` (on the validation split when there is one, else the test set); True if this epoch is it."""
+    """Update ``s.best`` (on the validation split when there is one, else the test set); True if this epoch is it.
+
+    Lowest error; for a multi-label run, highest macro AUROC."""
+    if "test_auroc" in record:
+        selected_on = "val" if "val_auroc" in record else "test"
+        auroc = record[f"{selected_on}_auroc"]
+        auroc = -math.inf if auroc is None else auroc
+        is_best = not s.best or auroc > s.best["auroc"]
+        if is_best:
+            s.best = {"auroc": auroc, "epoch": s.epoch, "selected_on": selected_on, "test_auroc": record["test_auroc"]}
+        return is_best
     selected_on = "val" if "val_error" in record else "test"
     error = record[f"{selected_on}_error"]
     is_best = not s.best or error < s.best["error"]
@@ -123,6 +234,17 @@ def select_best(s: TrainState, record: dict, test: dict) -> bool:
 
 def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, is_best: bool) -> str:
     """The line printed at the end of each epoch."""
+    if "test_auroc" in record:
+        val_text = f"  val macro AUROC {_fmt(record['val_auroc'])}" if "val_auroc" in record else ""
+        if raw_test is not None:
+            val_text += f"  (EMA weights; without EMA test macro AUROC {_fmt(record['raw_test_auroc'])})"
+        return (
+            f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss {record['train_loss']:.4f}  "
+            f"test loss {record['test_loss']:.4f} macro AUROC {_fmt(record['test_auroc'])}{val_text}  "
+            f"lr {record['lr']:g}  {record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s  "
+            f"data wait {record['data_wait_seconds']:.1f} s of {record['train_seconds']:.1f} s"
+            + ("  *best" if is_best else "")
+        )
     val_text = f"  val err {val['error']:5.2f}%" if val is not None else ""
     if raw_test is not None:
         val_text += f"  (EMA weights; without EMA test err {raw_test['error']:5.2f}%)"

@@ -19,6 +19,7 @@ from .checkpoint import load_checkpoint, unwrap_model
 from .distributed import DistInfo, all_reduce_sum, average_buffers, barrier, init_distributed
 from .interrupt import ignore_sigint, install_sigint, restore_sigint
 from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
+from .multilabel import DEFAULT_THRESHOLD, choose_thresholds
 from .recipes import Recipe
 from .reporting import describe_run, epoch_line, epoch_record, print_summary, select_best, summarise
 from .runfolder import RunFolder
@@ -125,7 +126,7 @@ def _train(run: Run, show_progress: bool) -> dict:
             train_loader.start_epoch(s.epoch, done_in_epoch * run.per_rank_batch)
             try:
                 train_metrics = train_one_epoch(
-                    s, train_loader, r, run.runtime, run.steps_per_epoch, on_step, show_progress
+                    s, train_loader, r, run.runtime, run.steps_per_epoch, on_step, show_progress, run.pos_weight
                 )
             except TrainingDiverged as exc:
                 raise _diverged_message(run, exc) from None
@@ -166,11 +167,26 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     val = evaluate(model, val_loader, run.runtime) if val_loader is not None else None
     s.epoch += 1
     s.epoch_sums = new_epoch_sums()
-    record = epoch_record(s, train_metrics, test, val, raw_test)
+    record = epoch_record(s, train_metrics, test, val, raw_test, run.data.class_names)
+    if run.data.multilabel:  # saved with the checkpoints below, read by predict and eval
+        thresholds, source = _thresholds(run, val)
+        run.config["data"]["preprocess"].update(thresholds=thresholds, threshold_source=source)
+        record["thresholds"] = dict(zip(run.data.class_names, thresholds, strict=True))
     is_best = select_best(s, record, test)
+    if is_best and run.data.multilabel:  # best.pt's own operating points, for the summary
+        s.best.update(thresholds=thresholds, threshold_source=source)
     run.save(*([BEST] if is_best else []), LAST)
     run.on_main(lambda: metrics_log.epoch(record))
     run.log(epoch_line(run, record, val, raw_test, is_best))
+
+
+def _thresholds(run: Run, val: dict | None) -> tuple[list[float], str]:
+    """Per-class operating points of this epoch's weights: chosen on the validation split, else 0.5."""
+    if val is None:
+        return [DEFAULT_THRESHOLD] * run.data.num_classes, "0.5 for every class: the run had no validation split"
+    rule = {"f1": "max F1", "youden": "max Youden's J"}[run.recipe.threshold]
+    source = f"{rule} on the validation split ({val['count']} images, epoch {run.state.epoch})"
+    return choose_thresholds(val["probs"], val["targets"], run.recipe.threshold), source
 
 
 def _diverged_message(run: Run, exc: TrainingDiverged) -> TrainingDiverged:

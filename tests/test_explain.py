@@ -279,3 +279,27 @@ def test_peak_cells_names_the_tile_of_each_maps_maximum():
     maps[1, :, 0, 0] = 1
     assert densenets.interpret.peak_cells(maps).tolist() == [[1, 2, 3], [0, 0, 0]]
     assert densenets.interpret.peak_cells(maps[0, 2], grid=(4, 4)).item() == 15
+
+
+def test_cli_explains_a_real_multilabel_run_at_its_saved_thresholds(tmp_path, capsys):
+    import json
+
+    from densenets.cli.main import main
+
+    from .test_multilabel import write_chexpert_run_data
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    write_chexpert_run_data(data)
+    assert main(["train", "--data", "csv", "--data-dir", str(data), "--model", "densenet_bc16_k4", "--image-size",
+                 "16", "--epochs", "1", "--batch-size", "8", "--run-dir", str(run), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    images = sorted((data / "img").iterdir())[:4]
+    assert main(["explain", str(run), *map(str, images), "--out", str(tmp_path / "maps"), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(run), *map(str, images), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    for ours, theirs in zip(records, predicted, strict=True):  # the classes predict calls positive
+        positives = theirs["positives"] or [max(theirs["probabilities"], key=theirs["probabilities"].get)]
+        assert [e["class"] for e in ours["explained"]] == positives
+        for e in ours["explained"]:
+            assert e["probability"] == pytest.approx(theirs["probabilities"][e["class"]], abs=1e-5)

@@ -277,3 +277,28 @@ def test_finetuning_from_a_checkpoint_reads_the_images_as_its_run_did(rgb_run, t
     final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     result = evaluate_checkpoint(tmp_path / "run")
     assert result["error"] == final["test_error"] and result["loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+
+
+def test_a_grey_multilabel_csv_from_rgb_weights_loads_with_its_thresholds(tmp_path, capsys):
+    """CheXpert's case in miniature: grey images, a multi-label CSV, RGB weights. The stem is
+    adapted, and densenets.load gives the run's class names, thresholds and multilabel flag."""
+    from densenets.engine import base_recipe, resolve_recipe
+    from densenets.engine.trainer import fit
+
+    from .test_multilabel import CLASSES, write_chexpert_run_data
+
+    data = tmp_path / "xrays"
+    write_chexpert_run_data(data)
+    for path in (data / "img").glob("*.png"):
+        Image.open(path).convert("L").save(path)
+    recipe = resolve_recipe(
+        base_recipe(data="csv", pretrained=True), model="densenet_bc40_k12", data_dir=str(data), image_size=16,
+        epochs=1, batch_size=8,
+    )  # fmt: skip
+    trained = fit(recipe, tmp_path / "run", show_progress=False).model
+    assert "stem adapted to 1 channel" in capsys.readouterr().out and trained.config.in_channels == 1
+    recorded = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["data"]["preprocess"]
+    cfg = densenets.load(tmp_path / "run").pretrained_cfg
+    assert cfg == trained.pretrained_cfg
+    assert (cfg["multilabel"], cfg["class_names"], cfg["input_size"]) == (True, CLASSES, (1, 16, 16))
+    assert len(cfg["thresholds"]) == 3 and cfg["thresholds"] == pytest.approx(recorded["thresholds"])

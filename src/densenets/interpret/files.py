@@ -54,7 +54,8 @@ def explain_files(
         maps = explain(model, x, targets=chosen, method=method, layer=layer)[0]  # (T, H, W)
         explained = [{"class": names[c], "index": c, "probability": float(probs[c])} for c in chosen]
         overlay = out_dir / _unique_name(Path(records[index]["file"]).stem, used)
-        draw_overlay(_display_image(tensor, loaded.preprocess), maps, explained, overlay, method, bool(thresholds))
+        label = method if layer is None else f"{method} {layer.removeprefix('features.')}"
+        draw_overlay(_display_image(tensor, loaded.preprocess), maps, explained, overlay, label, bool(thresholds))
         records[index].update(overlay=str(overlay), method=method, explained=explained, note=note)
     return records
 

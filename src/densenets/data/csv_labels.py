@@ -74,7 +74,9 @@ def read_label_csv(path: str | Path, uncertain: str = "ignore") -> LabelTable:
     if "label" in class_columns and multilabel:
         raise DataError(f"{path}: a 'label' column is for single-label data; multi-label data has one column per class")
     index = {h: i for i, h in enumerate(header)}
-    where = lambda line: f"{path} line {line}"  # noqa: E731
+
+    def where(line: int) -> str:
+        return f"{path} line {line}"
 
     paths, lines, splits, raw_labels = [], [], [], []
     first_line: dict[Path, int] = {}
@@ -157,8 +159,7 @@ def check_images(table: LabelTable, verify: bool, skip_bad: bool) -> tuple[list[
         elif skip_bad:
             skipped.append(f"line {line}")
         else:
-            hint = "" if skip_bad else "; fix the row or pass --skip-bad-images"
-            raise DataError(f"{table.where(line)}: {problem}{hint}")
+            raise DataError(f"{table.where(line)}: {problem}; fix the row or pass --skip-bad-images")
     return keep, skipped
 
 

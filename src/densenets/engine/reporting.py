@@ -169,7 +169,10 @@ def _fmt(value: float | None) -> str:
 def multilabel_figures(prefix: str, result: dict, class_names: list[str]) -> dict:
     """``{prefix}_loss``, ``_auroc`` (macro, the headline), ``_auroc_micro``, ``_ap`` (macro) and per-class
     AUROC and AP of an :func:`evaluate` result on multi-label data."""
-    per_class = lambda values: {n: _finite(v) for n, v in zip(class_names, values, strict=True)}  # noqa: E731
+
+    def per_class(values: list[float]) -> dict:
+        return {n: _finite(v) for n, v in zip(class_names, values, strict=True)}
+
     return {
         f"{prefix}_loss": result["loss"],
         f"{prefix}_auroc": _finite(result["auroc_macro"]),

@@ -1,6 +1,7 @@
 """Training in real processes: killed with SIGKILL and resumed; two ranks under torchrun."""
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -125,6 +126,11 @@ def test_torchrun_two_cpu_ranks_agree_and_match_one_process_at_the_same_global_b
     assert saved["step"] == 6  # 6 optimiser steps of 10 images per rank
     for key, value in saved["model"].items():  # rank 0 saved the weights both ranks hold
         assert torch.equal(value, rank0[key]), key
+    # a whole epoch: one test-set evaluation on each rank, the epoch's; the end of the run reuses its
+    # record (rank 0 decides and tells the others), and both ranks return rank 0's final error
+    counts = [(run / "one-epoch" / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    recorded = json.loads((run / "one-epoch" / "metrics.jsonl").read_text().splitlines()[-1])["test_error"]
+    assert counts == [["1", repr(recorded)]] * 2
 
     # 2 ranks at batch 10 each against one process at batch 20, on the same data: equal to
     # float rounding once BatchNorm uses fixed statistics (per-rank batch statistics are the

@@ -35,10 +35,12 @@ def add_parser(sub) -> None:
 
 def run_analyze(args) -> int:
     from ..analysis.feature_reuse import feature_reuse, save_feature_reuse
-    from ..engine.loading import load_model
+    from ..engine.loading import load_model, loaded_notes
 
     source = resolve_checkpoint_path(args.checkpoint)
     loaded = load_model(source, args.model)
+    for line in loaded_notes(loaded):
+        print(line)
     out = Path(args.out) if args.out else source.parent / f"analysis-{source.stem}"
     results = feature_reuse(loaded.model)
     paths = save_feature_reuse(results, out, title=f"Feature reuse: {loaded.name or source.name}")

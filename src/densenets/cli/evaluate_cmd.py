@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..engine.loading import resolve_checkpoint_path
@@ -65,6 +66,8 @@ def run_eval(args) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
         return 0
     print(f"evaluated {result['checkpoint']} ({result['checkpoint_choice']})")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
     print(f"precision: {result['precision_note']}")
     if result.get("multilabel"):
         print(format_multilabel(result))
@@ -105,7 +108,7 @@ def format_multilabel(result: dict) -> str:
 
 def run_predict(args) -> int:
     from ..deploy.precision import with_precision
-    from ..engine.loading import load_model
+    from ..engine.loading import load_model, loaded_notes
     from ..engine.prediction import (
         expand_image_paths,
         format_predictions,
@@ -123,6 +126,8 @@ def run_predict(args) -> int:
     if args.precision == "int8" and device.type != "cpu":
         raise ConfigError("--precision int8 runs on the CPU (ONNX Runtime); leave out --device or pass --device cpu")
     loaded = load_model(args.checkpoint, args.model, device=device)
+    for line in loaded_notes(loaded):  # stderr under --json: stdout stays one JSON document
+        print(line, file=sys.stderr if args.json else sys.stdout)
     loaded.model, precision = with_precision(loaded, args.precision, args.calibration)
     if not args.json and args.precision != "fp32":
         print(f"precision: {precision['note']}")

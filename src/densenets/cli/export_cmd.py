@@ -22,6 +22,8 @@ def run_export(args) -> int:
 
     result = export_model(args.checkpoint, args.format, args.out, args.model, args.input_size, args.int8,
                           args.calibration)  # fmt: skip
+    for line in result.get("notes", []):
+        print(line)
     if args.int8:
         print(f"wrote {result['path']} (onnx, {result['note']}; checked with onnxruntime: top-1 agrees with fp32 "
               f"PyTorch on {result['top1_agreement']:.1f}% of {result['checked_images']} calibration images, "

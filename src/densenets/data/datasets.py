@@ -12,7 +12,7 @@ import difflib
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -219,9 +219,30 @@ _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def folder_is_grey(root: Path, sample: int = 32) -> bool:
-    """True when the first ``sample`` image files under ``root`` are all single-channel."""
-    files = (p for p in root.rglob("*") if p.is_file() and has_file_allowed_extension(str(p), IMG_EXTENSIONS))
-    return images_are_grey(files, sample)
+    """True when ``sample`` image files spread across the class folders under ``root`` are all
+    single-channel.
+
+    The files are taken in turn from every folder holding images (evenly spaced folders when
+    there are more than ``sample``), so one colour class among grey ones is seen, whatever
+    order the file system lists them in.
+    """
+    return images_are_grey(_spread_sample(root, sample), sample)
+
+
+def _spread_sample(root: Path, sample: int) -> Iterator[Path]:
+    """Image files under ``root``, one folder after another in turn, each folder's in sorted order."""
+    folders = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        files = sorted(f for f in filenames if has_file_allowed_extension(f, IMG_EXTENSIONS))
+        if files:
+            folders.append((Path(dirpath), files))
+    if len(folders) > sample:
+        folders = [folders[i * len(folders) // sample] for i in range(sample)]
+    for i in range(max((len(files) for _, files in folders), default=0)):
+        for folder, files in folders:
+            if i < len(files):
+                yield folder / files[i]
 
 
 def images_are_grey(paths: Iterable[Path], sample: int = 32) -> bool:

@@ -77,8 +77,8 @@ def evaluate_checkpoint(
     path, reason = choose_checkpoint(checkpoint)
     loaded = load_model(path, model_name)
     recipe = loaded.run_config.get("recipe", {})
-    if recipe.get("ema_decay"):
-        reason += f"; the EMA of its weights (decay {recipe['ema_decay']:g}), as the run reported"
+    if loaded.weights:
+        reason += f"; {loaded.weights}"
     data = data or recipe.get("data")
     if data is None:
         raise ConfigError("this weights file does not say which data set it was trained on; pass --data NAME")
@@ -124,12 +124,13 @@ def evaluate_checkpoint(
     metrics = evaluate(model, loader, runtime, confusion=True)
     names = loaded.class_names if len(loaded.class_names) == bundle.num_classes else bundle.class_names
     if bundle.multilabel:
-        head = {"checkpoint": str(loaded.source), "checkpoint_choice": reason, "data": data, "ten_crop": ten_crop,
-                "precision": precision, "precision_note": precision_info["note"]}  # fmt: skip
+        head = {"checkpoint": str(loaded.source), "checkpoint_choice": reason, "notes": loaded.notes, "data": data,
+                "ten_crop": ten_crop, "precision": precision, "precision_note": precision_info["note"]}  # fmt: skip
         return multilabel_evaluation(head, metrics, names, loaded.preprocess, out_dir)
     result = {
         "checkpoint": str(loaded.source),
         "checkpoint_choice": reason,
+        "notes": loaded.notes,  # what the loader assumed (a bare state dict's normalisation)
         "data": data,
         "ten_crop": ten_crop,
         "precision": precision,

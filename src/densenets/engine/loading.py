@@ -16,7 +16,7 @@ from ..errors import CheckpointError
 from ..models.hub import load_named
 from ..models.pretrained import PretrainedEntry, named_weights
 from ..models.weights import LoadedModel, load_file
-from .runlog import BEST, CONFIG, LAST
+from .runlog import BEST, CONFIG, LAST, read_metrics
 
 
 def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
@@ -34,15 +34,38 @@ def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
         return path, "the file given"
     best, last = path / BEST, path / LAST
     val_size, multilabel = _validation_split(path)
-    if best.is_file() and val_size > 0:
+    validated = val_size > 0
+    if best.is_file() and validated:
         what = "highest validation macro AUROC" if multilabel else "lowest validation error"
         return best, f"best.pt: the epoch with the {what}"
     if last.is_file():
-        note = "; best.pt was chosen on the test set" if best.is_file() else ""
-        return last, f"last.pt: the final epoch (this run has no validation split{note})"
+        if validated:
+            why = "this run chooses on a validation split, but holds no best.pt: no epoch was completed"
+        else:
+            why = "this run has no validation split"
+            why += "; best.pt was chosen on the test set" if best.is_file() else ""
+        return last, f"last.pt: {_where_it_stopped(path, last, _recipe(path))} ({why})"
     if best.is_file():
         return best, "best.pt (the folder holds no last.pt)"
     raise CheckpointError(f"{path}: a folder without {BEST} or {LAST}")
+
+
+def _where_it_stopped(run_dir: Path, last: Path, recipe: dict) -> str:
+    """``last.pt`` in words: the final epoch, an earlier epoch, or a step inside an epoch."""
+    try:  # mmap: only the few numbers are read here, not the weights
+        ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        step, epoch = int(ckpt["step"]), int(ckpt["epoch"])
+    except Exception:  # not our checkpoint, or damaged: loading it says what is wrong
+        return "the last checkpoint"
+    epochs = int(recipe.get("epochs") or 0)
+    records = read_metrics(run_dir)
+    if records and records[-1]["step"] == step:  # saved at the end of an epoch
+        if epochs and epoch >= epochs:
+            return "the final epoch"
+        return f"epoch {epoch} of {epochs or '?'}, where the run stopped early"
+    max_steps = int(recipe.get("max_steps") or 0)
+    cause = f"where max_steps={max_steps} stopped it" if max_steps and step >= max_steps else "saved mid-epoch"
+    return f"step {step}, inside epoch {epoch + 1} of {epochs or '?'}, {cause} (not the end of an epoch)"
 
 
 def _named_entry(path: str | Path) -> PretrainedEntry | None:
@@ -59,6 +82,15 @@ def _validation_split(run_dir: Path) -> tuple[int, bool]:
         return int(size or 0), bool(data.get("multilabel"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0, False
+
+
+def _recipe(run_dir: Path) -> dict:
+    """The recipe in the run's config.json; empty when it cannot be read."""
+    try:
+        recipe = json.loads((run_dir / CONFIG).read_text())["recipe"]
+        return recipe if isinstance(recipe, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -87,3 +119,8 @@ def load(source: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     ``multilabel``), so ``densenets.transforms(model)`` gives the images it was trained on.
     """
     return load_model(source, device=device).model
+
+
+def loaded_notes(loaded: LoadedModel) -> list[str]:
+    """The lines every command prints about the model it loaded: which weights, what was assumed."""
+    return ([f"weights: {loaded.weights}"] if loaded.weights else []) + [f"note: {n}" for n in loaded.notes]

@@ -61,16 +61,22 @@ def describe_multilabel(run: Run) -> None:
 
 def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
     s = run.state
-    records = read_metrics(run.run_dir) if run.runtime.dist.is_main else []
-    # Rank 0 alone can read the metrics file; every rank must agree whether to evaluate
-    # (a collective), or the ranks that evaluate wait for the others forever.
+    is_main = run.runtime.dist.is_main
+    records = read_metrics(run.run_dir) if is_main else []
+    # Rank 0 alone reads the metrics file: it decides whether its last record is of the final
+    # weights and sends the decision, and that record's error, to every rank (the other ranks
+    # contribute zeros to the sum). The evaluation is a collective that all ranks join or none.
     stale = not records or records[-1]["step"] != s.step
     key = "test_auroc" if run.data.multilabel else "test_error"  # multi-label: macro AUROC, never an error
-    if all_reduce_sum([float(stale)], run.runtime.device)[0] > 0:
+    recorded = math.nan if stale or records[-1][key] is None else float(records[-1][key])
+    decided = [float(stale), recorded] if is_main else [0.0, 0.0]
+    stale, recorded = all_reduce_sum(decided, run.runtime.device)
+    if stale:
+        run.log(f"evaluating the weights of step {s.step} on the test set (the last epoch record is older)")
         final = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime)
         final_result = _finite(final["auroc_macro"]) if run.data.multilabel else final["error"]
     else:
-        final_result = records[-1][key]
+        final_result = _finite(recorded)  # an AUROC recorded as None travels as NaN
     seconds = sum(rec["train_seconds"] for rec in records)
     images = sum(rec["train_images"] for rec in records)
     # the operating points of the checkpoint eval and predict pick for the run folder

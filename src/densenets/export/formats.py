@@ -11,7 +11,7 @@ from torch import nn
 
 from ..deploy.onnx_runtime import onnx_bytes
 from ..deploy.onnx_runtime import plain_eval_copy as _exportable
-from ..engine.loading import load_model
+from ..engine.loading import load_model, loaded_notes
 from ..errors import UserError
 from ..models.weights import MODEL_FORMAT, LoadedModel
 
@@ -155,9 +155,11 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
     target = Path(out) if out else loaded.source.with_name(stem + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx" and int8:
-        return export_onnx_int8(loaded, target, calibration)
-    if fmt == "onnx":
-        return export_onnx(loaded.model, target, size)
-    if fmt == "torchscript":
-        return export_torchscript(loaded.model, target, size)
-    return export_safetensors(loaded, target)
+        result = export_onnx_int8(loaded, target, calibration)
+    elif fmt == "onnx":
+        result = export_onnx(loaded.model, target, size)
+    elif fmt == "torchscript":
+        result = export_torchscript(loaded.model, target, size)
+    else:
+        result = export_safetensors(loaded, target)
+    return {**result, "notes": loaded_notes(loaded)}  # which weights were exported; what was assumed

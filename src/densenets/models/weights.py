@@ -319,6 +319,10 @@ class LoadedModel:
     # False: the names were supplied here (numbers, torchvision's ImageNet list), not recorded by
     # the run that trained the weights, so a data set's own names are not checked against them
     class_names_recorded: bool = True
+    # which of the file's weights were loaded, when it holds more than one set (the EMA of a run's weights)
+    weights: str = ""
+    # what the loader assumed that the file does not say (a bare state dict's normalisation)
+    notes: list[str] = field(default_factory=list)
 
 
 IMAGENET_PREPROCESS = {
@@ -360,11 +364,13 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     data = read_file(path)
     config = data.get("config") if isinstance(data.get("config"), dict) else None
     state = state_dict_from(data)
+    weights = _ema_note(data, config) if isinstance(data.get("ema"), dict) else ""
     if config and isinstance(config.get("model"), dict):
         model = build_model(_config_from_dict(config["model"], path))
         load_weights(model, state, path)
         preprocess, class_names = recorded_preprocessing(data)
-        return LoadedModel(model, preprocess, class_names, path, config.get("recipe", {}).get("model"), config)
+        recipe_model = config.get("recipe", {}).get("model")
+        return LoadedModel(model, preprocess, class_names, path, recipe_model, config, weights=weights)
     # A bare state dict: torchvision's weights or someone else's export.
     inferred = infer_config(state)
     name = model_name or (guess_name(inferred) if inferred else None)
@@ -379,7 +385,17 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
         "mean": [0.5] * model.config.in_channels, "std": [0.25] * model.config.in_channels,
         "resize": None, "crop": 32, "channels": model.config.in_channels,
     }  # fmt: skip
-    return LoadedModel(model, dict(preprocess), classes, path, name, class_names_recorded=False)
+    notes = []
+    if not imagenet:
+        # a bare state dict records no normalisation; ImageNet-stem files are torchvision's, ImageNet's
+        notes.append(
+            f"{path.name} records no normalisation or class names: assumed {preprocess['crop']}px images, "
+            f"mean {preprocess['mean']}, std {preprocess['std']}, classes numbered 0-{num_classes - 1} "
+            "(weights trained with another normalisation give wrong answers on these inputs)"
+        )
+    return LoadedModel(
+        model, dict(preprocess), classes, path, name, class_names_recorded=False, weights=weights, notes=notes
+    )
 
 
 def recorded_preprocessing(data: dict) -> tuple[dict, list[str]]:
@@ -388,6 +404,12 @@ def recorded_preprocessing(data: dict) -> tuple[dict, list[str]]:
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
     info = config.get("data") if isinstance(config.get("data"), dict) else {}
     return dict(info.get("preprocess") or IMAGENET_PREPROCESS), list(info.get("class_names") or [])
+
+
+def _ema_note(data: dict, config: dict | None) -> str:
+    decay = ((config or {}).get("recipe") or {}).get("ema_decay")
+    kept = f" (decay {decay:g})" if decay else ""
+    return f"the EMA of its weights{kept} over {int(data.get('ema_updates', 0))} steps, as the run reported"
 
 
 def _load_exported(path: Path) -> LoadedModel:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,12 +128,54 @@ def test_memory_probe_measures_each_default_path():
         memory.probe_model("densenet_bc16_k4", "ours", False, 2, 16, torch.device("cpu"))
 
 
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+# Records where the rule knowingly picks the slower layout, and why it stands.
+LAYOUT_EXCEPTIONS = {
+    # H200, bf16 AMP, 32x32 images: torchvision NCHW 1581 vs channels_last 1090 img/s. The rule
+    # follows densenet121 at 224x224 (channels_last 332 vs 241 img/s): ImageNet-size training.
+    ("cuda", "densenet_bc100_k12", "bf16"),
+}
+
+
+def measured_training_layouts() -> list[tuple[str, str, str, bool]]:
+    """(device, model, precision, channels_last was faster) for torchvision's training in the
+    committed benchmark records (docs/bench-cpu/*/results.json, docs/bench-h200/results-*.json)."""
+    found = []
+    for path in sorted(DOCS.glob("bench-cpu/*/results.json")):
+        for table in json.loads(path.read_text()).get("train", []):
+            speed = {
+                row["setting"]["layout"]: row["images_per_s"]
+                for row in table["rows"]
+                if row["setting"]["impl"] == "torchvision" and row["setting"].get("allocator") == "tuned"
+            }
+            if {"cl", "nchw"} <= speed.keys():
+                found.append(("cpu", table["model"], table["precision"], speed["cl"] > speed["nchw"]))
+    for path in sorted(DOCS.glob("bench-h200/results-*.json")):
+        precision = "bf16" if "bf16" in path.name else "fp32"
+        rows = json.loads(path.read_text()).get("train", [])
+        speed = {(r["model"], r["impl"]): r["images_per_s"] for r in rows}
+        for model, impl in speed:
+            channels_last = speed.get((model, "torchvision, channels_last"))
+            if impl == "torchvision" and channels_last is not None:
+                found.append(("cuda", model, precision, channels_last > speed[model, impl]))
+    return found
+
+
 def test_default_layout_rule_follows_the_measurements():
+    """The training engine's default layout is the one the committed records measured faster
+    for torchvision's own DenseNets, on each device and precision, except the listed records."""
     from densenets.engine.runtime import default_channels_last
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert default_channels_last(cpu, None) and not default_channels_last(cpu, torch.bfloat16)
-    assert not default_channels_last(cuda, None) and default_channels_last(cuda, torch.bfloat16)
+    measured = measured_training_layouts()
+    assert len(measured) >= 8, "the benchmark records this test reads are missing"
+    amp = {"fp32": None, "bf16": torch.bfloat16}
+    disagree = [
+        (device, model, precision)
+        for device, model, precision, channels_last_faster in measured
+        if default_channels_last(torch.device(device), amp[precision]) != channels_last_faster
+    ]
+    assert set(disagree) == LAYOUT_EXCEPTIONS
 
 
 def test_memory_target_times_ours_against_torchvisions_memory_efficient_mode(tmp_path):

@@ -94,25 +94,32 @@ def test_weight_parametrizations_are_honoured(kind):
         torch.testing.assert_close(model(x), reference(x))
 
 
-def test_pickle_save_and_deepcopy_at_any_time(tmp_path):
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_pickle_save_and_deepcopy_at_any_time(tmp_path, memory_efficient):
+    """Copies work when built, between forward and backward (the graph alive), and after backward."""
     model, x = model_and_input(train=True)
+    model.set_memory_efficient(memory_efficient)
+    check_copies(model, x, "built")
     out = model(x)
-    states = {"after forward": None}
+    check_copies(model, x, "between forward and backward")
     out.sum().backward()
-    states["after backward"] = None
-    for moment in states:
-        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-            clone.eval()
-            with torch.no_grad():
-                torch.testing.assert_close(clone(x), model.eval()(x))
-            model.train()
-        buffer = io.BytesIO()
-        torch.save(model, buffer)
-        buffer.seek(0)
-        loaded = torch.load(buffer, weights_only=False)
-        assert type(loaded) is type(model), moment
+    check_copies(model, x, "after backward")
     torch.save(model, tmp_path / "model.pt")
     assert (tmp_path / "model.pt").stat().st_size > 0
+
+
+def check_copies(model: nn.Module, x: torch.Tensor, moment: str) -> None:
+    """deepcopy, pickle and torch.save of ``model`` now give the same network (compared in eval mode)."""
+    with torch.no_grad():
+        expected = model.eval()(x)
+    model.train()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), torch.load(buffer, weights_only=False)):
+        assert type(clone) is type(model), moment
+        with torch.no_grad():
+            torch.testing.assert_close(clone.eval()(x), expected, msg=moment)
 
 
 def test_fx_feature_extractor_works():

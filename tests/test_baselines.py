@@ -246,6 +246,17 @@ def test_feature_reuse_is_for_densenets_only():
         feature_reuse(create_model("resnet110"))
 
 
+def test_one_config_record_for_every_family_and_no_dead_field():
+    """The three config classes share to_dict/from_dict (models/configs.py); the ResNet configs
+    have no memory_efficient field, and a file written when they had one still loads."""
+    for name in ("densenet_bc100_k12", "resnet110", "resnet50"):
+        config = get_config(name)
+        data = json.loads(json.dumps(config.to_dict()))
+        assert data["family"] == type(config).family and config_from_dict(data) == config
+        assert "memory_efficient" not in data
+        assert config_from_dict({**data, "memory_efficient": False}) == config
+
+
 def test_config_dataclass_is_frozen_and_names_its_family():
     config = CifarResNetConfig()
     with pytest.raises(AttributeError):

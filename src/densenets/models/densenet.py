@@ -8,14 +8,15 @@ checkpoints load unchanged into the ImageNet variants.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, reject_unknown_fields
+from ..errors import ConfigError
+from .configs import ArchitectureConfig, check_choice, check_fraction, check_num_classes, check_positive_int
 from .layers import init_weights, make_classifier
 from .pretrained import default_pretrained_cfg
 from .recompute import first_conv_recomputed
@@ -30,13 +31,15 @@ _INITS = ("fan_out", "fan_in")
 
 
 @dataclass(frozen=True)
-class DenseNetConfig:
+class DenseNetConfig(ArchitectureConfig):
     """Everything the paper varies, as one immutable record.
 
     ``init="fan_out"`` is the authors' He-normal init (std = sqrt(2 / (k*k*out_channels)));
     ``"fan_in"`` is torchvision's. ``dropout_placement="paper"`` drops after every conv but
     the stem (the authors' Lua code); ``"torchvision"`` only after each layer's last conv.
     """
+
+    family: ClassVar[str] = "densenet"
 
     growth_rate: int = 32
     block_sizes: tuple[int, ...] = (6, 12, 24, 16)
@@ -54,47 +57,18 @@ class DenseNetConfig:
     def __post_init__(self) -> None:
         # Tuples survive JSON round trips as lists; normalise so configs compare equal.
         object.__setattr__(self, "block_sizes", tuple(int(b) for b in self.block_sizes))
-        _check_positive_int("growth_rate", self.growth_rate)
-        _check_positive_int("init_channels", self.init_channels)
-        _check_positive_int("bn_size", self.bn_size)
-        _check_positive_int("in_channels", self.in_channels)
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
-            raise ConfigError(f"num_classes must be an integer >= 0 (0 = no classifier), got {self.num_classes!r}")
+        for name in ("growth_rate", "init_channels", "bn_size", "in_channels"):
+            check_positive_int(name, getattr(self, name))
+        check_num_classes(self.num_classes)
         if not self.block_sizes or any(b < 1 for b in self.block_sizes):
             raise ConfigError(f"block_sizes must be a non-empty tuple of positive ints, got {self.block_sizes!r}")
-        if not isinstance(self.compression, (int, float)) or not 0.0 < self.compression <= 1.0:
-            raise ConfigError(f"compression must be in (0, 1] (the paper uses 0.5), got {self.compression!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        _check_choice("stem", self.stem, _STEMS)
-        _check_choice("dropout_placement", self.dropout_placement, _PLACEMENTS)
-        _check_choice("init", self.init, _INITS)
+        check_fraction("compression", self.compression, zero=False, one=True, note=" (the paper uses 0.5)")
+        check_fraction("dropout", self.dropout, zero=True, one=False)
+        check_choice("stem", self.stem, _STEMS)
+        check_choice("dropout_placement", self.dropout_placement, _PLACEMENTS)
+        check_choice("init", self.init, _INITS)
         if not isinstance(self.bottleneck, bool):
             raise ConfigError(f"bottleneck must be true or false, got {self.bottleneck!r}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (block_sizes as a list)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["block_sizes"] = list(self.block_sizes)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DenseNetConfig:
-        # Files written before memory-efficient execution became a runtime switch
-        # (DenseNet(config, memory_efficient=...)) carry it here; it changes no result, so it is dropped.
-        data = {k: v for k, v in data.items() if k != "memory_efficient"}
-        reject_unknown_fields(data, cls, "DenseNetConfig")
-        return cls(**data)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def transition_channels(in_channels: int, compression: float) -> int:
@@ -359,7 +333,7 @@ def cifar_config(
             f"depth {depth!r} is impossible for {kind}: (depth - 4) must be a positive multiple of "
             f"{step}, i.e. depth in {{{valid}, ...}} (paper: 40 and 100 plain; 100, 190, 250 for -BC)"
         )
-    _check_positive_int("growth_rate", growth_rate)
+    check_positive_int("growth_rate", growth_rate)
     n = (depth - 4) // step
     stem = 2 * growth_rate if bottleneck and compression < 1 else 16
     settings = dict(

@@ -21,14 +21,15 @@ Submodule names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer1``.., `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, reject_unknown_fields
+from ..errors import ConfigError
+from .configs import ArchitectureConfig, check_choice, check_fraction, check_num_classes, check_positive_int
 from .layers import init_weights, make_classifier
 
 Unit = Literal["basic", "preact_bottleneck", "wide"]
@@ -45,7 +46,7 @@ _DEPTH_RULE = {"basic": (2, 2), "preact_bottleneck": (3, 2), "wide": (2, 4)}
 
 
 @dataclass(frozen=True)
-class CifarResNetConfig:
+class CifarResNetConfig(ArchitectureConfig):
     """A CIFAR ResNet: unit kind, depth and width, and the options the three papers vary.
 
     ``stochastic_depth`` is 1 - p_L of Huang et al. 2016: unit l of L is skipped for a whole
@@ -66,19 +67,15 @@ class CifarResNetConfig:
     in_channels: int = 3
     num_classes: int = 10
     init: str = "fan_out"
-    memory_efficient: bool = False
 
     def __post_init__(self) -> None:
-        if self.unit not in _UNITS:
-            raise ConfigError(f"unit must be one of {', '.join(_UNITS)}; got {self.unit!r}")
+        check_choice("unit", self.unit, _UNITS)
         if self.shortcut not in ("A", "B"):
             raise ConfigError(
                 f"shortcut must be A (identity, zero-padded) or B (1x1 projection); got {self.shortcut!r}"
             )
         for name in ("depth", "widen_factor", "in_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         per_unit, extra = _DEPTH_RULE[self.unit]
         step = 3 * per_unit
         if self.depth < step + extra or (self.depth - extra) % step:
@@ -87,33 +84,16 @@ class CifarResNetConfig:
                 f"depth {self.depth} is impossible for {self.unit} units: (depth - {extra}) must be a positive "
                 f"multiple of {step}, e.g. {valid}"
             )
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
-            raise ConfigError(f"num_classes must be an integer >= 0 (0 = no classifier), got {self.num_classes!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.stochastic_depth, (int, float)) or not 0.0 <= self.stochastic_depth < 1.0:
-            raise ConfigError(
-                f"stochastic_depth must be in [0, 1) (1 - survival of the last unit; paper: 0.5), "
-                f"got {self.stochastic_depth!r}"
-            )
-        if self.init not in ("fan_out", "fan_in"):
-            raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
-        if self.memory_efficient is not False:
-            raise ConfigError(NO_MEMORY_EFFICIENT)
+        check_num_classes(self.num_classes)
+        check_fraction("dropout", self.dropout, zero=True, one=False)
+        note = " (1 - survival of the last unit; paper: 0.5)"
+        check_fraction("stochastic_depth", self.stochastic_depth, zero=True, one=False, note=note)
+        check_choice("init", self.init, ("fan_out", "fan_in"))
 
     @property
     def units_per_stage(self) -> int:
         per_unit, extra = _DEPTH_RULE[self.unit]
         return (self.depth - extra) // (3 * per_unit)
-
-    def to_dict(self) -> dict:
-        return {"family": self.family, **{f.name: getattr(self, f.name) for f in fields(self)}}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CifarResNetConfig:
-        data = {k: v for k, v in data.items() if k != "family"}
-        reject_unknown_fields(data, cls, "CifarResNetConfig")
-        return cls(**data)
 
 
 class _ZeroPadShortcut(nn.Module):

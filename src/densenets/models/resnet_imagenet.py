@@ -8,20 +8,21 @@ and adds the model surface the engine and the analysis use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, reject_unknown_fields
+from ..errors import ConfigError
+from .configs import ArchitectureConfig, check_choice, check_num_classes, check_positive_int
 from .resnet_cifar import NO_MEMORY_EFFICIENT
 
 ARCHS = ("resnet34", "resnet50", "resnet101", "resnet152")  # Figure 3's ResNets
 
 
 @dataclass(frozen=True)
-class TorchvisionResNetConfig:
+class TorchvisionResNetConfig(ArchitectureConfig):
     """Which torchvision ResNet, and the few settings the engine passes to every model."""
 
     family: ClassVar[str] = "resnet_torchvision"
@@ -32,37 +33,21 @@ class TorchvisionResNetConfig:
     in_channels: int = 3
     dropout: float = 0.0
     init: str = "fan_out"
-    memory_efficient: bool = False
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
-        for name in ("num_classes", "in_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "num_classes" else 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_choice("arch", self.arch, ARCHS)
+        check_num_classes(self.num_classes)
+        check_positive_int("in_channels", self.in_channels)
         if self.dropout != 0:
             raise ConfigError(
                 f"torchvision's {self.arch} has no dropout (He et al. use none); got dropout={self.dropout!r}: "
                 "train it with --dropout 0"
             )
-        if self.init not in ("fan_out", "fan_in"):
-            raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
-        if self.memory_efficient is not False:
-            raise ConfigError(NO_MEMORY_EFFICIENT)
+        check_choice("init", self.init, ("fan_out", "fan_in"))
 
     @property
     def depth(self) -> int:
         return int(self.arch.removeprefix("resnet"))
-
-    def to_dict(self) -> dict:
-        return {"family": self.family, **{f.name: getattr(self, f.name) for f in fields(self)}}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TorchvisionResNetConfig:
-        data = {k: v for k, v in data.items() if k != "family"}
-        reject_unknown_fields(data, cls, "TorchvisionResNetConfig")
-        return cls(**data)
 
 
 class TorchvisionResNet(nn.Module):

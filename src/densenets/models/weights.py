@@ -214,7 +214,7 @@ def _architecture(config: DenseNetConfig) -> tuple:
     return (c.growth_rate, c.block_sizes, c.stem, c.init_channels, c.bottleneck, c.bn_size, c.compression)
 
 
-_NOT_ARCHITECTURE = ("num_classes", "in_channels", "dropout", "init", "memory_efficient")
+_NOT_ARCHITECTURE = ("num_classes", "in_channels", "dropout", "init")
 
 
 def _baseline_name(config: ModelConfig) -> str | None:

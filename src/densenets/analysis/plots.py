@@ -102,7 +102,7 @@ def plot_auroc_curves(runs: list[dict], path: Path) -> Path:
 
 def run_cost(run: dict) -> tuple[int, int]:
     """(parameters, FLOPs per image) of a run's model, from its config (built on the meta device)."""
-    config = config_from_dict({**run["config"]["model"], "memory_efficient": False})
+    config = config_from_dict(run["config"]["model"])
     with torch.device("meta"):
         model = build_model(config)
     size = run["config"]["data"]["preprocess"]["crop"]

@@ -1,4 +1,6 @@
 # sklearn's 8x8 digits as 16x16 grey PNGs in class folders: train/ (first 1,437) and val/ (last 360).
+# python docs/make_digits_folder.py [FOLDER]   (default: digits-folder in the current folder)
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +8,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 d = load_digits()
-root = Path("/tmp/digits-folder")
+root = Path(sys.argv[1] if len(sys.argv) > 1 else "digits-folder")
 for i, (img, label) in enumerate(zip(d.images, d.target, strict=True)):
     part = "train" if i < 1437 else "val"
     folder = root / part / str(label)

@@ -24,8 +24,8 @@ import torch
 
 import densenets
 from densenets.data.transforms import image_transform
+from densenets.engine.loading import load_model
 from densenets.engine.prediction import read_images
-from densenets.models.weights import load_model
 
 
 def read_tiles(mosaic_dir: Path, split: str) -> list[tuple[Path, list[str]]]:

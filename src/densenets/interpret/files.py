@@ -68,7 +68,7 @@ def _choose(probs, names, class_name, top_k, thresholds) -> tuple[list[int], str
         return order[: top_k or 1], "most probable"
     above = [c for c in order if probs[c] >= thresholds[0][c]][: top_k or None]
     if above:
-        return above, f"at or above their thresholds ({thresholds[1]})"
+        return above, "at or above their thresholds"
     return order[:1], "no class reaches its threshold: the most probable shown"
 
 

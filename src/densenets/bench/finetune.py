@@ -156,7 +156,8 @@ def to_markdown(results: dict) -> str:
     c, env = results["config"], results["environment"]
     lines = [
         f"Fine-tuning {c['model']} ({NUM_CLASSES}-class multi-label head), batch {c['batch']} as {c['accum']} "
-        f"accumulated chunks, on {env['cpu']} ({env['cores']} cores, {env['threads']} threads), torch {env['torch']}; "
+        f"accumulated chunks, on {env['cpu']} ({env['cores']} cores, {env['threads']} thread(s)), "
+        f"torch {env['torch']}; "
         f"median of {c['rounds']} alternated rounds of {c['reps']} steps after {c['warmup']} warm-up step(s); "
         "random weights (the step costs the same as from pretrained ones).",
         "",

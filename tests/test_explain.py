@@ -303,3 +303,16 @@ def test_cli_explains_a_real_multilabel_run_at_its_saved_thresholds(tmp_path, ca
         assert [e["class"] for e in ours["explained"]] == positives
         for e in ours["explained"]:
             assert e["probability"] == pytest.approx(theirs["probabilities"][e["class"]], abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["densenet_imagenet", "resnet_basic", "resnet_preact", "resnet_torchvision"])
+def test_gradcam_equals_pytorch_grad_cam_on_every_family_at_its_named_final_map(kind):
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, x = tiny(kind), inputs(2, 64)
+    ours = densenets.explain(model, x, targets=torch.tensor([3, 0]), method="gradcam")
+    with GradCAM(model=model, target_layers=[model.get_submodule(model.feature_map_layer)]) as grad_cam:
+        theirs = torch.from_numpy(grad_cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in (3, 0)]))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)

@@ -42,8 +42,11 @@ paths = {
     "module, fp32, channels_last": lambda: model.to(memory_format=torch.channels_last),
     "optimize_for_inference, fp32": lambda: optimize_for_inference(model.to(memory_format=torch.contiguous_format)),
     "ONNX Runtime, fp32": lambda: optimize_for_inference(model, backend="onnxruntime"),
-    "optimize_for_inference, bf16": lambda: optimize_for_inference(model, precision="bf16"),
-    "int8, ONNX Runtime (auto calibration)": lambda: with_precision(loaded, "int8")[0],
+    "optimize_for_inference, bf16": lambda: optimize_for_inference(model, backend="torch", precision="bf16"),
+    "int8, ONNX Runtime (auto calibration)": lambda: with_precision(loaded, "int8", backend="onnxruntime")[0],
+    "OpenVINO, fp32": lambda: optimize_for_inference(model, backend="openvino"),
+    "OpenVINO, bf16": lambda: optimize_for_inference(model, backend="openvino", precision="bf16"),
+    "int8, OpenVINO + NNCF (auto calibration)": lambda: with_precision(loaded, "int8", backend="openvino")[0],
 }
 errors = {}
 print("| path | test error | predictions changed vs fp32 | seconds (10,000 images) |")
@@ -54,10 +57,13 @@ for label, make in paths.items():
     changed = int((predicted != reference).sum())
     print(f"| {label} | {errors[label]:.2f}% | {changed} | {seconds:.1f} |", flush=True)
 
-for precision, label in (("fp32", "module, fp32"), ("bf16", "optimize_for_inference, bf16"),
-                         ("int8", "int8, ONNX Runtime (auto calibration)")):  # fmt: skip
+for precision, backend, label in (("fp32", "auto", "module, fp32"), ("bf16", "torch", "optimize_for_inference, bf16"),
+                                  ("int8", "onnxruntime", "int8, ONNX Runtime (auto calibration)"),
+                                  ("bf16", "openvino", "OpenVINO, bf16"),
+                                  ("int8", "openvino", "int8, OpenVINO + NNCF (auto calibration)")):  # fmt: skip
     result = evaluate_checkpoint(
-        NAME, data="cifar10", data_dir=data_dir, precision=precision, device="cpu", batch_size=100
+        NAME, data="cifar10", data_dir=data_dir, precision=precision, device="cpu", batch_size=100, backend=backend
     )
     same = abs(result["error"] - errors[label]) < 0.005  # one image is 0.01 points
-    print(f"densenets eval {NAME} --precision {precision}: {result['error']:.2f}% ({'same' if same else 'DIFFERENT'})")
+    print(f"densenets eval {NAME} --precision {precision} --backend {backend}: {result['error']:.2f}% "
+          f"({'same' if same else 'DIFFERENT'})")  # fmt: skip

@@ -24,6 +24,7 @@ from densenets.bench.worker import run
 from densenets.models import create_model
 
 HAVE_ORT = bool(importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"))
+HAVE_OV = bool(importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"))
 
 
 def test_torchvision_twin_has_our_weights_and_outputs():
@@ -48,15 +49,19 @@ def test_paired_ratio_and_baseline_choice():
     assert r["per_round"] == [2.0, 1.5, 4.0] and (r["median"], r["min"], r["max"]) == (2.0, 1.5, 4.0)
     work = Workload("infer", "densenet_bc16_k4", 4, 32, "bf16")
     specs = contenders(work, torch.device("cpu"))
-    assert specs[FP32_REFERENCE]["precision"] == "fp32"  # lower precision is also judged against fp32
+    ours = next(iter(specs))
+    assert ours.startswith("densenets optimize_for_inference (")  # ours as a user runs it, first, backend named
+    int8 = contenders(Workload("infer", "densenet_bc16_k4", 4, 32, "int8"), torch.device("cpu"))
+    assert int8[FP32_REFERENCE]["precision"] == "fp32"  # int8's targets are also stated against fp32
+    assert "torchvision torch.compile (freezing)" in specs  # every runtime a user could pick instead
     medians = {label: 1.0 for label in specs}
-    medians.update({"torchvision NCHW": 2.0, "torchvision channels_last": 1.5, FP32_REFERENCE: 0.1})
-    # the fastest torchvision row at the same precision, however fast the fp32 row is
-    assert baseline_of("densenets module", specs, medians) == "torchvision channels_last"
+    medians.update({"torchvision channels_last": 1.5, "torchvision torch.compile (freezing)": 0.9})
+    # the fastest torchvision row at the same precision, any runtime
+    assert baseline_of(ours, specs, medians) == "torchvision torch.compile (freezing)"
     fp32 = contenders(Workload("infer", "densenet_bc16_k4", 4, 32, "fp32"), torch.device("cpu"))
-    if HAVE_ORT:
+    if HAVE_OV:  # ours through a runtime is paired with torchvision through the same runtime
         medians = {label: 1.0 for label in fp32}
-        assert baseline_of("densenets through ONNX Runtime", fp32, medians) == "torchvision through ONNX Runtime"
+        assert baseline_of("densenets through OpenVINO", fp32, medians) == "torchvision through OpenVINO"
 
 
 def test_quick_harness_writes_like_for_like_tables(tmp_path):
@@ -69,9 +74,11 @@ def test_quick_harness_writes_like_for_like_tables(tmp_path):
     labels = {r["impl"] for r in train["fp32"]["rows"]}
     assert labels == {"densenets", "densenets, default allocator", "torchvision NCHW", "torchvision channels_last"}
     infer = {w["precision"]: w for w in results["infer"]}
-    expected = {"densenets optimize_for_inference", "densenets module", "torchvision NCHW", "torchvision channels_last"}
+    expected = {"densenets optimize_for_inference (PyTorch)", "torchvision channels_last"}
     if HAVE_ORT:
-        expected |= {"densenets through ONNX Runtime", "torchvision through ONNX Runtime"}
+        expected |= {"torchvision through ONNX Runtime"}
+    if HAVE_OV:
+        expected |= {"densenets through OpenVINO", "torchvision through OpenVINO"}
     assert {r["impl"] for r in infer["fp32"]["rows"]} == expected
     for work in results["train"] + results["infer"]:
         rows = {r["impl"]: r for r in work["rows"]}
@@ -81,12 +88,13 @@ def test_quick_harness_writes_like_for_like_tables(tmp_path):
             assert row["baseline"].startswith("torchvision")
             assert base["ratio"]["per_round"] == [1.0, 1.0]  # a baseline against itself
         h = work["headline"]
-        assert h["ours"] == ("densenets" if work["task"] == "train" else "densenets optimize_for_inference")
+        assert h["ours"] == ("densenets" if work["task"] == "train" else "densenets optimize_for_inference (PyTorch)")
         assert h["min"] <= h["median"] <= h["max"]
-        torch_rows = [r for r in rows.values() if r["impl"].startswith("torchvision") and "ONNX" not in r["impl"]]
-        assert h["baseline"] == min(torch_rows, key=lambda r: r["seconds"])["impl"]
+        peers = [r for r in rows.values() if r["impl"].startswith("torchvision")]  # any runtime
+        assert h["baseline"] == min(peers, key=lambda r: r["seconds"])["impl"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["environment"]["matmul_peak_gflops"]) == {"fp32"}
+    assert saved["environment"]["cpuinfo"]["model_name"] and saved["environment"]["cpuinfo"]["logical_cpus"] >= 1
     markdown = (tmp_path / "results.md").read_text()
     assert markdown == to_markdown(results)
     assert "Headline: **densenets" in markdown and "| torchvision channels_last | cl | tuned | fp32 |" in markdown
@@ -110,9 +118,14 @@ def test_worker_optimised_forms_and_bad_specs():
     if HAVE_ORT:
         for impl in ("densenets", "torchvision"):
             assert run({**spec, "impl": impl, "form": "onnxruntime"})["median_s"] > 0
+    if HAVE_OV:  # our graph variants through OpenVINO (what each exact reformulation buys there)
+        for graph in ("module", "folded", "conv_then_pool"):
+            assert run({**spec, "form": "openvino", "graph": graph, "precision": "int8"})["median_s"] > 0
     for bad, match in (({"layout": "nhwc"}, "layout must be"), ({"impl": "timm"}, "impl must be"),
                        ({"form": "optimized", "impl": "torchvision"}, "our DenseNet only"),
-                       ({"task": "train", "form": "optimized"}, "only the module form trains")):  # fmt: skip
+                       ({"task": "train", "form": "optimized"}, "only the module form trains"),
+                       ({"form": "openvino", "graph": "fused"}, "graph must be"),
+                       ({"form": "compile", "precision": "int8"}, "fp32 or bf16")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             run({**spec, "form": "module", **bad})
 

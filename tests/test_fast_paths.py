@@ -117,15 +117,20 @@ def test_optimize_for_inference_matches_eval_model(name):
         fast.train()
 
 
+RUNTIMES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
+
+
+@pytest.mark.parametrize("backend", list(RUNTIMES))
 @pytest.mark.parametrize("name", ["densenet_bc16_k4", "densenet121"])
-def test_onnxruntime_backend_matches_eval_model(name):
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
+def test_runtime_backends_match_eval_model(name, backend):
+    for module in RUNTIMES[backend]:
+        pytest.importorskip(module, reason=f"{module} is not installed (densenets[export] or densenets[openvino])")
     torch.manual_seed(0)
     model = create_model(name)
     randomize_batchnorm(model, seed=2)
     model.eval()
-    fast = optimize_for_inference(model, backend="onnxruntime")
+    fast = optimize_for_inference(model, backend=backend)
+    assert fast.backend == backend
     sizes = (32, 40) if model.config.stem == "cifar" else (64, 96)
     for batch, size in zip((1, 5), sizes, strict=True):  # batch and image size are dynamic
         x = torch.randn(batch, 3, size, size)
@@ -140,9 +145,31 @@ def test_onnxruntime_backend_matches_eval_model(name):
         fast(torch.randn(2, 1, 32, 32))
 
 
-def test_optimize_for_inference_rejects_unknown_backend():
-    with pytest.raises(ValueError, match="valid backends: torch, onnxruntime"):
+def test_optimize_for_inference_rejects_unknown_backend_and_unsupported_precision():
+    with pytest.raises(ValueError, match="valid backends: torch, onnxruntime, openvino"):
         optimize_for_inference(create_model("densenet_bc16_k4"), backend="tensorrt")
+    with pytest.raises(ValueError, match="use backend 'onnxruntime' or 'openvino'"):
+        optimize_for_inference(create_model("densenet_bc16_k4"), backend="torch", precision="int8")
+
+
+def test_openvino_bf16_and_int8_stay_close_to_fp32():
+    pytest.importorskip("openvino", reason="openvino is not installed (densenets[openvino])")
+    pytest.importorskip("nncf", reason="nncf is not installed (densenets[openvino])")
+    from densenets.deploy.quantize import int8_cpu_problem
+
+    torch.manual_seed(0)
+    model = create_model("densenet_bc16_k4").eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    scale = expected.abs().max().item()
+    bf16 = optimize_for_inference(model, backend="openvino", precision="bf16")
+    assert (bf16(x) - expected).abs().max().item() < 0.05 * scale
+    if int8_cpu_problem() is None:
+        int8 = optimize_for_inference(
+            model, backend="openvino", precision="int8", calibration=torch.randn(32, 3, 32, 32)
+        )
+        assert int8.backend == "openvino" and (int8(x) - expected).abs().max().item() < 0.25 * scale
 
 
 def test_models_import_no_runtime_and_the_public_name_still_works():

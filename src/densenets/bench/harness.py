@@ -10,30 +10,33 @@ baseline row, and reported as the median with its min-max spread.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..deploy import optimize_for_inference
+from ..deploy.choice import CPU_ONLY, NAMES, default_backend, installed
 from ..engine.runtime import amp_dtype, default_channels_last, resolve_device
 from ..models import create_model
+from .machine import cpu_info, peak_warnings, physical_peak_gflops
 from .memory import fit_growth, measure_step_memory, plot_memory
 from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown
 from .timing import matmul_peak_gflops
 
-SECTIONS = ("train", "infer", "memory", "memory-target", "levers")
+SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
+CANDIDATES = {"fp32": ("torch", "openvino"), "bf16": ("openvino", "torch"), "int8": ("openvino", "onnxruntime")}
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class BenchConfig:
     out_dir: str = "bench-results"
     log: bool = True
     memory_target: str = ""  # "MODEL:BATCH" for the memory-efficient target; "" = densenet_bc250_k24:64
+    ir_cache: str = ""  # folder of converted OpenVINO models shared by a run's rounds ("": a temporary one)
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,16 @@ def onnxruntime_available(device: torch.device) -> bool:
     return device.type == "cpu" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 
 
-def contenders(work: Workload, device: torch.device) -> dict[str, dict]:
-    """label -> worker spec. Ours as the engine runs it; torchvision in both layouts with the
-    same allocator setting; ours without the allocator setting; ONNX Runtime for both."""
+def openvino_available(device: torch.device, precision: str = "fp32") -> bool:
+    return device.type == "cpu" and installed("openvino", precision)
+
+
+def contenders(work: Workload, device: torch.device, quick: bool = False) -> dict[str, dict]:
+    """label -> worker spec. First ours as a user runs it (the engine's training step;
+    ``optimize_for_inference`` at the precision, on the backend it picks); then torchvision in
+    both layouts with the same allocator setting, and, for inference on the CPU, torchvision
+    through every runtime a user could pick instead: ONNX Runtime, OpenVINO (int8 by NNCF, as
+    ours) and ``torch.compile`` with freezing (left out with ``quick``: minutes to compile)."""
     cpu = device.type == "cpu"
     tuned = "tuned" if cpu else "default"
     base = {"task": work.task, "model": work.model, "batch": work.batch, "size": work.size,
@@ -91,45 +102,53 @@ def contenders(work: Workload, device: torch.device) -> dict[str, dict]:
     ours_layout = "cl" if ours_channels_last(device, work.precision) else "nchw"
     ours = {**base, "impl": "densenets", "layout": ours_layout, "allocator": tuned}
     tv = {**base, "impl": "torchvision", "allocator": tuned}
+    p = work.precision
+    ort, ov = onnxruntime_available(device), openvino_available(device, p)
     specs: dict[str, dict] = {}
-    if work.precision == "int8":
-        # int8 runs through ONNX Runtime's static quantization for both models (like for like),
-        # and is paired with torchvision channels_last in fp32 too.
-        if work.task != "infer" or not onnxruntime_available(device):
-            raise ValueError("bench precision int8: inference on the CPU with onnx and onnxruntime installed only")
-        return {
-            "densenets optimize_for_inference": {**ours, "form": "optimized", "layout": "nchw"},
-            "torchvision through ONNX Runtime": {**tv, "form": "onnxruntime", "layout": "nchw"},
-            FP32_REFERENCE: {**tv, "layout": "cl", "precision": "fp32"},
-        }
     if work.task == "train":
+        if p == "int8":
+            raise ValueError("bench precision int8: inference only")
         specs["densenets"] = ours
         if cpu:
             specs["densenets, default allocator"] = {**ours, "allocator": "default"}
-    else:
-        specs["densenets optimize_for_inference"] = {**ours, "form": "optimized"}
-        specs["densenets module"] = ours
-    specs["torchvision NCHW"] = {**tv, "layout": "nchw"}
-    specs["torchvision channels_last"] = {**tv, "layout": "cl"}
-    if work.task == "infer" and work.precision == "fp32" and onnxruntime_available(device):
-        specs["densenets through ONNX Runtime"] = {**ours, "form": "onnxruntime", "layout": "nchw"}
+        specs["torchvision NCHW"] = {**tv, "layout": "nchw"}
+        specs["torchvision channels_last"] = {**tv, "layout": "cl"}
+        return specs
+    if p == "int8" and not (cpu and (ort or ov)):
+        raise ValueError("bench precision int8: inference on the CPU with openvino+nncf or onnxruntime installed only")
+    chosen = default_backend(p, device.type)
+    layout = {backend: "nchw" if backend in CPU_ONLY else "cl" for backend in NAMES}
+    specs[f"densenets optimize_for_inference ({NAMES[chosen]})"] = {**ours, "form": "optimized",
+                                                                      "layout": layout[chosen]}  # fmt: skip
+    for backend in CANDIDATES[p]:  # ours through the other candidate backends: the figures behind the choice
+        runs = backend == "torch" or (ov if backend == "openvino" else ort)
+        if backend != chosen and runs and cpu:
+            specs[f"densenets through {NAMES[backend]}"] = {**ours, "form": "optimized", "backend": backend,
+                                                             "layout": layout[backend]}  # fmt: skip
+    if p != "int8":  # NCHW ran slower than channels_last for inference in every run (docs/benchmarks.md)
+        specs["torchvision channels_last"] = {**tv, "layout": "cl"}
+    if ort and p in ("fp32", "int8"):
         specs["torchvision through ONNX Runtime"] = {**tv, "form": "onnxruntime", "layout": "nchw"}
-    if work.task == "infer" and work.precision != "fp32":
-        # Lower precision is judged against full precision too, timed in the same rounds.
+    if ov:
+        specs["torchvision through OpenVINO"] = {**tv, "form": "openvino", "layout": "nchw"}
+    if p != "int8" and not quick:
+        specs["torchvision torch.compile (freezing)"] = {**tv, "form": "compile", "layout": "cl"}
+    if p == "int8":
+        # int8's targets are stated against torchvision channels_last fp32 too: timed in the same rounds.
         specs[FP32_REFERENCE] = {**tv, "layout": "cl", "precision": "fp32"}
     return specs
 
 
 def baseline_of(label: str, specs: dict[str, dict], medians: dict[str, float]) -> str:
-    """The row a contender is compared with: torchvision through the same runtime (ONNX
-    Runtime rows, and int8, which both models run through ONNX Runtime's quantization),
-    else the fastest torchvision PyTorch contender at the same precision."""
-    precision = specs[label]["precision"]
-    if specs[label]["form"] == "onnxruntime" or precision == "int8":
-        return next(k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == "onnxruntime"
-                    and v["precision"] == precision)  # fmt: skip
-    rows = [k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == "module"
-            and v["precision"] == precision]  # fmt: skip
+    """The row a contender is compared with: torchvision through the same runtime (ONNX Runtime
+    and OpenVINO rows), else the fastest torchvision contender at the same precision, any runtime
+    (the headline's peer: what a user would pick instead of ours)."""
+    spec = specs[label]
+    runtime = spec.get("backend") if spec["form"] == "optimized" else spec["form"]
+    if runtime in ("onnxruntime", "openvino") and spec["impl"] == "densenets":
+        return next(k for k, v in specs.items() if v["impl"] == "torchvision" and v["form"] == runtime
+                    and v["precision"] == spec["precision"])  # fmt: skip
+    rows = [k for k, v in specs.items() if v["impl"] == "torchvision" and v["precision"] == spec["precision"]]
     return min(rows, key=medians.__getitem__)
 
 
@@ -150,7 +169,7 @@ def time_rounds(specs: dict[str, dict], cfg: BenchConfig, log) -> dict[str, list
     for r in range(cfg.rounds):
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for label in order:
-            result = _run_worker({**specs[label], "reps": cfg.reps, "warmup": cfg.warmup})
+            result = _run_worker({**specs[label], "reps": cfg.reps, "warmup": cfg.warmup, "ir_cache": cfg.ir_cache})
             per_round[label].append(result["median_s"])
         log(f"  round {r + 1}/{cfg.rounds} done")
     return per_round
@@ -163,7 +182,7 @@ def paired_ratio(baseline: list[float], ours: list[float]) -> dict:
 
 
 def measure_workload(work: Workload, cfg: BenchConfig, device: torch.device, peaks: dict, log) -> dict:
-    specs = contenders(work, device)
+    specs = contenders(work, device, cfg.quick)
     log(f"{work.title}: {len(specs)} contenders x {cfg.rounds} rounds")
     per_round = time_rounds(specs, cfg, log)
     medians = {label: statistics.median(times) for label, times in per_round.items()}
@@ -330,14 +349,48 @@ def levers_section(cfg: BenchConfig, device: torch.device, log) -> list[dict]:
     return rows
 
 
+def openvino_graphs_section(cfg: BenchConfig, log) -> list[dict]:
+    """What each exact reformulation of our graph buys inside OpenVINO, one row each, against
+    torchvision's graph through OpenVINO in the same rounds: our module as built (transitions pool
+    before their conv), with torchvision's transition order put back, and with every BatchNorm
+    that follows a conv folded into it before conversion."""
+    rows = []
+    name, batch, size = workloads("infer", cfg.quick)[0]
+    for precision in [p for p in cfg.precisions if p in ("fp32", "int8")] or ["fp32"]:
+        if not openvino_available(torch.device("cpu"), precision):
+            raise ValueError("bench section openvino-graphs needs openvino and nncf: pip install 'densenets[openvino]'")
+        base = {"task": "infer", "model": name, "batch": batch, "size": size, "device": "cpu", "precision": precision,
+                "allocator": "tuned", "layout": "nchw", "form": "openvino"}  # fmt: skip
+        specs = {
+            "torchvision's graph": {**base, "impl": "torchvision"},
+            "ours, conv then pool (torchvision's order)": {**base, "impl": "densenets", "graph": "conv_then_pool"},
+            "ours as built (pool before conv)": {**base, "impl": "densenets", "graph": "module"},
+            "ours, pool before conv, BatchNorm folded": {**base, "impl": "densenets", "graph": "folded"},
+        }
+        log(f"openvino graphs: {name} batch {batch}, {precision}")
+        per_round = time_rounds(specs, cfg, log)
+        first = next(iter(per_round))
+        for label, times in per_round.items():
+            rows.append({"model": name, "batch": batch, "precision": precision, "graph": label,
+                         "images_per_s": batch / statistics.median(times),
+                         "speedup": paired_ratio(per_round[first], times)})  # fmt: skip
+    return rows
+
+
 def environment(device: torch.device) -> dict:
+    info = cpu_info()
     env = {
         "device": device.type,
         "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        "cpu": info["model_name"],
+        "cores": info["logical_cpus"],
+        "cpuinfo": info,
+        "physical_peak_gflops": {p: physical_peak_gflops(info, p) for p in ("fp32", "bf16")},
     }
+    for name in ("openvino", "onnxruntime"):
+        if importlib.util.find_spec(name):
+            env[name] = importlib.import_module(name).__version__
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -359,10 +412,21 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
         raise ValueError(f"unknown bench precision(s) {bad}; choose from {', '.join(PRECISION_DTYPES)}")
     parse_memory_target(cfg.memory_target, cfg.quick)  # a bad target fails now, not after the depth table
     out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="densenets-bench-ir-") as cache:
+        # workers convert (and quantize) each OpenVINO contender once, not once per round
+        return _run_sections(replace(cfg, ir_cache=cfg.ir_cache or cache), device, out_dir, log)
+
+
+def _run_sections(cfg: BenchConfig, device: torch.device, out_dir: Path, log) -> dict:
     log("measuring the matrix-multiply peak of each precision")
     measured = sorted(p for p in {"fp32", *cfg.precisions} if PRECISION_DTYPES.get(p) is not None)
     peaks = {p: matmul_peak_gflops(device, PRECISION_DTYPES[p]) for p in measured}
-    results: dict = {"config": asdict(cfg), "environment": {**environment(device), "matmul_peak_gflops": peaks}}
+    env = environment(device)
+    warnings = peak_warnings(env["cpuinfo"], peaks) if device.type == "cpu" else []
+    for line in warnings:
+        log(f"WARNING {line}")
+    results: dict = {"config": asdict(replace(cfg, ir_cache="")), "environment": {**env, "matmul_peak_gflops": peaks,
+                                                            "peak_warnings": warnings}}  # fmt: skip
 
     def save(section: str, value) -> None:
         results[section] = value
@@ -378,4 +442,6 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
         save("memory", {"efficient_target": efficient_target(cfg, device, log)})
     if "levers" in cfg.sections:
         save("levers", levers_section(cfg, device, log))
+    if "openvino-graphs" in cfg.sections:
+        save("openvino_graphs", openvino_graphs_section(cfg, log))
     return results

@@ -91,6 +91,17 @@ def to_markdown(results: dict) -> str:
         f"{cfg['reps']} timed calls per contender per round after {cfg['warmup']} warm-up.",
         "",
     ]
+    info = env.get("cpuinfo")
+    if info and env["device"] == "cpu":
+        physical = ", ".join(f"{p} {g:.0f}" for p, g in env.get("physical_peak_gflops", {}).items() if g)
+        lines += [
+            f"CPU: {info['model_name']} ({info.get('vendor')}, family {info.get('family')} model {info.get('model')}), "
+            f"{info['logical_cpus']} logical CPUs at {info.get('mhz') or 0:.0f} MHz as /proc/cpuinfo reports; "
+            f"vector flags: {' '.join(f for f in info.get('flags', []) if f.startswith(('avx', 'amx', 'fma')))}; "
+            f"physical peak (cores x FLOP/cycle x that clock) GFLOP/s: {physical or 'unknown'}."
+            + ("".join(f" **Implausible peak: {w}.**" for w in env.get("peak_warnings", []))),
+            "",
+        ]
     for task, title in (("train", "Training (forward + backward + SGD step)"), ("infer", "Inference (eval)")):
         if task in results:
             lines += [f"### {title}", ""] + speed_table(results[task])
@@ -101,6 +112,13 @@ def to_markdown(results: dict) -> str:
                   "|---|---|---|---|"]  # fmt: skip
         for r in results["levers"]:
             lines.append(f"| {r['task']} {r['model']} b{r['batch']} | {r['lever']} | {r['images_per_s']:.1f} | "
+                         f"{_ratio(r['speedup'])} |")  # fmt: skip
+        lines.append("")
+    if "openvino_graphs" in results:
+        lines += ["### Our exact reformulations inside OpenVINO (speed-up against torchvision's graph)", "",
+                  "| workload | graph | images/s | speed-up (min-max) |", "|---|---|---|---|"]  # fmt: skip
+        for r in results["openvino_graphs"]:
+            lines.append(f"| {r['model']} b{r['batch']} {r['precision']} | {r['graph']} | {r['images_per_s']:.1f} | "
                          f"{_ratio(r['speedup'])} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)

@@ -49,6 +49,12 @@ def add_precision_options(p) -> None:
         default="fp32",
         help="bf16/int8: faster on CPUs with AVX-512 bf16/VNNI, approximate (docs/inference.md)",
     )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        default="auto",
+        help="runtime (default auto: fp32 runs the model itself; bf16/int8 the fastest installed, named in the output)",
+    )
     p.add_argument("--calibration", help="int8: folder of calibration images, or 'auto' (default: a few hundred "
                    "training images of the run's data set)")  # fmt: skip
 
@@ -60,7 +66,7 @@ def run_eval(args) -> int:
     out = Path(args.out) if args.out else source.parent / f"eval-{source.stem}"
     result = evaluate_checkpoint(
         args.checkpoint, args.data, args.data_dir, args.ten_crop, args.batch_size, args.device, args.workers,
-        args.model, out, args.precision, args.calibration,
+        args.model, out, args.precision, args.calibration, args.backend,
     )  # fmt: skip
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
@@ -107,7 +113,7 @@ def format_multilabel(result: dict) -> str:
 
 
 def run_predict(args) -> int:
-    from ..deploy.precision import with_precision
+    from ..deploy.precision import plan, with_precision
     from ..engine.loading import load_model, loaded_notes
     from ..engine.prediction import (
         expand_image_paths,
@@ -122,14 +128,13 @@ def run_predict(args) -> int:
 
     if args.batch_size < 1 or args.top_k < 1:
         raise ConfigError("--batch-size and --top-k must be >= 1")
-    device = make_runtime(Recipe(device=args.device)).device
-    if args.precision == "int8" and device.type != "cpu":
-        raise ConfigError("--precision int8 runs on the CPU (ONNX Runtime); leave out --device or pass --device cpu")
+    _, device = plan(args.precision, args.backend, args.device)  # the rule eval follows too
+    device = make_runtime(Recipe(device=device)).device
     loaded = load_model(args.checkpoint, args.model, device=device)
     for line in loaded_notes(loaded):  # stderr under --json: stdout stays one JSON document
         print(line, file=sys.stderr if args.json else sys.stdout)
-    loaded.model, precision = with_precision(loaded, args.precision, args.calibration)
-    if not args.json and args.precision != "fp32":
+    loaded.model, precision = with_precision(loaded, args.precision, args.calibration, args.backend, device.type)
+    if not args.json and precision["backend"] != "module":
         print(f"precision: {precision['note']}")
     records = predict_images(loaded, expand_image_paths(args.images), args.top_k, args.batch_size)
     failed = sum("error" in r for r in records)

@@ -1,22 +1,63 @@
-"""``--precision fp32|bf16|int8`` for eval, predict and export: a loaded model made fast.
+"""``--precision fp32|bf16|int8`` and ``--backend`` for eval, predict and export: a loaded model made fast.
 
-bf16 and int8 outputs are approximate; the dict returned says so, and the commands print it.
+One rule for every command (:func:`plan`): fp32 without a backend runs the model itself;
+otherwise the named backend or the fastest installed one (:mod:`densenets.deploy.choice`)
+runs it. ONNX Runtime and OpenVINO run on the CPU: with ``--device auto`` they run there and
+say so; another ``--device`` is refused in one line. bf16 and int8 outputs are approximate;
+the dict returned says so, and the commands print it.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..models.weights import LoadedModel
-from .optimize import PRECISIONS, optimize_for_inference
+from .choice import CPU_ONLY, NAMES, default_backend
+from .optimize import BACKENDS, PRECISIONS, RUNS, optimize_for_inference
 from .quantize import CALIBRATION_IMAGES, calibration_batches, check_int8_ready
 
-NOTES = {
-    "fp32": "fp32 (exact)",
-    "bf16": "bf16 (approximate: weights and activations rounded to bfloat16, BatchNorm folded in fp32)",
-    "int8": "int8 (approximate: ONNX Runtime static quantization, per-channel int8 weights, calibrated on {n} images)",
+HOW = {
+    "fp32": "fp32 (exact to float rounding",
+    "bf16": "bf16 (approximate: weights and activations rounded to bfloat16, BatchNorm folded in fp32",
+    "int8": "int8 (approximate: static quantization, per-channel int8 weights, calibrated on {n} images",
 }
+QUANTIZER = {"openvino": "NNCF post-training quantization", "onnxruntime": "ONNX Runtime static quantization"}
+
+
+def plan(precision: str, backend: str = "auto", device: str = "auto") -> tuple[str | None, str]:
+    """``(backend, device)`` for ``--precision``, ``--backend`` and ``--device``; backend None: the model itself."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if backend not in ("auto", *BACKENDS):
+        raise UserError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if precision == "fp32":
+            return None, device
+        gpu = device not in ("auto", "cpu") or (device == "auto" and torch.cuda.is_available())
+        backend = default_backend(precision, "cuda" if gpu else "cpu")
+    if precision not in RUNS[backend]:
+        runs = " or ".join(b for b in BACKENDS if precision in RUNS[b])
+        raise UserError(f"--backend {backend} runs {', '.join(RUNS[backend])}; for --precision {precision} use {runs}")
+    if backend in CPU_ONLY:
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"--precision {precision} runs through {NAMES[backend]}, on the CPU; "
+                              "leave out --device or pass --device cpu")  # fmt: skip
+        device = "cpu"
+    return backend, device
+
+
+def note(precision: str, backend: str | None, chosen: bool, images: int = 0) -> str:
+    """One line saying what ran: precision, exactness, backend and why it was picked."""
+    if backend is None:
+        return "fp32 (exact)"
+    how = HOW[precision].format(n=images)
+    if precision == "int8":
+        how = how.replace("static quantization", QUANTIZER[backend])
+    where = " on the CPU" if backend in CPU_ONLY else ""
+    why = f", the fastest installed for {precision}" if chosen else ""
+    return f"{how}); backend {NAMES[backend]}{where}{why}"
 
 
 def auto_calibration_set(loaded: LoadedModel):
@@ -40,26 +81,33 @@ def auto_calibration_set(loaded: LoadedModel):
     return Subset(train, range(0, len(train), step)[:CALIBRATION_IMAGES])
 
 
-def with_precision(loaded: LoadedModel, precision: str, calibration: str | None = None) -> tuple[nn.Module, dict]:
-    """(module, {"precision", "note", "calibration_images"}) running ``loaded.model`` at ``precision``.
+def with_precision(loaded: LoadedModel, precision: str, calibration: str | None = None,
+                   backend: str = "auto", device: str = "auto") -> tuple[nn.Module, dict]:  # fmt: skip
+    """(module, {"precision", "backend", "device", "note", "calibration_images"}) running ``loaded.model``.
 
     ``calibration`` (int8 only): a folder of images, or ``"auto"`` (None means auto).
+    ``backend``/``device``: as :func:`plan` resolves them (the module runs on that device).
     """
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision != "int8":
-        if calibration is not None:
-            raise UserError("--calibration is for --precision int8 only")
-        module = loaded.model if precision == "fp32" else optimize_for_inference(loaded.model, precision=precision)
-        return module, {"precision": precision, "note": NOTES[precision]}
-    check_int8_ready()
-    from torch.utils.data import DataLoader
+    chosen, device = plan(precision, backend, device)
+    info = {"precision": precision, "backend": chosen or "module", "device": device}
+    if precision != "int8" and calibration is not None:
+        raise UserError("--calibration is for --precision int8 only")
+    if chosen is None:
+        return loaded.model, {**info, "note": note(precision, None, False)}
+    if chosen in CPU_ONLY:
+        loaded.model = loaded.model.cpu()
+    batches, count = None, 0
+    if precision == "int8":
+        check_int8_ready(chosen)
+        from torch.utils.data import DataLoader
 
-    model = loaded.model.cpu()
-    c = model.config
-    auto = calibration in (None, "auto")
-    source = DataLoader(auto_calibration_set(loaded), batch_size=32) if auto else calibration
-    batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names)
-    count = sum(len(b) for b in batches)
-    module = optimize_for_inference(model, precision="int8", calibration=batches)
-    return module, {"precision": "int8", "note": NOTES["int8"].format(n=count), "calibration_images": count}
+        c = loaded.model.config
+        auto = calibration in (None, "auto")
+        source = DataLoader(auto_calibration_set(loaded), batch_size=32) if auto else calibration
+        batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names)
+        count = sum(len(b) for b in batches)
+    module = optimize_for_inference(loaded.model, backend=chosen, precision=precision, calibration=batches)
+    info["note"] = note(precision, chosen, backend == "auto", count)
+    if precision == "int8":
+        info["calibration_images"] = count
+    return module, info

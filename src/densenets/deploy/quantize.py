@@ -43,11 +43,16 @@ def int8_cpu_problem() -> str | None:
     return None if capability == "AVX512" else f"this CPU reports {capability}, without AVX-512 int8 instructions"
 
 
-def check_int8_ready() -> None:
+def check_int8_ready(backend: str = "onnxruntime") -> None:
     """Raise a one-line UserError if int8 cannot run here (CPU instructions, missing packages)."""
     problem = int8_cpu_problem()
     if problem:
         raise UserError(f"int8 needs a CPU with VNNI: {problem}; use precision bf16 or fp32 instead")
+    if backend == "openvino":
+        from .openvino import check_openvino
+
+        check_openvino("int8")
+        return
     try:
         import onnx  # noqa: F401
         import onnxruntime.quantization  # noqa: F401

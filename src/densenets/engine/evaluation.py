@@ -68,11 +68,13 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     precision: str = "fp32",
     calibration: str | None = None,
+    backend: str = "auto",
 ) -> dict:
     """Evaluate a trained model on a data set's test split; writes metrics and figures to ``out_dir``.
 
     A run folder means the checkpoint :func:`choose_checkpoint` picks; the result names it and why.
-    ``precision`` bf16 or int8 evaluates the optimised model (see :mod:`densenets.deploy.precision`).
+    ``precision`` bf16 or int8 (or a ``backend``) evaluates the optimised model on the device
+    :func:`densenets.deploy.precision.plan` resolves (ONNX Runtime and OpenVINO: the CPU).
     """
     path, reason = choose_checkpoint(checkpoint)
     loaded = load_model(path, model_name)
@@ -111,14 +113,13 @@ def evaluate_checkpoint(
         if not loaded.preprocess.get("resize") or loaded.preprocess["resize"] <= loaded.preprocess["crop"]:
             raise ConfigError("ten-crop testing needs images resized larger than the crop (ImageNet-style data)")
         test = with_transform(test, ten_crop_transform(loaded.preprocess))
-    fast, precision_info = with_precision(loaded, precision, calibration)
-    if precision != "fp32":
-        device = "cpu" if precision == "int8" else device  # ONNX Runtime runs on the CPU
-    runtime = make_runtime(Recipe(device=device, amp="none"))
-    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model = (
-        loaded.model.to(runtime.device, memory_format=memory_format) if precision == "fp32" else fast.to(runtime.device)
-    )
+    fast, precision_info = with_precision(loaded, precision, calibration, backend, device)
+    runtime = make_runtime(Recipe(device=precision_info["device"], amp="none"))
+    if precision_info["backend"] == "module":
+        memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        model = loaded.model.to(runtime.device, memory_format=memory_format)
+    else:
+        model = fast.to(runtime.device)
     workers = workers if workers is not None else (8 if runtime.device.type == "cuda" else 0)
     loader = DataLoader(test, batch_size=batch_size, num_workers=workers)
     metrics = evaluate(model, loader, runtime, confusion=True)
@@ -134,6 +135,7 @@ def evaluate_checkpoint(
         "data": data,
         "ten_crop": ten_crop,
         "precision": precision,
+        "backend": precision_info["backend"],
         "precision_note": precision_info["note"],
         **{k: v for k, v in metrics.items() if k != "confusion"},
         "per_class_accuracy": {name: acc for name, acc in zip(names, metrics["per_class_accuracy"], strict=True)},

@@ -15,7 +15,8 @@ from ..engine.loading import load_model, loaded_notes
 from ..errors import UserError
 from ..models.weights import MODEL_FORMAT, LoadedModel
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "torchscript", "safetensors", "openvino")
+OPENVINO_FORMAT = "densenets-openvino/1"  # the JSON beside an exported OpenVINO IR
 
 
 def _example(model: nn.Module, input_size: int | None, batch: int = 2) -> torch.Tensor:
@@ -101,7 +102,7 @@ def export_onnx_int8(loaded: LoadedModel, path: str | Path, calibration: str | N
     against the fp32 PyTorch model on the calibration images (top-1 agreement, largest difference)."""
     from ..deploy.precision import with_precision
 
-    module, info = with_precision(loaded, "int8", calibration)
+    module, info = with_precision(loaded, "int8", calibration, backend="onnxruntime", device="cpu")
     path = Path(path)
     path.write_bytes(module.graph)
     import onnxruntime as ort
@@ -124,6 +125,60 @@ def export_onnx_int8(loaded: LoadedModel, path: str | Path, calibration: str | N
             "max_abs_diff": diff}  # fmt: skip
 
 
+def export_openvino(loaded: LoadedModel, path: str | Path, int8: bool, calibration: str | None) -> dict:
+    """Write the OpenVINO IR (``.xml`` + ``.bin``, dynamic batch and image size) and our JSON beside it
+    (model config, preprocessing, class names, precision); the IR is read back from disk and checked
+    against the fp32 PyTorch model: fp32 to 1e-4, int8 by top-1 agreement on the calibration images."""
+    from ..deploy.openvino import check_openvino
+
+    precision = "int8" if int8 else "fp32"
+    check_openvino(precision)
+    from ..deploy.precision import with_precision
+
+    module, info = with_precision(loaded, precision, calibration, backend="openvino", device="cpu")
+    xml = module.save(Path(path).with_suffix(".xml"))
+    meta = {
+        "format": OPENVINO_FORMAT,
+        "name": loaded.name,
+        "model": loaded.model.config.to_dict(),
+        "preprocess": loaded.preprocess,
+        "class_names": loaded.class_names,
+        "precision": precision,
+        "precision_note": info["note"],
+        "openvino": {"xml": xml.name, "bin": xml.with_suffix(".bin").name, "input": "images", "output": "logits"},
+    }
+    json_path = xml.with_suffix(".json")
+    json_path.write_text(json.dumps(meta, indent=2))
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    model = _exportable(loaded.model)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(compiled(images.numpy())[compiled.output(0)].copy())
+
+    result = {"path": str(xml), "config": str(json_path), "format": "openvino", "precision": precision}
+    if not int8:
+        check = _example(model, loaded.preprocess.get("crop"), batch=3)
+        with torch.no_grad():
+            return {**result, **_compare(run(check), model(check), "openvino (IR read back)")}
+    agree = total = 0
+    diff = 0.0
+    for images in module.calibration[:4]:
+        got = run(images)
+        with torch.no_grad():
+            expected = model(images)
+        if not torch.isfinite(got).all():
+            raise UserError(
+                "the int8 OpenVINO model gives non-finite outputs; calibrate on images of the model's data set"
+            )
+        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+        total += len(images)
+        diff = max(diff, (got - expected).abs().max().item())
+    return {**result, "note": info["note"], "verified": "openvino (IR read back)",
+            "top1_agreement": 100.0 * agree / total, "checked_images": total, "max_abs_diff": diff}  # fmt: skip
+
+
 def _compare(got: torch.Tensor, expected: torch.Tensor, what: str) -> dict:
     diff = (got.float() - expected.float()).abs().max().item()
     scale = max(expected.abs().max().item(), 1.0)
@@ -136,11 +191,11 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
                  input_size: int | None = None, int8: bool = False,
                  calibration: str | None = None) -> dict:  # fmt: skip
     """Load any supported checkpoint and export it; ``out`` defaults to the checkpoint's name.
-    ``int8`` (ONNX only): statically quantized, calibrated on ``calibration`` (folder or "auto")."""
+    ``int8`` (ONNX, OpenVINO): statically quantized, calibrated on ``calibration`` (folder or "auto")."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if (int8 or calibration) and fmt != "onnx":
-        raise UserError("--int8 and --calibration are for --format onnx only")
+    if (int8 or calibration) and fmt not in ("onnx", "openvino"):
+        raise UserError("--int8 and --calibration are for --format onnx or openvino only")
     if calibration and not int8:
         raise UserError("--calibration is for --int8 exports only; add --int8")
     loaded = load_model(checkpoint, model_name)
@@ -149,11 +204,14 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
         "onnx": ".int8.onnx" if int8 else ".onnx",
         "torchscript": ".torchscript.pt",
         "safetensors": ".safetensors",
+        "openvino": ".int8.xml" if int8 else ".openvino.xml",
     }[fmt]
     # named weights (densenet_bc40_k12.cifar10) have no file beside which to write: the current folder
     stem = loaded.source.stem if loaded.source.exists() else loaded.source.name
     target = Path(out) if out else loaded.source.with_name(stem + suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "openvino":
+        return export_openvino(loaded, target, int8, calibration)
     if fmt == "onnx" and int8:
         result = export_onnx_int8(loaded, target, calibration)
     elif fmt == "onnx":

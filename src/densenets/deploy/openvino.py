@@ -1,0 +1,146 @@
+"""``backend="openvino"``: the model converted by OpenVINO and compiled for the CPU.
+
+fp32 and bf16 compile the same converted graph with OpenVINO's inference-precision hint
+(``f32`` or ``bf16``; OpenVINO would otherwise pick bf16 by itself on CPUs with AMX). int8 is
+NNCF post-training quantization of that graph (symmetric int8 activations, per-channel int8
+weights), calibrated on the given images like the ONNX Runtime path. Any image model
+converts the same way (ours or torchvision's), so the bench compares them through the same
+runtime. Needs ``pip install 'densenets[openvino]'``.
+
+One compiled model is kept per input shape: OpenVINO's CPU kernels are fastest on static
+shapes, and a new shape (another batch size, the last partial batch) costs one compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+
+INSTALL = "pip install 'densenets[openvino]'"
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the ops NNCF leaves in float run in f32
+
+
+def check_openvino(precision: str = "fp32") -> None:
+    """Raise a one-line UserError if OpenVINO (and NNCF, for int8) is missing."""
+    names = ("openvino", "nncf") if precision == "int8" else ("openvino",)
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError as exc:
+            raise UserError(f"backend openvino needs {name}, which is missing ({exc}): {INSTALL}") from exc
+
+
+def convert(module: nn.Module, example: Tensor):
+    """``module`` (eval, fp32, CPU) as an ``openvino.Model`` with dynamic batch, height and width."""
+    import openvino as ov
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # convert_model traces with torch.jit.trace
+        model = ov.convert_model(module, example_input=example, input=[(-1, int(example.shape[1]), -1, -1)])
+    model.inputs[0].get_tensor().set_names({"images"})
+    model.outputs[0].get_tensor().set_names({"logits"})
+    return model
+
+
+def quantize(model, batches: Iterable[Tensor]):
+    """NNCF post-training int8 quantization of an ``openvino.Model``, calibrated on ``batches``.
+
+    Every image is its own calibration sample (NNCF's statistics assume one image per item).
+    """
+    import nncf
+
+    images = [image[None].numpy() for batch in batches for image in batch]
+    nncf.set_log_level(logging.ERROR)
+    quiet = io.StringIO()  # NNCF draws progress bars on the console
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images))
+
+
+class OpenVinoModule(nn.Module):
+    """An eval-only module whose forward runs ``module`` compiled by OpenVINO on the CPU.
+
+    ``example`` is one input batch (its channel count is checked). ``calibration`` (int8):
+    image batches (N, C, H, W). ``threads``: OpenVINO's thread count (default: torch's).
+    """
+
+    def __init__(self, module: nn.Module | None, example: Tensor, precision: str = "fp32", threads: int | None = None,
+                 calibration: list[Tensor] | None = None, ov_model=None) -> None:  # fmt: skip
+        super().__init__()
+        if precision not in HINTS:
+            raise ValueError(f"the openvino backend runs {', '.join(HINTS)}; got precision {precision!r}")
+        check_openvino(precision if ov_model is None else "fp32")  # a quantized model needs no NNCF to run
+        import openvino as ov
+
+        self.in_channels = int(example.shape[1])
+        self.precision = precision
+        self.calibration = list(calibration or [])
+        if ov_model is None:  # else an already converted (and for int8 quantized) model, e.g. read from an IR
+            if precision == "int8" and not calibration:
+                raise UserError("int8 needs calibration batches: pass calibration=[images (N, C, H, W), ...]")
+            ov_model = convert(module, example)
+            if precision == "int8":
+                ov_model = quantize(ov_model, self.calibration)
+        self.ov_model = ov_model
+        self.core = ov.Core()
+        self.compile_config = {
+            "INFERENCE_PRECISION_HINT": HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",  # one stream using every thread: what one forward call needs
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+        }
+        self.compiled: dict[tuple[int, ...], object] = {}
+        self.training = False
+
+    def train(self, mode: bool = True) -> OpenVinoModule:
+        if mode:
+            raise RuntimeError("an OpenVINO model is eval-only; train the original module instead")
+        return self
+
+    def compiled_for(self, shape: tuple[int, ...]):
+        """The model compiled for one static input shape (compiled on first use, then kept)."""
+        if shape not in self.compiled:
+            static = self.ov_model.clone()
+            static.reshape({0: list(shape)})
+            self.compiled[shape] = self.core.compile_model(static, "CPU", self.compile_config)
+        return self.compiled[shape]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.device.type != "cpu":
+            raise ValueError(f"the openvino backend runs on the CPU; got a tensor on {x.device}")
+        compiled = self.compiled_for(tuple(x.shape))
+        result = compiled(x.detach().float().contiguous().numpy())
+        return torch.from_numpy(result[compiled.output(0)].copy())
+
+    def save(self, path: str | Path) -> Path:
+        """Write the OpenVINO IR (``path`` .xml and the .bin beside it), dynamic shapes; returns the .xml."""
+        import openvino as ov
+
+        path = Path(path).with_suffix(".xml")
+        ov.save_model(self.ov_model, str(path), compress_to_fp16=False)
+        return path
+
+
+def openvino_densenet(model: nn.Module, precision: str = "fp32", threads: int | None = None,
+                      calibration: list[Tensor] | None = None,
+                      exportable: nn.Module | None = None) -> OpenVinoModule:  # fmt: skip
+    """``optimize_for_inference(model, backend="openvino")``: our DenseNet through OpenVINO.
+
+    ``exportable`` is the eval fp32 module to convert (default: a plain copy of ``model``).
+    """
+    from .onnx_runtime import plain_eval_copy
+
+    size = 224 if model.config.stem == "imagenet" else 32
+    example = torch.zeros(1, model.config.in_channels, size, size)
+    runner = OpenVinoModule(exportable or plain_eval_copy(model), example, precision, threads, calibration)
+    runner.config = model.config
+    return runner

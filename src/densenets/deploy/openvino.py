@@ -55,6 +55,9 @@ def quantize(model, batches: Iterable[Tensor]):
     """NNCF post-training int8 quantization of an ``openvino.Model``, calibrated on ``batches``.
 
     Every image is its own calibration sample (NNCF's statistics assume one image per item).
+    NNCF's full bias correction (not its fast one): on the tests' digits model the fast one
+    lost 1.11 points of test error against fp32 (4.17% vs 3.06%), the full one 0.28 (3.33%,
+    ONNX Runtime's int8 figure); it costs calibration time, not inference time.
     """
     import nncf
 
@@ -62,7 +65,7 @@ def quantize(model, batches: Iterable[Tensor]):
     nncf.set_log_level(logging.ERROR)
     quiet = io.StringIO()  # NNCF draws progress bars on the console
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images))
+        return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), fast_bias_correction=False)
 
 
 class OpenVinoModule(nn.Module):

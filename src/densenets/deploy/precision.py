@@ -20,7 +20,7 @@ from .quantize import CALIBRATION_IMAGES, calibration_batches, check_int8_ready
 
 HOW = {
     "fp32": "fp32 (exact to float rounding",
-    "bf16": "bf16 (approximate: weights and activations rounded to bfloat16, BatchNorm folded in fp32",
+    "bf16": "bf16 (approximate: weights and activations rounded to bfloat16, accumulated in fp32",
     "int8": "int8 (approximate: static quantization, per-channel int8 weights, calibrated on {n} images",
 }
 QUANTIZER = {"openvino": "NNCF post-training quantization", "onnxruntime": "ONNX Runtime static quantization"}

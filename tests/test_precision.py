@@ -86,9 +86,12 @@ def test_bf16_and_int8_test_error_within_half_a_point_of_fp32(which, digits_run,
     result = errors(run)
     print(f"{which}: test error by precision and backend {result}")
     assert result["fp32"] < 25.0, result  # the model learnt (chance is 90%)
+    # No path may lose more than the tolerance. A gain is not a failure: on 360 images one
+    # image is 0.28 points, and OpenVINO's int8 once scored 6.94% against fp32's 8.06% on the
+    # ImageFolder model (4 images better), which an absolute bound would have failed.
     for path, error in result.items():
         if path != "fp32":
-            assert abs(error - result["fp32"]) <= TOLERANCE[path.split()[0]], (path, result)
+            assert error - result["fp32"] <= TOLERANCE[path.split()[0]], (path, result)
 
 
 @needs_vnni

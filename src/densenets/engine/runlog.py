@@ -63,18 +63,15 @@ def reported_result(records: list[dict]) -> dict:
     validation AUROC).
     """
     if any("test_auroc" in r for r in records):
-        if any("val_auroc" in r for r in records):
-            chosen = max((r for r in records if "val_auroc" in r), key=lambda r: r["val_auroc"])
-            rule = "best validation epoch"
-        else:
-            chosen, rule = records[-1], "final epoch"
-        return {"test_auroc": chosen["test_auroc"], "epoch": chosen["epoch"], "rule": rule}
-    if any("val_error" in r for r in records):
-        chosen = min((r for r in records if "val_error" in r), key=lambda r: r["val_error"])
-        rule = "best validation epoch"
+        metric, val_metric, best = "test_auroc", "val_auroc", max
+    else:
+        metric, val_metric, best = "test_error", "val_error", min
+    validated = [r for r in records if val_metric in r]
+    if validated:  # max/min keep the first epoch on a tie
+        chosen, rule = best(validated, key=lambda r: r[val_metric]), "best validation epoch"
     else:
         chosen, rule = records[-1], "final epoch"
-    return {"test_error": chosen["test_error"], "epoch": chosen["epoch"], "rule": rule}
+    return {metric: chosen[metric], "epoch": chosen["epoch"], "rule": rule}
 
 
 class RunLog:

@@ -340,12 +340,7 @@ def levers_section(cfg: BenchConfig, device: torch.device, log) -> list[dict]:
                 "precision": "fp32", "impl": "densenets", "allocator": "tuned", "form": "module"}  # fmt: skip
         specs = {label: {**base, **change} for label, change in steps}
         log(f"levers: {task} {name} batch {batch}")
-        per_round = time_rounds(specs, cfg, log)
-        first = next(iter(per_round))
-        for label, times in per_round.items():
-            rows.append({"task": task, "model": name, "batch": batch, "lever": label,
-                         "images_per_s": batch / statistics.median(times),
-                         "speedup": paired_ratio(per_round[first], times)})  # fmt: skip
+        rows += rows_against_first(time_rounds(specs, cfg, log), "lever", task=task, model=name, batch=batch)
     return rows
 
 
@@ -369,12 +364,15 @@ def openvino_graphs_section(cfg: BenchConfig, log) -> list[dict]:
         }
         log(f"openvino graphs: {name} batch {batch}, {precision}")
         per_round = time_rounds(specs, cfg, log)
-        first = next(iter(per_round))
-        for label, times in per_round.items():
-            rows.append({"model": name, "batch": batch, "precision": precision, "graph": label,
-                         "images_per_s": batch / statistics.median(times),
-                         "speedup": paired_ratio(per_round[first], times)})  # fmt: skip
+        rows += rows_against_first(per_round, "graph", model=name, batch=batch, precision=precision)
     return rows
+
+
+def rows_against_first(per_round: dict[str, list[float]], label_key: str, **fields) -> list[dict]:
+    """One row per timed label: its throughput and its per-round speed-up over the first label."""
+    first = next(iter(per_round))
+    return [{**fields, label_key: label, "images_per_s": fields["batch"] / statistics.median(times),
+             "speedup": paired_ratio(per_round[first], times)} for label, times in per_round.items()]  # fmt: skip
 
 
 def environment(device: torch.device) -> dict:

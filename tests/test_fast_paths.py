@@ -104,7 +104,7 @@ def test_optimize_for_inference_matches_eval_model(name):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_var.mul_(4.0)
     model.eval()
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, backend="torch")
     size = 64 if model.config.stem == "imagenet" else 32
     for batch in (1, 3):
         x = torch.randn(batch, 3, size, size)

@@ -246,11 +246,14 @@ def test_default_int8_and_bf16_name_the_fastest_installed_backend(digits_run, tm
 
 
 def test_default_backend_falls_back_when_the_fastest_is_missing(monkeypatch):
-    assert choice.default_backend("fp32") == "torch"
-    assert choice.default_backend("bf16", "cuda") == "torch"  # OpenVINO and ONNX Runtime run on CPUs
+    for precision in ("fp32", "bf16"):
+        assert choice.default_backend(precision, "cuda") == "torch"  # OpenVINO and ONNX Runtime run on CPUs
+    monkeypatch.setattr(choice, "installed", lambda backend, precision="fp32": True)
+    assert [choice.default_backend(p) for p in ("fp32", "bf16", "int8")] == ["openvino"] * 3
     monkeypatch.setattr(choice, "installed", lambda backend, precision="fp32": backend != "openvino")
     assert choice.default_backend("int8") == "onnxruntime"
     assert choice.default_backend("bf16") == "torch"
+    assert choice.default_backend("fp32") == "torch"
 
 
 @needs_openvino

@@ -36,7 +36,7 @@ from .timing import matmul_peak_gflops
 SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
-CANDIDATES = {"fp32": ("torch", "openvino"), "bf16": ("openvino", "torch"), "int8": ("openvino", "onnxruntime")}
+CANDIDATES = {"fp32": ("openvino", "torch"), "bf16": ("openvino", "torch"), "int8": ("openvino", "onnxruntime")}
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
 """Which backend runs a precision when none is named: the fastest one installed, as measured.
 
 The order below is the one place this choice is made (``optimize_for_inference``, ``eval``,
-``predict`` and ``export`` all ask :func:`default_backend`). The figures behind it (DenseNet-121,
-224x224, batch 16, img/s; issue 21's table, a 2-core AMD EPYC Zen 4 with AVX-512 bf16 and VNNI,
-3 interleaved rounds; torchvision eager channels_last fp32 ran at 23.3 there):
+``predict`` and ``export`` all ask :func:`default_backend`). The figures behind it: ours through
+each backend in the same alternated rounds, DenseNet-121, 224x224, batch 16, img/s, on the
+2-core AMD EPYC (Zen 5, AVX-512 bf16 and VNNI) of docs/bench-cpu/run8 (3 rounds):
 
-- bf16: OpenVINO (bf16 hint) 65.1 on torchvision's graph, our PyTorch path 56.3: OpenVINO first;
-- int8: OpenVINO with NNCF 114.9, ONNX Runtime's static quantization of ours 21-30: OpenVINO first;
-- fp32: OpenVINO 31.3, our PyTorch path 28.7; the PyTorch path stays the default all the same:
-  exact to float rounding on any device, no extra dependency, and within 10% here.
+- fp32: OpenVINO 69.5, our PyTorch path 55.6 (on issue 21's Zen 4: 31.3 and 28.7): OpenVINO
+  first. Its outputs equal the model's to float rounding as the PyTorch path's do (fp32
+  inference-precision hint; tested), so being exact does not decide it; the PyTorch path stays
+  the default when OpenVINO is missing, on GPUs, and for ``eval``/``predict`` without
+  ``--precision``/``--backend`` (which run the model itself);
+- bf16: OpenVINO (bf16 hint) 146.9, our PyTorch path 94.7: OpenVINO first;
+- int8: OpenVINO with NNCF 273.7, ONNX Runtime's static quantization 45.2: OpenVINO first.
 
 ``densenets bench --sections infer`` times ours through each candidate backend in the same
 rounds as the peers (docs/benchmarks.md, run 8), so the order can be checked on any CPU.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 
 FASTEST_FIRST = {
-    "fp32": ("torch",),
+    "fp32": ("openvino", "torch"),
     "bf16": ("openvino", "torch"),
     "int8": ("openvino", "onnxruntime"),
 }

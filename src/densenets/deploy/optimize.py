@@ -28,9 +28,10 @@ def optimize_for_inference(
     GPU). ``backend="onnxruntime"``: the model exported in memory and run by ONNX Runtime on the
     CPU (``pip install 'densenets[export]'``). ``backend="openvino"``: converted and compiled by
     OpenVINO for the CPU (``pip install 'densenets[openvino]'``). The default (``None``) is the
-    fastest installed backend for the precision (:mod:`densenets.deploy.choice`): the torch
-    path for fp32 and on GPUs; OpenVINO for bf16 and int8 when installed. The module's
-    ``backend`` attribute says which ran.
+    fastest installed backend for the precision (:mod:`densenets.deploy.choice`): OpenVINO on a
+    CPU at every precision when ``densenets[openvino]`` is installed (measured fastest there), the
+    torch path on GPUs and without it (ONNX Runtime for int8). The module's ``backend`` attribute
+    says which ran.
 
     ``precision="bf16"``: BatchNorm folded in fp32, weights and activations in bfloat16
     (accumulation in fp32); logits come back as fp32, equal to fp32's to bf16 rounding.

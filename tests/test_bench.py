@@ -231,3 +231,25 @@ def test_bench_refuses_a_bad_memory_target_in_one_line(tmp_path, capsys, bad):
     err = capsys.readouterr().err.strip()
     assert err.startswith("densenets: error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_default_backend_order_follows_the_latest_cpu_record():
+    """choice.FASTEST_FIRST puts first, at each precision, the backend under which ours ran
+    fastest in the committed CPU record it cites (every candidate timed in the same rounds)."""
+    from densenets.deploy import choice
+
+    record = json.loads((DOCS / "bench-cpu" / "run9" / "results.json").read_text())
+    backend_of = {name: backend for backend, name in choice.NAMES.items()}
+    checked = 0
+    for work in record["infer"]:
+        if work["model"] != "densenet121" or work["batch"] != 16:
+            continue
+        ours = {}  # "densenets optimize_for_inference (OpenVINO)", "densenets through PyTorch" -> img/s
+        for row in work["rows"]:
+            if row["impl"].startswith("densenets"):
+                name = row["impl"].removesuffix(")").split("(")[-1].split(" through ")[-1]
+                ours[backend_of[name]] = row["images_per_s"]
+        order = [b for b in choice.FASTEST_FIRST[work["precision"]] if b in ours]
+        assert max(ours, key=ours.__getitem__) == order[0], (work["precision"], ours)
+        checked += 1
+    assert checked == 3, "the record should hold fp32, bf16 and int8 at batch 16"

@@ -23,9 +23,10 @@ needs_openvino = pytest.mark.skipif(
     not HAS_OPENVINO, reason="openvino and nncf are not installed (densenets[openvino])"
 )
 
-TOLERANCE = {"bf16": 0.5, "int8": 0.5}  # points of test error against fp32, as issue 11 asks
-# On the 360-image digits test split 0.5 points is one image, so the models must be trained well
-# enough that few predictions sit on a knife edge: 12 epochs reach about 5-8% test error here.
+TOLERANCE = {"bf16": 0.2, "int8": 0.5}  # points of test error a path may lose against fp32 (issue 21)
+# On the 360-image digits test split one image is 0.28 points: bf16 may lose none, int8 one image.
+# So the models must be trained well enough that few predictions sit on a knife edge: 12 epochs
+# reach about 3-8% test error here.
 
 
 def run_cli(capsys, *args):

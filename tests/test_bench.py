@@ -146,12 +146,9 @@ def test_memory_probe_measures_each_default_path():
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
-# Records where the rule knowingly picks the slower layout, and why it stands.
-LAYOUT_EXCEPTIONS = {
-    # H200, bf16 AMP, 32x32 images: torchvision NCHW 1581 vs channels_last 1090 img/s. The rule
-    # follows densenet121 at 224x224 (channels_last 332 vs 241 img/s): ImageNet-size training.
-    ("cuda", "densenet_bc100_k12", "bf16"),
-}
+# Records where the rule knowingly picks the slower layout, and why it stands (none at present:
+# the H200's bf16 DenseNet-BC-100 record, once listed here, is what the stem rule now follows).
+LAYOUT_EXCEPTIONS: set[tuple[str, str, str]] = set()
 
 
 def measured_training_layouts() -> list[tuple[str, str, str, bool]]:
@@ -181,7 +178,7 @@ def measured_training_layouts() -> list[tuple[str, str, str, bool]]:
 def test_default_layout_rule_follows_the_measurements():
     """The training engine's default layout is the one the committed records measured faster
     for torchvision's own DenseNets, on each device and precision, except the listed records."""
-    from densenets.engine.runtime import default_channels_last
+    from densenets.engine.runtime import default_channels_last, model_stem
 
     measured = measured_training_layouts()
     assert len(measured) >= 8, "the benchmark records this test reads are missing"
@@ -189,7 +186,7 @@ def test_default_layout_rule_follows_the_measurements():
     disagree = [
         (device, model, precision)
         for device, model, precision, channels_last_faster in measured
-        if default_channels_last(torch.device(device), amp[precision]) != channels_last_faster
+        if default_channels_last(torch.device(device), amp[precision], model_stem(model)) != channels_last_faster
     ]
     assert set(disagree) == LAYOUT_EXCEPTIONS
 

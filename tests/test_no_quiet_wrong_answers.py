@@ -20,7 +20,7 @@ from densenets.engine.loading import choose_checkpoint
 from densenets.engine.loop import evaluate
 from densenets.engine.recipes import Recipe
 from densenets.engine.runlog import RunLog, reported_result
-from densenets.engine.runtime import Runtime, amp_dtype, default_channels_last
+from densenets.engine.runtime import Runtime, amp_dtype, default_channels_last, model_stem
 from densenets.engine.trainer import fit
 from densenets.errors import ConfigError, DataError, UserError
 from densenets.models import DenseNetConfig
@@ -191,9 +191,13 @@ def test_runtime_rules_have_public_names():
     assert amp_dtype("bf16") is torch.bfloat16 and amp_dtype("none") is None
     with pytest.raises(ConfigError, match="amp must be one of"):
         amp_dtype("fp8")
-    assert default_channels_last(torch.device("cpu"), None)
-    assert not default_channels_last(torch.device("cuda", 0), None)
-    assert default_channels_last(torch.device("cuda", 0), torch.bfloat16)
+    for stem in ("cifar", "imagenet"):  # without autocast the device decides
+        assert default_channels_last(torch.device("cpu"), None, stem)
+        assert not default_channels_last(torch.device("cuda", 0), None, stem)
+    for device in ("cpu", "cuda"):  # under bf16 autocast the network does (docs/benchmarks.md, run 10)
+        assert default_channels_last(torch.device(device), torch.bfloat16, "imagenet")
+        assert not default_channels_last(torch.device(device), torch.bfloat16, "cifar")
+    assert model_stem("densenet121") == "imagenet" and model_stem("densenet_bc100_k12") == "cifar"
 
 
 # --- TensorBoard ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 model (digits and an ImageFolder made from the digits), and bad calibration input is one line, exit 2."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -304,3 +306,13 @@ def test_bench_int8_rows_are_like_for_like_and_run():
     for label in (ours, "torchvision through ONNX Runtime"):
         result = run({**specs[label], "reps": 1, "warmup": 1})
         assert result["median_s"] > 0
+
+
+@needs_openvino
+def test_importing_nncf_logs_nothing_about_cuda():
+    """NNCF imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on CPU-only
+    machines; the int8 commands would print it above their own output."""
+    code = "from densenets.deploy.openvino import check_openvino; check_openvino('int8'); print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert "CUDA" not in done.stderr, done.stderr

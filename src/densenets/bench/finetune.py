@@ -53,7 +53,7 @@ def probe(
     if threads:
         torch.set_num_threads(threads)
     tune_cpu_allocator()  # as densenets train does on the CPU
-    runtime = make_runtime(Recipe(device="cpu", amp=amp))
+    runtime = make_runtime(Recipe(device="cpu", amp=amp, model=model))  # its layout rule, for this model
     torch.manual_seed(0)
     net = create_model(model, num_classes=NUM_CLASSES, memory_efficient=memory_efficient)
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format

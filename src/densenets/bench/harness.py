@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..deploy import optimize_for_inference
 from ..deploy.choice import CPU_ONLY, NAMES, default_backend, installed
-from ..engine.runtime import amp_dtype, default_channels_last, resolve_device
+from ..engine.runtime import amp_dtype, default_channels_last, model_stem, resolve_device
 from ..models import create_model
 from .machine import cpu_info, peak_warnings, physical_peak_gflops
 from .memory import fit_growth, measure_step_memory, plot_memory
@@ -76,9 +76,9 @@ def workloads(task: str, quick: bool) -> list[tuple[str, int, int]]:
     return [("densenet121", 16, 224), ("densenet121", 1, 224)]
 
 
-def ours_channels_last(device: torch.device, precision: str) -> bool:
-    """The training engine's default layout for this device and precision (one rule, in runtime)."""
-    return default_channels_last(device, amp_dtype("bf16" if precision == "bf16" else "none"))
+def ours_channels_last(device: torch.device, precision: str, model: str) -> bool:
+    """The training engine's default layout for this device, precision and model (one rule, in runtime)."""
+    return default_channels_last(device, amp_dtype("bf16" if precision == "bf16" else "none"), model_stem(model))
 
 
 def onnxruntime_available(device: torch.device) -> bool:
@@ -99,7 +99,7 @@ def contenders(work: Workload, device: torch.device, quick: bool = False) -> dic
     tuned = "tuned" if cpu else "default"
     base = {"task": work.task, "model": work.model, "batch": work.batch, "size": work.size,
             "device": device.type, "precision": work.precision, "form": "module"}  # fmt: skip
-    ours_layout = "cl" if ours_channels_last(device, work.precision) else "nchw"
+    ours_layout = "cl" if ours_channels_last(device, work.precision, work.model) else "nchw"
     ours = {**base, "impl": "densenets", "layout": ours_layout, "allocator": tuned}
     tv = {**base, "impl": "torchvision", "allocator": tuned}
     p = work.precision

@@ -64,7 +64,7 @@ class Recipe:
     workers: int | None = None  # None: 0 on the CPU (loading competes with compute), 8 on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
-    channels_last: bool | None = None  # None: on the CPU; on CUDA only with --amp (measured, docs/benchmarks.md)
+    channels_last: bool | None = None  # None: fp32 on the CPU; with --amp for ImageNet-stem models (measured)
     memory_efficient: bool = False
     sync_bn: bool = False
     compile: bool = False
@@ -214,7 +214,7 @@ AUTO_MEANING = {
     "loader": "resident for in-memory CIFAR/SVHN, else workers",
     "dropout": "0.2 without data augmentation, 0 with (the paper's rule)",
     "workers": "0 on the CPU, 8 on CUDA",
-    "channels_last": "on the CPU; on CUDA only with --amp",
+    "channels_last": "fp32 on the CPU; with --amp for ImageNet-stem models",
 }
 
 

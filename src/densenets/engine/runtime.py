@@ -67,17 +67,31 @@ def resolve_device(name: str = "auto", dist: DistInfo | None = None) -> torch.de
     return device
 
 
-def default_channels_last(device: torch.device, amp: torch.dtype | None) -> bool:
-    """Whether our model runs NHWC by default on ``device`` with autocast ``amp``.
+def default_channels_last(device: torch.device, amp: torch.dtype | None, stem: str = "cifar") -> bool:
+    """Whether a model with ``stem`` ("cifar" or "imagenet") runs NHWC by default on ``device``
+    with autocast ``amp``.
 
-    Measured (docs/benchmarks.md): on the CPU, NHWC is faster in fp32 (torchvision's
-    DenseNet-BC-100 training: 55.7 vs 48.6 img/s) but slower under bf16 autocast (67.7 vs
-    87.6 img/s); on GPUs it is faster for tensor-core (AMP) convolutions and slower for
-    fp32 cuDNN convolutions (H200: 0.72x on DenseNet-BC-100).
+    Measured (docs/benchmarks.md, training steps): without autocast, NHWC is faster on the CPU
+    (torchvision's DenseNet-BC-100: 57.1 vs 50.3 img/s, run 10) and slower for fp32 cuDNN
+    convolutions (H200: 0.72x on DenseNet-BC-100). Under bf16 autocast the network decides, not
+    the image size: the ImageNet-stem DenseNets train faster in NHWC (DenseNet-121 on the CPU
+    1.30-1.44x at 64, 112 and 224 px; on the H200 332 vs 241 img/s) and the CIFAR ones in NCHW
+    (DenseNet-BC-100 on the CPU 0.73-0.80x at 32, 64 and 128 px; on the H200 1,090 vs 1,581).
     """
-    if device.type == "cpu":
-        return amp is None
-    return amp is not None
+    if amp is None:
+        return device.type == "cpu"
+    return stem == "imagenet"
+
+
+def model_stem(name: str) -> str:
+    """The stem of a registered model ("cifar" or "imagenet"); "cifar" for a name the registry
+    does not know (building the model then reports it)."""
+    from ..models.registry import UnknownModelError, get_config
+
+    try:
+        return get_config(name).stem
+    except UnknownModelError:
+        return "cifar"
 
 
 def make_runtime(recipe: Recipe, dist: DistInfo | None = None) -> Runtime:
@@ -90,7 +104,7 @@ def make_runtime(recipe: Recipe, dist: DistInfo | None = None) -> Runtime:
         torch.backends.cudnn.benchmark = True
     channels_last = recipe.channels_last
     if channels_last is None:
-        channels_last = default_channels_last(device, amp)
+        channels_last = default_channels_last(device, amp, model_stem(recipe.model))
     return Runtime(device=device, dist=dist, amp_dtype=amp, channels_last=channels_last)
 
 

@@ -34,16 +34,30 @@ def check_openvino(precision: str = "fp32") -> None:
     names = ("openvino", "nncf") if precision == "int8" else ("openvino",)
     for name in names:
         try:
-            import_nncf() if name == "nncf" else __import__(name)
+            __import__(name)
         except ImportError as exc:
             raise UserError(f"backend openvino needs {name}, which is missing ({exc}): {INSTALL}") from exc
+
+
+@contextlib.contextmanager
+def no_cuda_notice():
+    """Silence the warning ``torch.utils.cpp_extension`` logs when first imported on a machine
+    without CUDA ("No CUDA runtime is found"): with NNCF installed, OpenVINO's converter imports
+    ``nncf.torch``, which imports it; nothing here compiles an extension."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def convert(module: nn.Module, example: Tensor):
     """``module`` (eval, fp32, CPU) as an ``openvino.Model`` with dynamic batch, height and width."""
     import openvino as ov
 
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), no_cuda_notice():
         warnings.simplefilter("ignore", FutureWarning)  # convert_model traces with torch.jit.trace
         model = ov.convert_model(module, example_input=example, input=[(-1, int(example.shape[1]), -1, -1)])
     model.inputs[0].get_tensor().set_names({"images"})
@@ -59,25 +73,13 @@ def quantize(model, batches: Iterable[Tensor]):
     lost 1.11 points of test error against fp32 (4.17% vs 3.06%), the full one 0.28 (3.33%,
     ONNX Runtime's int8 figure); it costs calibration time, not inference time.
     """
-    nncf = import_nncf()
+    import nncf
+
     images = [image[None].numpy() for batch in batches for image in batch]
     nncf.set_log_level(logging.ERROR)
     quiet = io.StringIO()  # NNCF draws progress bars on the console
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), fast_bias_correction=False)
-
-
-def import_nncf():
-    """``import nncf`` without the warning its import of ``torch.utils.cpp_extension`` logs on a
-    machine without CUDA ("No CUDA runtime is found"): nothing here compiles an extension."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        import nncf
-    finally:
-        logger.setLevel(level)
-    return nncf
 
 
 class OpenVinoModule(nn.Module):

@@ -70,8 +70,8 @@ def quantize(model, batches: Iterable[Tensor]):
 
     Every image is its own calibration sample (NNCF's statistics assume one image per item).
     NNCF's full bias correction (not its fast one): on the tests' digits model the fast one
-    lost 1.11 points of test error against fp32 (4.17% vs 3.06%), the full one 0.28 (3.33%,
-    ONNX Runtime's int8 figure); it costs calibration time, not inference time.
+    lost 1.11 points of test error against fp32 (4.17% vs 3.06%), the full one 0.28 (3.33%);
+    it costs calibration time, not inference time.
     """
     import nncf
 

@@ -131,7 +131,8 @@ def test_int8_onnx_export_is_checked_with_onnxruntime(digits_run, tmp_path, caps
     assert out_file.is_file() and "checked with onnxruntime" in out and "int8" in out and "ONNX Runtime" in out
     import onnx
 
-    nodes = onnx.load(str(out_file)).graph.node
+    graph = onnx.load(str(out_file)).graph
+    nodes = graph.node
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in nodes}
     # Every BatchNorm that follows a conv alone was folded into it: no Conv's output goes only to
     # a BatchNormalization (through the quantize/dequantize pairs). The BatchNorms left are the
@@ -156,7 +157,6 @@ def test_int8_onnx_export_is_checked_with_onnxruntime(digits_run, tmp_path, caps
     assert len(batchnorms) == kept < sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     # The classifier runs in float: quantized logits tie (1% of CIFAR-10's test images had two
     # classes level at the top), and the reported class then depends on how a caller breaks ties.
-    graph = onnx.load(str(out_file)).graph
     (writer,) = [node for node in nodes if graph.output[0].name in node.output]
     assert writer.op_type == "Gemm", writer.op_type
 

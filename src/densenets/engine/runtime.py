@@ -67,7 +67,7 @@ def resolve_device(name: str = "auto", dist: DistInfo | None = None) -> torch.de
     return device
 
 
-def default_channels_last(device: torch.device, amp: torch.dtype | None, stem: str = "cifar") -> bool:
+def default_channels_last(device: torch.device, amp: torch.dtype | None, stem: str) -> bool:
     """Whether a model with ``stem`` ("cifar" or "imagenet") runs NHWC by default on ``device``
     with autocast ``amp``.
 

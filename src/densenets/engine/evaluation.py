@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ..models.weights import LoadedModel
 from .loading import choose_checkpoint, load_model
 from .loop import evaluate
 from .recipes import Recipe
+from .runlog import dumps
 from .runtime import make_runtime
 
 
@@ -151,7 +151,7 @@ def save_evaluation(result: dict, out_dir: Path) -> list[Path]:
     """metrics.json, confusion.csv and confusion.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps(result, indent=2))
+    json_path.write_text(dumps(result, indent=2))
     csv_path = out_dir / "confusion.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -252,7 +252,7 @@ def save_multilabel_evaluation(result: dict, probs, targets, out_dir: Path) -> l
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps(result, indent=2))
+    json_path.write_text(dumps(result, indent=2))
     csv_path = out_dir / "per_class.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)

@@ -9,7 +9,7 @@ from .build_run import Run
 from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
 from .loop import TrainState, evaluate
-from .runlog import read_metrics, reported_result
+from .runlog import is_better, read_metrics, reported_result, unranked_reason, validation_score
 
 
 def describe_run(run: Run, params: int) -> None:
@@ -96,6 +96,7 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
         **multilabel,
         "weights_reported": f"EMA of the weights (decay {run.recipe.ema_decay:g})" if s.ema else "the trained weights",
         "best": s.best,
+        "best_epoch": best_epoch_line(s, records, run.data.multilabel),
         "reported": reported_result(records) if records else None,
         "wall_seconds": wall,
         "train_images_per_s": images / seconds if seconds else None,
@@ -108,18 +109,13 @@ def print_summary(run: Run, summary: dict) -> None:
         _print_multilabel_summary(run, summary)
         return
     best = summary["best"]
-    if not best:
-        best_text = "no completed epoch"
-    elif best["selected_on"] == "val":
+    if best.get("selected_on") == "val":
         best_text = (
-            f"best validation error {best['error']:.2f}% at epoch {best['epoch']} "
+            f"best validation error {best['val_error']:.2f}% at epoch {best['epoch']} "
             f"(test error then {best['test_error']:.2f}%; best.pt)"
         )
     else:
-        best_text = (
-            f"lowest test error {best['error']:.2f}% at epoch {best['epoch']} (best.pt, chosen on the test set: "
-            "not a result to report; the final epoch is)"
-        )
+        best_text = summary["best_epoch"]
     speed = summary["train_images_per_s"]
     run.log(
         f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
@@ -148,14 +144,11 @@ def _print_multilabel_summary(run: Run, summary: dict) -> None:
         run.log(
             f"reported test macro AUROC {_fmt(reported['test_auroc'])} ({reported['rule']}, epoch {reported['epoch']})"
         )
-    if not best:
-        best_text = "no completed epoch"
-    elif best["selected_on"] == "val":
-        best_text = (f"best validation macro AUROC {_fmt(best['auroc'])} at epoch {best['epoch']} "
+    if best.get("selected_on") == "val":
+        best_text = (f"best validation macro AUROC {_fmt(best['val_auroc'])} at epoch {best['epoch']} "
                      f"(test macro AUROC then {_fmt(best['test_auroc'])}; best.pt)")  # fmt: skip
     else:
-        best_text = (f"highest test macro AUROC {_fmt(best['auroc'])} at epoch {best['epoch']} (best.pt, chosen on "
-                     "the test set: not a result to report; the final epoch is)")  # fmt: skip
+        best_text = summary["best_epoch"]
     thresholds = summary.get("thresholds")
     if thresholds:
         shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(run.data.class_names, thresholds, strict=True))
@@ -221,24 +214,44 @@ def epoch_record(
     return record
 
 
-def select_best(s: TrainState, record: dict, test: dict) -> bool:
-    """Update ``s.best`` (on the validation split when there is one, else the test set); True if this epoch is it.
+def select_best(s: TrainState, record: dict) -> bool:
+    """Update ``s.best`` by the one rule for the best epoch (:func:`.runlog.is_better`); True if
+    this epoch is it (``best.pt``): the best validation epoch, or the final epoch while validation
+    cannot rank epochs (no validation split, or its figure undefined)."""
+    if not is_better(record, _as_record(s.best)):
+        return False
+    metric = "auroc" if "test_auroc" in record else "error"
+    ranked = validation_score(record) is not None
+    s.best = {
+        "epoch": s.epoch,
+        "selected_on": "val" if ranked else "final",
+        f"val_{metric}": record.get(f"val_{metric}"),
+        f"test_{metric}": record[f"test_{metric}"],
+    }
+    return True
 
-    Lowest error; for a multi-label run, highest macro AUROC."""
-    if "test_auroc" in record:
-        selected_on = "val" if "val_auroc" in record else "test"
-        auroc = record[f"{selected_on}_auroc"]
-        auroc = -math.inf if auroc is None else auroc
-        is_best = not s.best or auroc > s.best["auroc"]
-        if is_best:
-            s.best = {"auroc": auroc, "epoch": s.epoch, "selected_on": selected_on, "test_auroc": record["test_auroc"]}
-        return is_best
-    selected_on = "val" if "val_error" in record else "test"
-    error = record[f"{selected_on}_error"]
-    is_best = not s.best or error < s.best["error"]
-    if is_best:
-        s.best = {"error": error, "epoch": s.epoch, "selected_on": selected_on, "test_error": test["error"]}
-    return is_best
+
+def _as_record(best: dict) -> dict | None:
+    """``s.best`` as an epoch record; a checkpoint of an older version kept ``error``/``auroc``
+    (of the validation split when ``selected_on`` is ``val``, else of the test set: unranked)."""
+    if not best:
+        return None
+    for metric in ("error", "auroc"):
+        if metric in best and f"test_{metric}" in best and f"val_{metric}" not in best:
+            value = best[metric] if best.get("selected_on") == "val" else None
+            return {f"test_{metric}": best[f"test_{metric}"], f"val_{metric}": value}
+    return best
+
+
+def best_epoch_line(s: TrainState, records: list[dict], multilabel: bool) -> str:
+    """One line on which epoch ``best.pt`` holds and why."""
+    if not s.best:
+        return "no completed epoch"
+    if s.best.get("selected_on") == "val":
+        what = "highest validation macro AUROC" if multilabel else "lowest validation error"
+        return f"best.pt: epoch {s.best['epoch']}, the {what}"
+    why = unranked_reason(records) if records else "no epoch record"
+    return f"best.pt: the final epoch ({s.best['epoch']}); validation cannot rank epochs: {why}"
 
 
 def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, is_best: bool) -> str:

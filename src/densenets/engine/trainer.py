@@ -172,7 +172,7 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
         thresholds, source = _thresholds(run, val)
         run.config["data"]["preprocess"].update(thresholds=thresholds, threshold_source=source)
         record["thresholds"] = dict(zip(run.data.class_names, thresholds, strict=True))
-    is_best = select_best(s, record, test)
+    is_best = select_best(s, record)
     if is_best and run.data.multilabel:  # best.pt's own operating points, for the summary
         s.best.update(thresholds=thresholds, threshold_source=source)
     run.save(*([BEST] if is_best else []), LAST)

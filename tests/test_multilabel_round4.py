@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -108,3 +109,75 @@ def test_run_log_and_summary_files_are_strict_json(tmp_path):
     assert strict_json((tmp_path / "metrics.jsonl").read_text()) == {"epoch": 1, "step": 1, "val_auroc": None,
                                                                       "best": None}  # fmt: skip
     assert strict_json((tmp_path / "summary.json").read_text()) == {"auroc": None, "per_class": [None, 0.5]}
+
+
+# --- item 4: multi-label edges -------------------------------------------------------------
+
+
+def test_uncertain_labels_are_mapped_in_training_rows_only(tmp_path):
+    from densenets.data import DataSpec, build_data
+
+    parts = {"train": [["-1", "0", "1"], *every_combination(8)], "val": [["-1", "1", "0"], ["0", "0", "1"]]}
+    data = write_csv_data(tmp_path, {**parts, "test": [["1", "-1", "0"]]})
+    bundle = build_data(DataSpec(name="csv", data_dir=str(data), image_size=16, uncertain="ones"))
+    assert bundle.train[0][1].tolist() == [1.0, 0.0, 1.0]  # training row: -1 read as positive
+    assert torch.isnan(bundle.val[0][1][0]) and torch.isnan(bundle.test[0][1][1])  # elsewhere unknown
+    assert "ones (positive in training rows only; validation and test rows keep them unknown" in bundle.notes[0]
+
+
+def test_multilabel_run_says_smoothing_thresholds_per_class_class_count_and_one_sided_classes(tmp_path, capsys):
+    # Edema: positive in every training row (no negatives), no positive in validation
+    train_rows = [[a, b, "1"] for a, b, _ in every_combination(16)]
+    val_rows = [["1", "0", "0"], ["0", "1", "0"], ["-1", "0", "0"], ["0", "0", "0"]]
+    data = write_csv_data(tmp_path / "data", {"train": train_rows, "val": val_rows, "test": every_combination(8)})
+    run = tmp_path / "run"
+    extra = ["--label-smoothing", "0.1", "--pos-weight", "balanced", "--uncertain", "zeros"]
+    assert train(data, run, *extra, epochs=1) == 0
+    out = capsys.readouterr().out
+    assert "label smoothing 0.1 on multi-label targets, as asked" in out
+    assert "train loss (smoothed 0.1, not comparable with test)" in out
+    assert "warning: class(es) Edema (no negative) have one label value in the training split" in out
+    assert "Edema 1.00" in out  # its pos_weight: 1, not 0
+    assert "val macro AUROC" in out and "over 2 of 3 classes" in out
+    summary = strict_json((run / "summary.json").read_text())
+    assert summary["threshold_sources"] == {"Atelectasis": "max F1 on validation",
+                                            "Cardiomegaly": "max F1 on validation",
+                                            "Edema": "0.5: class Edema has no positives in validation"}  # fmt: skip
+    assert summary["thresholds"][2] == 0.5 and "0.5 for Edema: not both label values" in summary["threshold_source"]
+    assert summary["final_test_auroc_classes"] == 3
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "over 3 of 3 classes" in out and "Edema: 0.5: class Edema has no positives in validation" in out
+    metrics = strict_json((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["auroc_classes"] == 3 and metrics["threshold_sources"] == summary["threshold_sources"]
+
+
+def test_finetune_recipe_leaves_multilabel_targets_unsmoothed_unless_asked():
+    from dataclasses import replace
+
+    from densenets.engine.recipes import base_recipe, resolve_label_smoothing
+
+    finetune = base_recipe("finetune", data="csv")
+    multi, note = resolve_label_smoothing(finetune, multilabel=True)
+    assert multi.label_smoothing == 0.0 and "none on multi-label targets" in note
+    assert resolve_label_smoothing(finetune, multilabel=False)[0].label_smoothing == 0.1
+    asked, note = resolve_label_smoothing(replace(finetune, label_smoothing=0.1), multilabel=True)
+    assert asked.label_smoothing == 0.1 and "as asked" in note
+
+
+def test_a_class_without_negatives_keeps_a_positive_weight():
+    from densenets.engine.multilabel import balanced_pos_weight
+
+    targets = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0], [float("nan"), 1.0]])
+    assert balanced_pos_weight(targets).tolist() == [2.0, 1.0]  # was 0 for the second class
+
+
+def test_thresholds_that_are_not_one_per_class_stop_in_one_line():
+    from densenets.engine.evaluation import multilabel_evaluation
+    from densenets.engine.multilabel import multilabel_metrics
+    from densenets.errors import CheckpointError
+
+    probs, targets = np.array([[0.2, 0.7, 0.4], [0.8, 0.1, 0.6]]), np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    metrics = {**multilabel_metrics(probs, targets), "count": 2, "loss": 0.5, "probs": probs, "targets": targets}
+    with pytest.raises(CheckpointError, match="carries 2 thresholds for its 3 classes"):
+        multilabel_evaluation({}, metrics, CLASSES, {"thresholds": [0.2, 0.3]}, None)

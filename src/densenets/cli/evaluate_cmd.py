@@ -97,9 +97,11 @@ def format_multilabel(result: dict) -> str:
         return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
     lines = [
-        f"{result['data']} test set ({result['count']} images): macro AUROC {cell(result['auroc_macro'])}  "
+        f"{result['data']} test set ({result['count']} images): macro AUROC {cell(result['auroc_macro'])} over "
+        f"{result['auroc_classes']} of {len(result['class_names'])} classes  "
         f"micro AUROC {cell(result['auroc_micro'])}  macro AP {cell(result['ap_macro'])}  loss {result['loss']:.4f}",
         f"thresholds: {result['threshold_source']}",
+        *(f"  {name}: {how}" for name, how in result["threshold_sources"].items() if how != result["threshold_source"]),
         f"{'class':<16} {'AUROC':>6} {'AP':>6} {'prev.':>6} {'thresh.':>7} {'sens.':>6} {'spec.':>6} {'F1':>6}",
     ]
     for name in result["class_names"]:

@@ -202,14 +202,9 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
     """The multi-label result: per-class AUROC, AP, prevalence and the operating points of the
     model's thresholds (sensitivity, specificity, F1); with ``out_dir`` metrics.json,
     per_class.csv and roc.png."""
-    from .multilabel import DEFAULT_THRESHOLD, operating_points
+    from .multilabel import operating_points
 
-    thresholds = preprocess.get("thresholds")
-    if thresholds and len(thresholds) == len(names):
-        source = preprocess.get("threshold_source") or "the thresholds saved with the model"
-    else:
-        thresholds = [DEFAULT_THRESHOLD] * len(names)
-        source = "0.5 for every class: the model carries no thresholds (its run had no validation split)"
+    thresholds, source, sources = saved_thresholds(preprocess, names)
     probs, targets = metrics.pop("probs"), metrics.pop("targets")
     points = operating_points(probs, targets, thresholds)
 
@@ -222,6 +217,7 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
         "count": metrics["count"],
         "loss": metrics["loss"],
         "auroc_macro": _finite(metrics["auroc_macro"]),
+        "auroc_classes": metrics["auroc_classes"],  # how many classes the macro mean is over
         "auroc_micro": _finite(metrics["auroc_micro"]),
         "ap_macro": _finite(metrics["ap_macro"]),
         "auroc": per_class(metrics["auroc"]),
@@ -230,12 +226,33 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
         "known_labels": dict(zip(names, metrics["known"], strict=True)),
         "thresholds": per_class(thresholds),
         "threshold_source": source,
+        "threshold_sources": sources,
         **{key: per_class(points[key]) for key in ("sensitivity", "specificity", "precision", "f1")},
         "class_names": list(names),
     }
     if out_dir is not None:
         save_multilabel_evaluation(result, probs, targets, Path(out_dir))
     return result
+
+
+def saved_thresholds(preprocess: dict, names: list[str]) -> tuple[list[float], str, dict[str, str]]:
+    """The thresholds a multi-label model carries, how they were chosen (a line, and per class);
+    0.5 when it carries none. A list that is not one per class stops in one line."""
+    from ..errors import CheckpointError
+    from .multilabel import DEFAULT_THRESHOLD
+
+    thresholds = preprocess.get("thresholds")
+    if not thresholds:
+        why = "the model carries no thresholds (its run had no validation split)"
+        return [DEFAULT_THRESHOLD] * len(names), f"0.5 for every class: {why}", dict.fromkeys(names, f"0.5: {why}")
+    if len(thresholds) != len(names):
+        raise CheckpointError(
+            f"the model carries {len(thresholds)} thresholds for its {len(names)} classes; "
+            "they cannot be matched to the classes (re-save the model from its run)"
+        )
+    source = preprocess.get("threshold_source") or "the thresholds saved with the model"
+    sources = preprocess.get("threshold_sources") or dict.fromkeys(names, source)
+    return list(thresholds), source, dict(sources)
 
 
 def _finite(value: float) -> float | None:

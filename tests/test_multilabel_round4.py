@@ -181,3 +181,20 @@ def test_thresholds_that_are_not_one_per_class_stop_in_one_line():
     metrics = {**multilabel_metrics(probs, targets), "count": 2, "loss": 0.5, "probs": probs, "targets": targets}
     with pytest.raises(CheckpointError, match="carries 2 thresholds for its 3 classes"):
         multilabel_evaluation({}, metrics, CLASSES, {"thresholds": [0.2, 0.3]}, None)
+
+
+def test_eval_in_bf16_counts_changed_validation_decisions_and_rechooses_thresholds(tmp_path, capsys):
+    data = write_csv_data(tmp_path / "data", {"train": every_combination(16), "val": every_combination(8),
+                                              "test": every_combination(8)})  # fmt: skip
+    run = tmp_path / "run"
+    assert train(data, run, epochs=1) == 0
+    capsys.readouterr()
+    out_dir = tmp_path / "eval"
+    assert main(["eval", str(run), "--precision", "bf16", "--backend", "torch", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    metrics = strict_json((out_dir / "metrics.json").read_text())
+    assert metrics["precision_val_images"] == 8
+    changed = metrics["precision_positives_changed"]
+    assert f"bf16: at the saved thresholds (chosen on fp32 outputs) {changed} validation decisions change" in out
+    assert set(metrics["precision_thresholds"]) == set(CLASSES)
+    assert "re-chosen on the validation split for bf16" in out

@@ -127,6 +127,11 @@ def evaluate_checkpoint(
     if bundle.multilabel:
         head = {"checkpoint": str(loaded.source), "checkpoint_choice": reason, "notes": loaded.notes, "data": data,
                 "ten_crop": ten_crop, "precision": precision, "precision_note": precision_info["note"]}  # fmt: skip
+        if precision != "fp32" and bundle.val is not None:  # thresholds were chosen on fp32 outputs
+            val = bundle.val if same_preprocessing(bundle.preprocess, preprocess) else (
+                with_transform(bundle.val, image_transform(preprocess)))  # fmt: skip
+            rule = recipe.get("threshold", "f1")
+            head.update(precision_thresholds(loaded, model, val, runtime, names, rule), thresholds_for=precision)
         return multilabel_evaluation(head, metrics, names, loaded.preprocess, out_dir)
     result = {
         "checkpoint": str(loaded.source),
@@ -233,6 +238,27 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
     if out_dir is not None:
         save_multilabel_evaluation(result, probs, targets, Path(out_dir))
     return result
+
+
+def precision_thresholds(loaded: LoadedModel, fast, val, runtime, names: list[str], rule: str) -> dict:
+    """The saved thresholds were chosen on fp32 outputs: how many validation decisions (image, class)
+    the optimised model ``fast`` flips at them, and thresholds re-chosen on its validation outputs."""
+    import numpy as np
+
+    from .multilabel import choose_thresholds
+
+    saved = np.asarray(saved_thresholds(loaded.preprocess, names)[0])
+    loader = DataLoader(val, batch_size=64)
+    exact = evaluate(loaded.model.to(runtime.device), loader, runtime)["probs"] >= saved
+    approx = evaluate(fast, loader, runtime)
+    flipped = exact != (approx["probs"] >= saved)
+    chosen = choose_thresholds(approx["probs"], approx["targets"], rule)
+    return {
+        "precision_positives_changed": int(flipped.sum()),
+        "precision_images_changed": int(flipped.any(1).sum()),
+        "precision_val_images": int(flipped.shape[0]),
+        "precision_thresholds": dict(zip(names, chosen, strict=True)),
+    }
 
 
 def saved_thresholds(preprocess: dict, names: list[str]) -> tuple[list[float], str, dict[str, str]]:

@@ -70,8 +70,8 @@ def test_train_command_end_to_end(tmp_path, capsys):
     code, out, _ = run_cli(capsys, *args)
     assert code == 0
     assert "epoch   1/1" in out and "final test error" in out
-    # no validation split: best.pt was chosen on the test set and is labelled so, never as the result
-    assert "lowest test error" in out and "chosen on the test set: not a result to report" in out
+    # no validation split: best.pt is the final epoch (never chosen on the test set), and says so
+    assert "best.pt: the final epoch (1); validation cannot rank epochs: no validation split" in out
     assert "best test error" not in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["reported"]["rule"] == "final epoch" and summary["reported"]["epoch"] == 1

@@ -70,7 +70,13 @@ def run_results(run_dirs: list[str | Path]) -> list[dict]:
 
 def _result(run: dict, percent: str = "") -> str:
     """A run's reported figure: its test error, or a multi-label run's macro AUROC."""
-    return f"macro AUROC {run['auroc']:.3f}" if "auroc" in run else f"{run['error']:.2f}{percent}"
+    if "auroc" in run:
+        return (
+            "macro AUROC n/a (no class with both labels in the test split)"
+            if run["auroc"] is None
+            else (f"macro AUROC {run['auroc']:.3f}")
+        )
+    return f"{run['error']:.2f}{percent}"
 
 
 def _fmt(value) -> str:

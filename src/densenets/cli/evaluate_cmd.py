@@ -97,11 +97,21 @@ def format_multilabel(result: dict) -> str:
         return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
     lines = [
-        f"{result['data']} test set ({result['count']} images): macro AUROC {cell(result['auroc_macro'])}  "
+        f"{result['data']} test set ({result['count']} images): macro AUROC {cell(result['auroc_macro'])} over "
+        f"{result['auroc_classes']} of {len(result['class_names'])} classes  "
         f"micro AUROC {cell(result['auroc_micro'])}  macro AP {cell(result['ap_macro'])}  loss {result['loss']:.4f}",
         f"thresholds: {result['threshold_source']}",
+        *(f"  {name}: {how}" for name, how in result["threshold_sources"].items() if how != result["threshold_source"]),
         f"{'class':<16} {'AUROC':>6} {'AP':>6} {'prev.':>6} {'thresh.':>7} {'sens.':>6} {'spec.':>6} {'F1':>6}",
     ]
+    if "precision_thresholds" in result:
+        shown = ", ".join(f"{n} {t:.3f}" for n, t in result["precision_thresholds"].items())
+        lines.insert(2, (
+            f"{result['thresholds_for']}: at the saved thresholds (chosen on fp32 outputs) "
+            f"{result['precision_positives_changed']} validation decisions change "
+            f"({result['precision_images_changed']} of {result['precision_val_images']} images); thresholds "
+            f"re-chosen on the validation split for {result['thresholds_for']}: {shown} (metrics.json "
+            "precision_thresholds; the figures here use the saved ones)"))  # fmt: skip
     for name in result["class_names"]:
         lines.append(
             f"{name[:16]:<16} {cell(result['auroc'][name]):>6} {cell(result['average_precision'][name]):>6} "

@@ -7,6 +7,8 @@ blank (unknown) or ``-1`` (uncertain), which makes the data multi-label. An opti
 
 Multi-label targets are float vectors (C,) with NaN where the label is unknown (blank, or
 uncertain under ``uncertain="ignore"``): the loss and the metrics leave those cells out.
+``uncertain="ones"|"zeros"`` is for training rows (:func:`map_uncertain`): validation and
+test rows keep an uncertain label unknown, so thresholds and test figures use known labels only.
 Every problem stops in one line naming the CSV line.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +43,7 @@ class LabelTable:
     targets: list[int] | torch.Tensor
     multilabel: bool
     splits: list[str] | None  # None: the CSV has no split column
+    uncertain_cells: torch.Tensor | None = None  # multi-label: (N, C) True where the CSV says -1
 
     def where(self, line: int) -> str:
         return f"{self.csv_path} line {line}"
@@ -71,6 +74,7 @@ def read_label_csv(path: str | Path, uncertain: str = "ignore") -> LabelTable:
     if not rows:
         raise DataError(f"{path}: no rows")
     multilabel = class_columns != ["label"]
+    uncertain_cells = torch.zeros(len(rows), len(class_columns), dtype=torch.bool) if multilabel else None
     if "label" in class_columns and multilabel:
         raise DataError(f"{path}: a 'label' column is for single-label data; multi-label data has one column per class")
     index = {h: i for i, h in enumerate(header)}
@@ -109,6 +113,7 @@ def read_label_csv(path: str | Path, uncertain: str = "ignore") -> LabelTable:
                         f"{where(line)}: {class_columns[c]} is {cell!r}; labels are 1, 0, -1 (uncertain) or blank"
                     )
                 if value == -1.0:
+                    uncertain_cells[r, c] = True
                     value = {"ignore": math.nan, "ones": 1.0, "zeros": 0.0}[uncertain]
                 targets[r, c] = value
         class_names = class_columns
@@ -119,7 +124,17 @@ def read_label_csv(path: str | Path, uncertain: str = "ignore") -> LabelTable:
         class_names = sorted({cell for (cell,) in raw_labels})
         lookup = {name: i for i, name in enumerate(class_names)}
         targets = [lookup[cell] for (cell,) in raw_labels]
-    return LabelTable(path, paths, lines, class_names, targets, multilabel, splits if "split" in index else None)
+    splits = splits if "split" in index else None
+    return LabelTable(path, paths, lines, class_names, targets, multilabel, splits, uncertain_cells)
+
+
+def map_uncertain(table: LabelTable, uncertain: str) -> LabelTable:
+    """The table with its uncertain (-1) labels read as ``uncertain`` (ignore: unknown, ones, zeros),
+    for the training rows; the other splits keep ``table`` (-1 unknown)."""
+    if not table.multilabel or uncertain == "ignore" or table.uncertain_cells is None:
+        return table
+    value = {"ones": 1.0, "zeros": 0.0}[uncertain]
+    return replace(table, targets=torch.where(table.uncertain_cells, value, table.targets))
 
 
 def check_positives(table: LabelTable, train_rows: list[int]) -> None:

@@ -24,7 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from ..errors import DataError
 from .cifar_files import SafeCifarMixin
-from .csv_labels import SPLITS, CsvImageDataset, check_images, check_positives, read_label_csv
+from .csv_labels import SPLITS, CsvImageDataset, check_images, check_positives, map_uncertain, read_label_csv
 from .determinism import EpochSeededDataset
 from .digits import digits_datasets
 from .transforms import (
@@ -340,7 +340,8 @@ def _imagefolder(spec: DataSpec) -> DataBundle:
 def _csv(spec: DataSpec) -> DataBundle:
     """Images listed in a labels CSV (:mod:`.csv_labels`): its split column, else a seeded 80/20 split."""
     labels = Path(spec.labels) if spec.labels else Path(spec.data_dir) / "labels.csv"
-    table = read_label_csv(labels, spec.uncertain)
+    table = read_label_csv(labels)  # -1 unknown; spec.uncertain maps it in the training rows only
+    train_table = map_uncertain(table, spec.uncertain)
     verify = True if spec.verify_images is None else spec.verify_images
     rows, skipped = check_images(table, verify, spec.skip_bad_images)
     if skipped:
@@ -349,8 +350,8 @@ def _csv(spec: DataSpec) -> DataBundle:
     preprocess, augment = _user_images_preprocess(spec, str(labels), 224, images_are_grey(table.paths[i] for i in rows))
     loader = functools.partial(_load_image, mode="L" if preprocess["channels"] == 1 else "RGB")
 
-    def part(indices: list[int], transform) -> CsvImageDataset:
-        return CsvImageDataset(table, indices, transform, loader)
+    def part(indices: list[int], transform, rows_of=table) -> CsvImageDataset:
+        return CsvImageDataset(rows_of, indices, transform, loader)
 
     if table.splits is not None:
         by_split = {s: [i for i in rows if table.splits[i] == s] for s in SPLITS}
@@ -375,8 +376,9 @@ def _csv(spec: DataSpec) -> DataBundle:
             f"{len(train_rows)} train / {len(test_rows)} test (20%)"
             + ("" if table.multilabel else ", stratified by class")
         )
-    check_positives(table, train_rows)
-    train = part(train_rows, train_transform(preprocess, augment))
+    check_positives(train_table, train_rows)
+    train = part(train_rows, train_transform(preprocess, augment), train_table)
+    # train_eval is where --val-split carves the validation rows from: uncertain labels stay unknown
     train_eval, test = part(train_rows, eval_transform(preprocess)), part(test_rows, eval_transform(preprocess))
     bundle = _finish(
         replace(spec, val_split=0) if val_rows else spec,
@@ -386,10 +388,17 @@ def _csv(spec: DataSpec) -> DataBundle:
     if val_rows:
         bundle.val = part(val_rows, eval_transform(preprocess))
     kind = f"multi-label, {len(table.class_names)} classes" if table.multilabel else "single-label"
-    uncertain = f"; -1 labels: {spec.uncertain}" if table.multilabel else ""
+    uncertain = f"; -1 labels: {_uncertain_words(spec.uncertain)}" if table.multilabel else ""
     bundle.multilabel = table.multilabel
     bundle.notes = [f"{labels}: {kind}{uncertain}; {note}"]
     return bundle
+
+
+def _uncertain_words(uncertain: str) -> str:
+    if uncertain == "ignore":
+        return "ignore (unknown, masked, in every split)"
+    value = {"ones": "positive", "zeros": "negative"}[uncertain]
+    return f"{uncertain} ({value} in training rows only; validation and test rows keep them unknown, masked)"
 
 
 def _digits(spec: DataSpec, augmented: bool) -> DataBundle:

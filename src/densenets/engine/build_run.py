@@ -34,7 +34,7 @@ from .checkpoint import (
 from .distributed import DistInfo, run_on_main
 from .loop import TrainState
 from .multilabel import balanced_pos_weight
-from .recipes import Recipe
+from .recipes import Recipe, resolve_label_smoothing
 from .runfolder import RunFolder
 from .runlog import CONFIG, LAST, read_json, write_json
 from .runtime import Runtime
@@ -132,6 +132,8 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
         _refuse_existing_run(folder.path)
     entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
     data = _load_data(recipe, entry, _start_preprocess(recipe, folder.path, resume))
+    recipe, smoothing_note = resolve_label_smoothing(recipe, data.multilabel)  # recorded resolved in config.json
+    data.notes = [*data.notes, *([smoothing_note] if smoothing_note else [])]
     model_config = get_config(
         recipe.model,
         num_classes=data.num_classes,

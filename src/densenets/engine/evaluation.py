@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ..models.weights import LoadedModel
 from .loading import choose_checkpoint, load_model
 from .loop import evaluate
 from .recipes import Recipe
+from .runlog import dumps
 from .runtime import make_runtime
 
 
@@ -127,6 +127,11 @@ def evaluate_checkpoint(
     if bundle.multilabel:
         head = {"checkpoint": str(loaded.source), "checkpoint_choice": reason, "notes": loaded.notes, "data": data,
                 "ten_crop": ten_crop, "precision": precision, "precision_note": precision_info["note"]}  # fmt: skip
+        if precision != "fp32" and bundle.val is not None:  # thresholds were chosen on fp32 outputs
+            val = bundle.val if same_preprocessing(bundle.preprocess, preprocess) else (
+                with_transform(bundle.val, image_transform(preprocess)))  # fmt: skip
+            rule = recipe.get("threshold", "f1")
+            head.update(precision_thresholds(loaded, model, val, runtime, names, rule), thresholds_for=precision)
         return multilabel_evaluation(head, metrics, names, loaded.preprocess, out_dir)
     result = {
         "checkpoint": str(loaded.source),
@@ -151,7 +156,7 @@ def save_evaluation(result: dict, out_dir: Path) -> list[Path]:
     """metrics.json, confusion.csv and confusion.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps(result, indent=2))
+    json_path.write_text(dumps(result, indent=2))
     csv_path = out_dir / "confusion.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -202,14 +207,9 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
     """The multi-label result: per-class AUROC, AP, prevalence and the operating points of the
     model's thresholds (sensitivity, specificity, F1); with ``out_dir`` metrics.json,
     per_class.csv and roc.png."""
-    from .multilabel import DEFAULT_THRESHOLD, operating_points
+    from .multilabel import operating_points
 
-    thresholds = preprocess.get("thresholds")
-    if thresholds and len(thresholds) == len(names):
-        source = preprocess.get("threshold_source") or "the thresholds saved with the model"
-    else:
-        thresholds = [DEFAULT_THRESHOLD] * len(names)
-        source = "0.5 for every class: the model carries no thresholds (its run had no validation split)"
+    thresholds, source, sources = saved_thresholds(preprocess, names)
     probs, targets = metrics.pop("probs"), metrics.pop("targets")
     points = operating_points(probs, targets, thresholds)
 
@@ -222,6 +222,7 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
         "count": metrics["count"],
         "loss": metrics["loss"],
         "auroc_macro": _finite(metrics["auroc_macro"]),
+        "auroc_classes": metrics["auroc_classes"],  # how many classes the macro mean is over
         "auroc_micro": _finite(metrics["auroc_micro"]),
         "ap_macro": _finite(metrics["ap_macro"]),
         "auroc": per_class(metrics["auroc"]),
@@ -230,12 +231,54 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
         "known_labels": dict(zip(names, metrics["known"], strict=True)),
         "thresholds": per_class(thresholds),
         "threshold_source": source,
+        "threshold_sources": sources,
         **{key: per_class(points[key]) for key in ("sensitivity", "specificity", "precision", "f1")},
         "class_names": list(names),
     }
     if out_dir is not None:
         save_multilabel_evaluation(result, probs, targets, Path(out_dir))
     return result
+
+
+def precision_thresholds(loaded: LoadedModel, fast, val, runtime, names: list[str], rule: str) -> dict:
+    """The saved thresholds were chosen on fp32 outputs: how many validation decisions (image, class)
+    the optimised model ``fast`` flips at them, and thresholds re-chosen on its validation outputs."""
+    import numpy as np
+
+    from .multilabel import choose_thresholds
+
+    saved = np.asarray(saved_thresholds(loaded.preprocess, names)[0])
+    loader = DataLoader(val, batch_size=64)
+    exact = evaluate(loaded.model.to(runtime.device), loader, runtime)["probs"] >= saved
+    approx = evaluate(fast, loader, runtime)
+    flipped = exact != (approx["probs"] >= saved)
+    chosen = choose_thresholds(approx["probs"], approx["targets"], rule)
+    return {
+        "precision_positives_changed": int(flipped.sum()),
+        "precision_images_changed": int(flipped.any(1).sum()),
+        "precision_val_images": int(flipped.shape[0]),
+        "precision_thresholds": dict(zip(names, chosen, strict=True)),
+    }
+
+
+def saved_thresholds(preprocess: dict, names: list[str]) -> tuple[list[float], str, dict[str, str]]:
+    """The thresholds a multi-label model carries, how they were chosen (a line, and per class);
+    0.5 when it carries none. A list that is not one per class stops in one line."""
+    from ..errors import CheckpointError
+    from .multilabel import DEFAULT_THRESHOLD
+
+    thresholds = preprocess.get("thresholds")
+    if not thresholds:
+        why = "the model carries no thresholds (its run had no validation split)"
+        return [DEFAULT_THRESHOLD] * len(names), f"0.5 for every class: {why}", dict.fromkeys(names, f"0.5: {why}")
+    if len(thresholds) != len(names):
+        raise CheckpointError(
+            f"the model carries {len(thresholds)} thresholds for its {len(names)} classes; "
+            "they cannot be matched to the classes (re-save the model from its run)"
+        )
+    source = preprocess.get("threshold_source") or "the thresholds saved with the model"
+    sources = preprocess.get("threshold_sources") or dict.fromkeys(names, source)
+    return list(thresholds), source, dict(sources)
 
 
 def _finite(value: float) -> float | None:
@@ -252,7 +295,7 @@ def save_multilabel_evaluation(result: dict, probs, targets, out_dir: Path) -> l
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps(result, indent=2))
+    json_path.write_text(dumps(result, indent=2))
     csv_path = out_dir / "per_class.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)

@@ -16,7 +16,7 @@ from ..errors import CheckpointError
 from ..models.hub import load_named
 from ..models.pretrained import PretrainedEntry, named_weights
 from ..models.weights import LoadedModel, load_file
-from .runlog import BEST, CONFIG, LAST, read_metrics
+from .runlog import BEST, CONFIG, LAST, read_metrics, reported_result, unranked_reason
 
 
 def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
@@ -36,6 +36,9 @@ def choose_checkpoint(path: str | Path) -> tuple[Path, str]:
     val_size, multilabel = _validation_split(path)
     validated = val_size > 0
     if best.is_file() and validated:
+        records = read_metrics(path)
+        if records and reported_result(records)["rule"] == "final epoch":
+            return best, f"best.pt: the final epoch (validation cannot rank epochs: {unranked_reason(records)})"
         what = "highest validation macro AUROC" if multilabel else "lowest validation error"
         return best, f"best.pt: the epoch with the {what}"
     if last.is_file():

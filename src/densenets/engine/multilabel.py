@@ -32,10 +32,23 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Te
 
 
 def balanced_pos_weight(targets: torch.Tensor) -> torch.Tensor:
-    """``--pos-weight balanced``: negatives / positives per class over the known training labels (C,)."""
+    """``--pos-weight balanced``: negatives / positives per class over the known training labels (C,);
+    1 for a class without negatives or positives (never 0: its positives would teach nothing)."""
     positives = (targets == 1).sum(0).float()
     negatives = (targets == 0).sum(0).float()
-    return negatives / positives.clamp(min=1)
+    one_sided = (positives == 0) | (negatives == 0)
+    return torch.where(one_sided, torch.ones_like(positives), negatives / positives.clamp(min=1))
+
+
+def one_sided_classes(targets: torch.Tensor, class_names: list[str]) -> str | None:
+    """A warning line naming the classes whose known training labels are all one value, or None."""
+    positives, negatives = (targets == 1).sum(0).tolist(), (targets == 0).sum(0).tolist()
+    counts = zip(class_names, positives, negatives, strict=True)
+    lacking = [f"{n} (no {'negative' if not neg else 'positive'})" for n, pos, neg in counts if not pos or not neg]
+    if not lacking:
+        return None
+    return (f"warning: class(es) {', '.join(lacking)} have one label value in the training split: the model "
+            "cannot learn to tell them apart (their pos_weight is 1, not 0)")  # fmt: skip
 
 
 def _known(probs: np.ndarray, targets: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +81,7 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
     y_all, p_all = targets[mask].astype(int), probs[mask]
     return {
         "auroc_macro": _nanmean(auroc),
+        "auroc_classes": sum(not math.isnan(v) for v in auroc),  # how many classes the macro mean is over
         "auroc_micro": float(roc_auc_score(y_all, p_all)) if _has_both(y_all) else math.nan,
         "ap_macro": _nanmean(ap),
         "auroc": auroc,
@@ -109,6 +123,21 @@ def choose_thresholds(probs: np.ndarray, targets: np.ndarray, rule: str = "f1") 
             finite = np.isfinite(thresholds)  # the first threshold is +inf (nothing positive)
             j = np.flatnonzero(finite)[int(np.argmax((tpr - fpr)[finite]))]
             out.append(float(thresholds[j]))
+    return out
+
+
+def threshold_sources(targets: np.ndarray, rule: str, class_names: list[str]) -> dict[str, str]:
+    """How :func:`choose_thresholds` chose each class's threshold on these (validation) labels."""
+    targets = np.asarray(targets, dtype=np.float64)
+    words = {"f1": "max F1 on validation", "youden": "max Youden's J on validation"}[rule]
+    out = {}
+    for c, name in enumerate(class_names):
+        y = targets[~np.isnan(targets[:, c]), c]
+        if _has_both(y):
+            out[name] = words
+        else:
+            lacking = "known labels" if not y.size else ("positives" if not y.sum() else "negatives")
+            out[name] = f"{DEFAULT_THRESHOLD}: class {name} has no {lacking} in validation"
     return out
 
 

@@ -16,16 +16,15 @@ from ..models.weights import LoadedModel
 
 
 def multilabel_thresholds(loaded: LoadedModel) -> tuple[list[float], str] | None:
-    """(per-class thresholds, where they come from) of a multi-label model; None for single-label."""
-    from .multilabel import DEFAULT_THRESHOLD
+    """(per-class thresholds, where they come from) of a multi-label model; None for single-label.
+    A thresholds list that is not one per class stops in one line (:func:`.evaluation.saved_thresholds`)."""
+    from .evaluation import saved_thresholds
 
     if not loaded.preprocess.get("multilabel"):
         return None
-    thresholds = loaded.preprocess.get("thresholds")
-    if thresholds and len(thresholds) == loaded.model.config.num_classes:
-        return list(thresholds), loaded.preprocess.get("threshold_source") or "saved with the model"
-    note = "0.5 for every class: the model carries no thresholds (its run had no validation split)"
-    return [DEFAULT_THRESHOLD] * loaded.model.config.num_classes, note
+    names = [_name(loaded.class_names, c) for c in range(loaded.model.config.num_classes)]
+    thresholds, source, _ = saved_thresholds(loaded.preprocess, names)
+    return thresholds, source
 
 
 def read_images(paths: list[str | Path], transform) -> tuple[list[dict], list[tuple[int, torch.Tensor]]]:

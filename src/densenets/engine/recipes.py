@@ -52,7 +52,7 @@ class Recipe:
     weights: str | None = None  # initialise from a weights file (ours or torchvision's); new classifier if needed
     pretrained: bool | str = False  # start from the model's named weights (True: its default; or a tag)
     freeze_epochs: int = 0  # train only the classifier for this many epochs (the rest at lr 0)
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = 0.0  # None: FINETUNE_SMOOTHING on single-label classes, none on multi-label
     accum_steps: int = 1  # split each batch into this many chunks, gradients accumulated (same result, less memory)
     ema_decay: float = 0.0  # 0: off; e.g. 0.999: keep an EMA of the weights, which is evaluated and saved as the result
     augment: str | None = None  # none | crop | crop-flip | imagenet (None: chosen by the data set and image size)
@@ -88,7 +88,7 @@ class Recipe:
             raise ConfigError(f"schedule must be one of step, cosine; got {self.schedule!r}")
         if self.augment is not None and self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; got {self.augment!r}")
-        if not 0 <= self.label_smoothing < 1:
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.accum_steps < 1 or self.batch_size % self.accum_steps:
             raise ConfigError(
@@ -182,11 +182,12 @@ RECIPES: dict[str, Recipe] = {
         lr=0.01,
         schedule="cosine",
         warmup_epochs=1.0,
-        label_smoothing=0.1,
+        label_smoothing=None,  # FINETUNE_SMOOTHING on single-label classes; multi-label targets keep 0 and 1
     ),  # fmt: skip
 }
 
 AUGMENTS = ("none", "crop", "crop-flip", "imagenet")
+FINETUNE_SMOOTHING = 0.1  # the finetune recipe's label smoothing, for single-label classes only
 
 RECIPE_FOR_DATA = {
     "cifar10": "cifar",
@@ -215,6 +216,7 @@ AUTO_MEANING = {
     "dropout": "0.2 without data augmentation, 0 with (the paper's rule)",
     "workers": "0 on the CPU, 8 on CUDA",
     "channels_last": "fp32 on the CPU; with --amp for ImageNet-stem models",
+    "label_smoothing": f"{FINETUNE_SMOOTHING} on single-label classes, none on multi-label targets",
 }
 
 
@@ -235,6 +237,21 @@ def describe_default(name: str) -> str:
         return f"default: {default}"
     others = ", ".join(f"{r} {v}" for r, v in values.items() if r != RECIPE_FOR_DATA[Recipe.data])
     return f"default run (digits): {default}; other recipes: {others}"
+
+
+def resolve_label_smoothing(recipe: Recipe, multilabel: bool) -> tuple[Recipe, str | None]:
+    """The recipe with its label smoothing decided for the data (None: the finetune recipe's rule),
+    and a line to say when smoothing is left off multi-label targets or applied to them."""
+    if recipe.label_smoothing is None:
+        value = 0.0 if multilabel else FINETUNE_SMOOTHING
+        note = (f"label smoothing: none on multi-label targets (the finetune recipe's {FINETUNE_SMOOTHING:g} is "
+                "for single-label classes; --label-smoothing X asks for it)") if multilabel else None  # fmt: skip
+        return replace(recipe, label_smoothing=value), note
+    if multilabel and recipe.label_smoothing:
+        x = recipe.label_smoothing
+        note = f"label smoothing {x:g} on multi-label targets, as asked: 1 trains as {1 - x / 2:g}, 0 as {x / 2:g}"
+        return recipe, note
+    return recipe, None
 
 
 def base_recipe(name: str | None = None, data: str | None = None, pretrained: bool | str = False) -> Recipe:

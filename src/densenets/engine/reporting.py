@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 
+from ..data.csv_labels import multilabel_targets
 from .build_run import Run
 from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
 from .loop import TrainState, evaluate
-from .runlog import read_metrics, reported_result
+from .multilabel import one_sided_classes
+from .runlog import is_better, read_metrics, reported_result, unranked_reason, validation_score
 
 
 def describe_run(run: Run, params: int) -> None:
@@ -44,16 +46,20 @@ def describe_data(run: Run) -> None:
 
 
 def describe_multilabel(run: Run) -> None:
-    """Loss, positive weights and how the thresholds will be chosen, for a multi-label run."""
+    """Loss, positive weights, one-sided classes and how the thresholds will be chosen, for a multi-label run."""
     r, data = run.recipe, run.data
     weights = ""
     if run.pos_weight is not None:
         shown = ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, run.pos_weight.tolist(), strict=True))
         weights = f"; positives weighted negatives/positives per class ({shown})"
     run.log(f"multi-label: sigmoid outputs, binary cross-entropy masked where a label is unknown{weights}")
+    warning = one_sided_classes(multilabel_targets(data.train), data.class_names)
+    if warning:
+        run.log(warning)
     if data.val is not None:
         rule = "max F1" if r.threshold == "f1" else "Youden's J (sensitivity + specificity - 1)"
-        run.log(f"operating points: a threshold per class at {rule} on the validation split, saved with the weights")
+        run.log(f"operating points: a threshold per class at {rule} on the validation split, saved with the weights "
+                "(0.5 for a class without both label values there, named)")  # fmt: skip
     else:
         run.log("operating points: no validation split, so thresholds 0.5 for every class "
                 "(give the CSV a split column with val rows, or --val-split N)")  # fmt: skip
@@ -71,10 +77,12 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
     recorded = math.nan if stale or records[-1][key] is None else float(records[-1][key])
     decided = [float(stale), recorded] if is_main else [0.0, 0.0]
     stale, recorded = all_reduce_sum(decided, run.runtime.device)
+    final_classes = records[-1].get("test_auroc_classes") if records and not stale else None
     if stale:
         run.log(f"evaluating the weights of step {s.step} on the test set (the last epoch record is older)")
         final = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime)
         final_result = _finite(final["auroc_macro"]) if run.data.multilabel else final["error"]
+        final_classes = final.get("auroc_classes")
     else:
         final_result = _finite(recorded)  # an AUROC recorded as None travels as NaN
     seconds = sum(rec["train_seconds"] for rec in records)
@@ -84,6 +92,7 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
     multilabel = {
         "thresholds": chosen.get("thresholds"),
         "threshold_source": chosen.get("threshold_source"),
+        "threshold_sources": chosen.get("threshold_sources"),
         "thresholds_of": "best.pt" if chosen is s.best else "last.pt",
     } if run.data.multilabel else {}  # fmt: skip
     return {
@@ -93,9 +102,11 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
         "epochs_completed": s.epoch,
         "steps": s.step,
         f"final_{key}": final_result,
+        **({"final_test_auroc_classes": final_classes} if run.data.multilabel else {}),
         **multilabel,
         "weights_reported": f"EMA of the weights (decay {run.recipe.ema_decay:g})" if s.ema else "the trained weights",
         "best": s.best,
+        "best_epoch": best_epoch_line(s, records, run.data.multilabel),
         "reported": reported_result(records) if records else None,
         "wall_seconds": wall,
         "train_images_per_s": images / seconds if seconds else None,
@@ -108,18 +119,13 @@ def print_summary(run: Run, summary: dict) -> None:
         _print_multilabel_summary(run, summary)
         return
     best = summary["best"]
-    if not best:
-        best_text = "no completed epoch"
-    elif best["selected_on"] == "val":
+    if best.get("selected_on") == "val":
         best_text = (
-            f"best validation error {best['error']:.2f}% at epoch {best['epoch']} "
+            f"best validation error {best['val_error']:.2f}% at epoch {best['epoch']} "
             f"(test error then {best['test_error']:.2f}%; best.pt)"
         )
     else:
-        best_text = (
-            f"lowest test error {best['error']:.2f}% at epoch {best['epoch']} (best.pt, chosen on the test set: "
-            "not a result to report; the final epoch is)"
-        )
+        best_text = summary["best_epoch"]
     speed = summary["train_images_per_s"]
     run.log(
         f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
@@ -142,20 +148,18 @@ def _print_multilabel_summary(run: Run, summary: dict) -> None:
         + (f", {speed:.0f} train img/s" if speed else "")
     )
     ema = f" ({summary['weights_reported']})" if run.state.ema is not None else ""
-    run.log(f"final test macro AUROC {_fmt(summary['final_test_auroc'])}{ema}")
+    final = {"test_auroc": summary["final_test_auroc"], "test_auroc_classes": summary.get("final_test_auroc_classes")}
+    run.log(f"final test macro AUROC {macro(final, 'test', len(run.data.class_names))}{ema}")
     reported = summary["reported"]
     if reported and reported["rule"] != "final epoch":
         run.log(
             f"reported test macro AUROC {_fmt(reported['test_auroc'])} ({reported['rule']}, epoch {reported['epoch']})"
         )
-    if not best:
-        best_text = "no completed epoch"
-    elif best["selected_on"] == "val":
-        best_text = (f"best validation macro AUROC {_fmt(best['auroc'])} at epoch {best['epoch']} "
+    if best.get("selected_on") == "val":
+        best_text = (f"best validation macro AUROC {_fmt(best['val_auroc'])} at epoch {best['epoch']} "
                      f"(test macro AUROC then {_fmt(best['test_auroc'])}; best.pt)")  # fmt: skip
     else:
-        best_text = (f"highest test macro AUROC {_fmt(best['auroc'])} at epoch {best['epoch']} (best.pt, chosen on "
-                     "the test set: not a result to report; the final epoch is)")  # fmt: skip
+        best_text = summary["best_epoch"]
     thresholds = summary.get("thresholds")
     if thresholds:
         shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(run.data.class_names, thresholds, strict=True))
@@ -166,6 +170,12 @@ def _print_multilabel_summary(run: Run, summary: dict) -> None:
 def _finite(value: float | None) -> float | None:
     """NaN (no class with both labels known) as None, so metrics.jsonl stays plain JSON."""
     return None if value is None or math.isnan(value) else float(value)
+
+
+def macro(record: dict, prefix: str, classes: int) -> str:
+    """A macro AUROC with the number of classes it averages: ``0.8300 over 4 of 5 classes``."""
+    over = record.get(f"{prefix}_auroc_classes")
+    return _fmt(record[f"{prefix}_auroc"]) + ("" if over is None else f" over {over} of {classes} classes")
 
 
 def _fmt(value: float | None) -> str:
@@ -182,6 +192,7 @@ def multilabel_figures(prefix: str, result: dict, class_names: list[str]) -> dic
     return {
         f"{prefix}_loss": result["loss"],
         f"{prefix}_auroc": _finite(result["auroc_macro"]),
+        f"{prefix}_auroc_classes": result["auroc_classes"],  # how many classes the macro mean is over
         f"{prefix}_auroc_micro": _finite(result["auroc_micro"]),
         f"{prefix}_ap": _finite(result["ap_macro"]),
         f"{prefix}_auroc_per_class": per_class(result["auroc"]),
@@ -221,35 +232,59 @@ def epoch_record(
     return record
 
 
-def select_best(s: TrainState, record: dict, test: dict) -> bool:
-    """Update ``s.best`` (on the validation split when there is one, else the test set); True if this epoch is it.
+def select_best(s: TrainState, record: dict) -> bool:
+    """Update ``s.best`` by the one rule for the best epoch (:func:`.runlog.is_better`); True if
+    this epoch is it (``best.pt``): the best validation epoch, or the final epoch while validation
+    cannot rank epochs (no validation split, or its figure undefined)."""
+    if not is_better(record, _as_record(s.best)):
+        return False
+    metric = "auroc" if "test_auroc" in record else "error"
+    ranked = validation_score(record) is not None
+    s.best = {
+        "epoch": s.epoch,
+        "selected_on": "val" if ranked else "final",
+        f"val_{metric}": record.get(f"val_{metric}"),
+        f"test_{metric}": record[f"test_{metric}"],
+    }
+    return True
 
-    Lowest error; for a multi-label run, highest macro AUROC."""
-    if "test_auroc" in record:
-        selected_on = "val" if "val_auroc" in record else "test"
-        auroc = record[f"{selected_on}_auroc"]
-        auroc = -math.inf if auroc is None else auroc
-        is_best = not s.best or auroc > s.best["auroc"]
-        if is_best:
-            s.best = {"auroc": auroc, "epoch": s.epoch, "selected_on": selected_on, "test_auroc": record["test_auroc"]}
-        return is_best
-    selected_on = "val" if "val_error" in record else "test"
-    error = record[f"{selected_on}_error"]
-    is_best = not s.best or error < s.best["error"]
-    if is_best:
-        s.best = {"error": error, "epoch": s.epoch, "selected_on": selected_on, "test_error": test["error"]}
-    return is_best
+
+def _as_record(best: dict) -> dict | None:
+    """``s.best`` as an epoch record; a checkpoint of an older version kept ``error``/``auroc``
+    (of the validation split when ``selected_on`` is ``val``, else of the test set: unranked)."""
+    if not best:
+        return None
+    for metric in ("error", "auroc"):
+        if metric in best and f"test_{metric}" in best and f"val_{metric}" not in best:
+            value = best[metric] if best.get("selected_on") == "val" else None
+            return {f"test_{metric}": best[f"test_{metric}"], f"val_{metric}": value}
+    return best
+
+
+def best_epoch_line(s: TrainState, records: list[dict], multilabel: bool) -> str:
+    """One line on which epoch ``best.pt`` holds and why."""
+    if not s.best:
+        return "no completed epoch"
+    if s.best.get("selected_on") == "val":
+        what = "highest validation macro AUROC" if multilabel else "lowest validation error"
+        return f"best.pt: epoch {s.best['epoch']}, the {what}"
+    why = unranked_reason(records) if records else "no epoch record"
+    return f"best.pt: the final epoch ({s.best['epoch']}); validation cannot rank epochs: {why}"
 
 
 def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, is_best: bool) -> str:
-    """The line printed at the end of each epoch."""
+    """The line printed at the end of each epoch. With label smoothing the train loss is against
+    the smoothed targets, the test loss against the labels: the line says so."""
+    smoothing = run.recipe.label_smoothing
+    smoothed = f" (smoothed {smoothing:g}, not comparable with test)" if smoothing else ""
     if "test_auroc" in record:
-        val_text = f"  val macro AUROC {_fmt(record['val_auroc'])}" if "val_auroc" in record else ""
+        n = len(run.data.class_names)
+        val_text = f"  val macro AUROC {macro(record, 'val', n)}" if "val_auroc" in record else ""
         if raw_test is not None:
             val_text += f"  (EMA weights; without EMA test macro AUROC {_fmt(record['raw_test_auroc'])})"
         return (
-            f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss {record['train_loss']:.4f}  "
-            f"test loss {record['test_loss']:.4f} macro AUROC {_fmt(record['test_auroc'])}{val_text}  "
+            f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss{smoothed} {record['train_loss']:.4f}  "
+            f"test loss {record['test_loss']:.4f} macro AUROC {macro(record, 'test', n)}{val_text}  "
             f"lr {record['lr']:g}  {record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s  "
             f"data wait {record['data_wait_seconds']:.1f} s of {record['train_seconds']:.1f} s"
             + ("  *best" if is_best else "")
@@ -258,7 +293,7 @@ def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, 
     if raw_test is not None:
         val_text += f"  (EMA weights; without EMA test err {raw_test['error']:5.2f}%)"
     return (
-        f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss {record['train_loss']:.4f} "
+        f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss{smoothed} {record['train_loss']:.4f} "
         f"err {record['train_error']:5.2f}%  "
         f"test loss {record['test_loss']:.4f} err {record['test_error']:5.2f}%{val_text}  lr {record['lr']:g}  "
         f"{record['train_seconds']:.1f}s  {record['images_per_s']:.0f} img/s  "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -13,12 +14,28 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 
 
+def strict(value):
+    """``value`` with every NaN or infinity (nested in dicts and lists) as None: null in strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def dumps(data, **kwargs) -> str:
+    """Strict JSON text (NaN and infinities written as null, never as ``NaN`` / ``Infinity``)."""
+    return json.dumps(strict(data), allow_nan=False, **kwargs)
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write (temporary file + rename)."""
+    """Atomic strict-JSON write (temporary file + rename); NaN and infinities become null."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
+            f.write(dumps(data, indent=2, sort_keys=False))
             f.write("\n")
         os.replace(tmp, path)
     except OSError as exc:
@@ -53,25 +70,55 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def reported_result(records: list[dict]) -> dict:
-    """The epoch whose test error the paper's protocol reports, from a run's per-epoch records.
+def validation_score(record: dict) -> float | None:
+    """What ranks an epoch: its validation error, or minus its validation macro AUROC (lower is
+    better); None when validation cannot rank it (no validation split, or the figure is undefined)."""
+    multilabel = "test_auroc" in record
+    value = record.get("val_auroc" if multilabel else "val_error")
+    if value is None or not math.isfinite(value):
+        return None
+    return -value if multilabel else value
 
-    With a validation split (SVHN) the epoch with the lowest validation error (the first
-    one on a tie, as ``best.pt``); without one (CIFAR) the final epoch: choosing an epoch by
-    its test error would report an optimistic number. A multi-label run (records with
-    ``test_auroc``) reports its macro AUROC, ``test_auroc``, under the same rule (highest
-    validation AUROC).
+
+def is_better(record: dict, incumbent: dict | None) -> bool:
+    """The one rule for the best epoch, used by ``best.pt``, the summary, plot and report.
+
+    An epoch that validation ranks beats one it cannot; between ranked epochs the lower
+    validation error (higher validation macro AUROC) wins, the earlier one on a tie; while no
+    epoch is ranked (no validation split, or the figure undefined so far) the later epoch wins,
+    so the final epoch is the result.
     """
-    if any("test_auroc" in r for r in records):
-        metric, val_metric, best = "test_auroc", "val_auroc", max
-    else:
-        metric, val_metric, best = "test_error", "val_error", min
-    validated = [r for r in records if val_metric in r]
-    if validated:  # max/min keep the first epoch on a tie
-        chosen, rule = best(validated, key=lambda r: r[val_metric]), "best validation epoch"
-    else:
-        chosen, rule = records[-1], "final epoch"
-    return {metric: chosen[metric], "epoch": chosen["epoch"], "rule": rule}
+    if incumbent is None:
+        return True
+    new, old = validation_score(record), validation_score(incumbent)
+    if new is None:
+        return old is None
+    return old is None or new < old
+
+
+def unranked_reason(records: list[dict]) -> str:
+    """Why validation cannot rank these epochs, in a few words."""
+    multilabel = any("test_auroc" in r for r in records)
+    key, what = ("val_auroc", "validation macro AUROC") if multilabel else ("val_error", "validation error")
+    if not any(key in r for r in records):
+        return "no validation split"
+    return f"{what} undefined in every epoch (a class needs both label values among its known validation labels)"
+
+
+def reported_result(records: list[dict]) -> dict:
+    """The epoch whose test figure a run reports, by :func:`is_better` (the paper's protocol):
+    the best validation epoch (SVHN), else the final epoch (CIFAR, or a validation split that
+    cannot rank epochs: :func:`unranked_reason` says why). Choosing an epoch by its test figure would report an
+    optimistic number. A multi-label run (records with ``test_auroc``) reports its macro AUROC.
+    """
+    chosen = None
+    for record in records:
+        if is_better(record, chosen):
+            chosen = record
+    metric = "test_auroc" if "test_auroc" in chosen else "test_error"
+    if validation_score(chosen) is not None:
+        return {metric: chosen[metric], "epoch": chosen["epoch"], "rule": "best validation epoch"}
+    return {metric: chosen[metric], "epoch": chosen["epoch"], "rule": "final epoch"}
 
 
 class RunLog:
@@ -104,7 +151,7 @@ class RunLog:
         path = self.run_dir / METRICS
         try:
             with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps(record) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:

@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint, unwrap_model
 from .distributed import DistInfo, all_reduce_sum, average_buffers, barrier, init_distributed
 from .interrupt import ignore_sigint, install_sigint, restore_sigint
 from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
-from .multilabel import DEFAULT_THRESHOLD, choose_thresholds
+from .multilabel import DEFAULT_THRESHOLD, choose_thresholds, threshold_sources
 from .recipes import Recipe
 from .reporting import describe_run, epoch_line, epoch_record, print_summary, select_best, summarise
 from .runfolder import RunFolder
@@ -169,24 +169,32 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     s.epoch_sums = new_epoch_sums()
     record = epoch_record(s, train_metrics, test, val, raw_test, run.data.class_names)
     if run.data.multilabel:  # saved with the checkpoints below, read by predict and eval
-        thresholds, source = _thresholds(run, val)
-        run.config["data"]["preprocess"].update(thresholds=thresholds, threshold_source=source)
+        thresholds, source, sources = _thresholds(run, val)
+        chosen = {"thresholds": thresholds, "threshold_source": source, "threshold_sources": sources}
+        run.config["data"]["preprocess"].update(chosen)
         record["thresholds"] = dict(zip(run.data.class_names, thresholds, strict=True))
-    is_best = select_best(s, record, test)
+    is_best = select_best(s, record)
     if is_best and run.data.multilabel:  # best.pt's own operating points, for the summary
-        s.best.update(thresholds=thresholds, threshold_source=source)
+        s.best.update(chosen)
     run.save(*([BEST] if is_best else []), LAST)
     run.on_main(lambda: metrics_log.epoch(record))
     run.log(epoch_line(run, record, val, raw_test, is_best))
 
 
-def _thresholds(run: Run, val: dict | None) -> tuple[list[float], str]:
-    """Per-class operating points of this epoch's weights: chosen on the validation split, else 0.5."""
+def _thresholds(run: Run, val: dict | None) -> tuple[list[float], str, dict[str, str]]:
+    """Per-class operating points of this epoch's weights: chosen on the validation split, else 0.5;
+    with a line on how, and how for each class (a class without both labels in validation: 0.5)."""
+    names = run.data.class_names
     if val is None:
-        return [DEFAULT_THRESHOLD] * run.data.num_classes, "0.5 for every class: the run had no validation split"
+        why = "the run had no validation split"
+        return [DEFAULT_THRESHOLD] * len(names), f"0.5 for every class: {why}", dict.fromkeys(names, f"0.5: {why}")
+    sources = threshold_sources(val["targets"], run.recipe.threshold, names)
     rule = {"f1": "max F1", "youden": "max Youden's J"}[run.recipe.threshold]
     source = f"{rule} on the validation split ({val['count']} images, epoch {run.state.epoch})"
-    return choose_thresholds(val["probs"], val["targets"], run.recipe.threshold), source
+    fallback = [n for n, how in sources.items() if how.startswith(f"{DEFAULT_THRESHOLD}:")]
+    if fallback:
+        source += f"; {DEFAULT_THRESHOLD} for {', '.join(fallback)}: not both label values in validation"
+    return choose_thresholds(val["probs"], val["targets"], run.recipe.threshold), source, sources
 
 
 def _diverged_message(run: Run, exc: TrainingDiverged) -> TrainingDiverged:

@@ -2,7 +2,7 @@
 
     python docs/inference_paths_accuracy.py DATA_DIR [RECORD.json]   # DATA_DIR/cifar-10-batches-py
 
-(``../shared/tools/cifar10 DATA_DIR`` writes the data set offline.) Prints a markdown table: path,
+(``torchvision.datasets.CIFAR10(DATA_DIR, download=True)`` writes it.) Prints a markdown table: path,
 test error on the 10,000 test images, test predictions that differ from the plain fp32 model's,
 and the seconds of the pass (batch 100); then whether each bf16 path is within 0.2 points and each
 int8 path within 0.5 points of fp32 (issue 21's targets: no more than that much worse); then

@@ -2,7 +2,7 @@
 
     python docs/make_mosaics.py CIFAR_DIR OUT_DIR [--train 4000 --val 500 --test 1000 --tile 32] [--single]
 
-CIFAR_DIR holds ``cifar-10-batches-py`` (``../shared/tools/cifar10 CIFAR_DIR`` writes it).
+CIFAR_DIR holds ``cifar-10-batches-py`` (``torchvision.datasets.CIFAR10(CIFAR_DIR, download=True)`` writes it).
 Each mosaic has 1 to 3 distinct classes spread over its four tiles (every class at least
 once); ``OUT_DIR/labels.csv`` has the format ``densenets train --data csv`` reads, the one
 CheXpert uses: ``path`` (relative to the CSV), one column per class holding 1, 0, blank

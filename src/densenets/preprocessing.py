@@ -10,7 +10,19 @@ from .models.pretrained import data_config
 
 
 def transforms(model: nn.Module, train: bool = False) -> T.Compose:
-    """The transforms matching ``model.pretrained_cfg`` (test-time unless ``train``)."""
+    """Torchvision transforms that make an image the input ``model`` expects.
+
+    Args:
+        model: One of our models; its ``pretrained_cfg`` gives size, mean, std and channels.
+        train: The training augmentation instead of the test-time transform.
+
+    Returns:
+        A ``torchvision.transforms.Compose`` from a PIL image to a normalised tensor.
+
+    Example:
+        >>> model = densenets.load("runs/ft-pre")  # doctest: +SKIP
+        >>> batch = densenets.transforms(model)(image).unsqueeze(0)  # doctest: +SKIP
+    """
     return transforms_from_config(data_config(model), train)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -18,7 +20,7 @@ def optimize_for_inference(
     model: DenseNet,
     backend: str | None = None,
     precision: str = "fp32",
-    calibration=None,
+    calibration: torch.Tensor | torch.utils.data.DataLoader | str | Path | None = None,
     preprocess: dict | None = None,
 ) -> nn.Module:
     """The fastest way to run a trained DenseNet forward: an eval-only module, same outputs.
@@ -44,6 +46,27 @@ def optimize_for_inference(
 
     For fp32, ``optimize_for_inference(model)(x)`` equals ``model.eval()(x)`` to float rounding.
     The source model is not modified. Use the original module for training or export.
+
+    Args:
+        model: A trained DenseNet.
+        backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``None`` (the fastest
+            installed for the precision).
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"``.
+        calibration: int8 only: a tensor, a DataLoader or a folder of images.
+        preprocess: int8 with a folder: the model's test-time preprocessing dict.
+
+    Returns:
+        An eval-only module; its ``backend`` attribute names the runtime that runs it.
+
+    Raises:
+        TypeError: ``model`` is not one of our DenseNets.
+        ValueError: An unknown backend or precision, a backend that does not run the
+            precision, or ``calibration`` without int8.
+        UserError: int8 on a CPU without VNNI, or a backend whose package is not installed.
+
+    Example:
+        >>> fast = densenets.optimize_for_inference(model, precision="bf16")  # doctest: +SKIP
+        >>> logits = fast(images)  # doctest: +SKIP
     """
     if not isinstance(model, DenseNet):
         raise TypeError(f"optimize_for_inference expects a densenets DenseNet, got {type(model).__name__}")

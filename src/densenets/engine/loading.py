@@ -1,5 +1,7 @@
-"""Which weights a path means, and loading them: a run folder (its ``best.pt`` or ``last.pt``,
-by the run's own protocol), a weights file, or registered weights by name.
+"""Which weights a path means, and loading them.
+
+A run folder (its ``best.pt`` or ``last.pt``, by the run's own protocol), a weights file, or
+registered weights by name.
 
 The files themselves are read by ``models.weights``; named weights are fetched by ``models.hub``.
 """
@@ -102,8 +104,9 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model for evaluation, prediction, analysis or export (in eval mode), from a run
-    folder, a weights file or a registered name.
+    """Load a model for evaluation, prediction, analysis or export (in eval mode).
+
+    From a run folder, a weights file or a registered name.
 
     The model's ``pretrained_cfg`` describes the input it was trained on.
     """
@@ -114,12 +117,28 @@ def load_model(path: str | Path, model_name: str | None = None, device: str | to
 
 
 def load(source: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A trained model in eval mode: ``densenets.load("runs/c10")`` (a run folder: the checkpoint
-    :func:`choose_checkpoint` picks), a checkpoint or weights file, or registered weights by name.
+    """A trained model in eval mode, with the preprocessing of the run that made it.
 
-    ``model.pretrained_cfg`` is the preprocessing of the run that made it (mean, std,
-    ``input_size``, ``crop_pct``) and what its outputs mean (``class_names``, ``thresholds``,
-    ``multilabel``), so ``densenets.transforms(model)`` gives the images it was trained on.
+    ``model.pretrained_cfg`` holds that preprocessing (mean, std, ``input_size``,
+    ``crop_pct``) and what the outputs mean (``class_names``, ``thresholds``,
+    ``multilabel``), so ``densenets.transforms(model)`` rebuilds the run's test-time input.
+
+    Args:
+        source: A run folder (the checkpoint ``choose_checkpoint`` picks: ``best.pt`` only
+            where a validation split chose it, else ``last.pt``), a checkpoint or weights
+            file, an exported ``model.json``, or registered weights by name
+            (``"densenet_bc40_k12.cifar10"``).
+        device: Where to put the model.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        CheckpointError: A missing, unreadable or wrong-architecture file (one line naming it).
+
+    Example:
+        >>> model = densenets.load("runs/ft-pre")  # doctest: +SKIP
+        >>> model.pretrained_cfg["class_names"]  # doctest: +SKIP
     """
     return load_model(source, device=device).model
 

@@ -24,6 +24,13 @@ from .multilabel import POS_WEIGHTS, THRESHOLD_RULES
 
 @dataclass(frozen=True)
 class Recipe:
+    """Everything that decides a training run, as one immutable record.
+
+    Each field is an option of ``densenets train`` (``lr_milestones`` is
+    ``--lr-milestones``); the resolved recipe is written to the run's ``config.json`` and
+    repeats the run on its own.
+    """
+
     # what to train
     model: str = "densenet_bc40_k12"
     data: str = "digits+"
@@ -114,12 +121,14 @@ class Recipe:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
+        """The recipe as plain JSON types (``config.json``'s ``recipe``)."""
         out = asdict(self)
         out["lr_milestones"] = list(self.lr_milestones)
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
+        """A recipe from ``to_dict``'s output; an unknown field is refused by name."""
         reject_unknown_fields(data, cls, "recipe")
         return cls(**data)
 
@@ -221,8 +230,10 @@ AUTO_MEANING = {
 
 
 def describe_default(name: str) -> str:
-    """What a run uses for recipe field ``name`` when it is not given: the default run's
-    value (the digits recipe) and, where they differ, each recipe's."""
+    """What a run uses for recipe field ``name`` when it is not given.
+
+    The default run's value (the digits recipe) and, where they differ, each recipe's.
+    """
 
     def show(value) -> str:
         if value is None:
@@ -255,8 +266,21 @@ def resolve_label_smoothing(recipe: Recipe, multilabel: bool) -> tuple[Recipe, s
 
 
 def base_recipe(name: str | None = None, data: str | None = None, pretrained: bool | str = False) -> Recipe:
-    """The named recipe, or the one the data set implies (digits when neither is given;
-    ``finetune`` for an image folder or a labels CSV with pretrained weights)."""
+    """The named recipe, or the one the data set implies.
+
+    Args:
+        name: ``cifar``, ``svhn``, ``imagenet``, ``digits``, ``imagefolder`` or ``finetune``;
+            ``None``: the data set's (digits when neither is given; ``finetune`` for an image
+            folder or a labels CSV with pretrained weights).
+        data: The data set name, which replaces the recipe's.
+        pretrained: Named weights to start from (``True``: the model's default).
+
+    Returns:
+        The recipe, before ``resolve_recipe``.
+
+    Raises:
+        ConfigError: An unknown recipe name (with the closest names).
+    """
     if name is None and pretrained and (data or "imagefolder") in ("imagefolder", "csv"):
         name = "finetune"
     if name is None:
@@ -306,8 +330,11 @@ def read_recipe_file(path: str | Path) -> Recipe:
 
 
 def default_dropout(model: str, data: str) -> float:
-    """The DenseNet paper's rule (0.2 without augmentation, else 0) for DenseNets; a baseline
-    keeps its own paper's setting (none for He et al.'s ResNets, as registered for the WRNs)."""
+    """The dropout rate a run of ``model`` on ``data`` uses when none is given.
+
+    The DenseNet paper's rule (0.2 without augmentation, else 0) for DenseNets; a baseline
+    keeps its own paper's setting (none for He et al.'s ResNets, as registered for the WRNs).
+    """
     from ..models.registry import get_config, is_densenet
 
     if is_densenet(model):

@@ -37,14 +37,33 @@ def explain(
 ) -> Tensor:
     """Heat maps of where ``model`` looks for each target class, in [0, 1] at the input's size.
 
-    images: (N, C, H, W), preprocessed as the model expects.
-    targets: None (each image's top prediction) or one class (index or name) -> (N, H, W);
-    a sequence of T classes, explained on every image -> (N, T, H, W); a tensor (N,) of one
-    class per image -> (N, H, W), or (N, T) -> (N, T, H, W).
-    method: "cam", exact for a global-average-pool + linear head (the classifier's weights
-    times the final feature maps, ``forward_features``); "gradcam" at ``layer`` (a module or
-    its name; default the model's ``feature_map_layer``, the post-ReLU final map).
-    class_names: for targets given by name (default ``model.pretrained_cfg["class_names"]``).
+    The model comes back as it was (train/eval mode of every module, gradients, hooks).
+
+    Args:
+        model: One of our models (DenseNets and the ResNet baselines).
+        images: ``(N, C, H, W)``, preprocessed as the model expects.
+        targets: ``None`` (each image's top prediction) or one class (index or name):
+            maps ``(N, H, W)``; a sequence of T classes explained on every image:
+            ``(N, T, H, W)``; a tensor ``(N,)`` of one class per image: ``(N, H, W)``, or
+            ``(N, T)``: ``(N, T, H, W)``.
+        method: ``"cam"``, exact for a global-average-pool + linear head (the classifier's
+            weights times the final feature maps); ``"gradcam"`` at ``layer``.
+        layer: For Grad-CAM, a module or its name (default the model's
+            ``feature_map_layer``, the post-ReLU final map).
+        class_names: For targets given by name (default
+            ``model.pretrained_cfg["class_names"]``).
+
+    Returns:
+        The maps, scaled as pytorch-grad-cam scales them.
+
+    Raises:
+        ConfigError: An unknown method, class or layer, images that are not 4-D, or a call
+            under ``torch.inference_mode()``.
+
+    Example:
+        >>> maps = densenets.explain(model, images, targets=["cat", 5])  # doctest: +SKIP
+        >>> maps.shape  # doctest: +SKIP
+        torch.Size([8, 2, 32, 32])
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")

@@ -34,9 +34,21 @@ _INITS = ("fan_out", "fan_in")
 class DenseNetConfig(ArchitectureConfig):
     """Everything the paper varies, as one immutable record.
 
-    ``init="fan_out"`` is the authors' He-normal init (std = sqrt(2 / (k*k*out_channels)));
-    ``"fan_in"`` is torchvision's. ``dropout_placement="paper"`` drops after every conv but
-    the stem (the authors' Lua code); ``"torchvision"`` only after each layer's last conv.
+    Attributes:
+        growth_rate: k, the maps each dense layer adds.
+        block_sizes: Dense layers per block (3 blocks for CIFAR/SVHN, 4 for ImageNet).
+        stem: ``"cifar"``: one 3x3 conv; ``"imagenet"``: 7x7/2 conv, BN, ReLU, 3x3/2 max pool.
+        init_channels: Maps leaving the stem.
+        bottleneck: 1x1 bottleneck convolutions of ``bn_size * k`` maps (DenseNet-B).
+        bn_size: The bottleneck's width in units of k (4 in the paper).
+        compression: Transition compression theta (0.5 for -C and -BC, 1 for none).
+        dropout: Dropout rate (0.2 on CIFAR/SVHN without augmentation in the paper).
+        dropout_placement: ``"paper"`` drops after every conv but the stem (the authors'
+            Lua code); ``"torchvision"`` only after each layer's last conv.
+        in_channels: Input channels (1 for grey images).
+        num_classes: Classifier outputs.
+        init: ``"fan_out"``, the authors' He-normal init (std = sqrt(2 / (k*k*out_channels)));
+            ``"fan_in"``, torchvision's.
     """
 
     family: ClassVar[str] = "densenet"
@@ -110,6 +122,7 @@ class DenseLayer(nn.Module):
         self.memory_efficient = memory_efficient
 
     def forward(self, features: list[Tensor]) -> Tensor:
+        """(N, C, H, W) concatenated-so-far maps -> the k new maps."""
         if self.memory_efficient and self.training and any(f.requires_grad for f in features):
             # Keep only the inputs; concat -> BN -> ReLU is recomputed in backward, conv1 is not.
             out = first_conv_recomputed(features, self.norm1, self.relu1, self.conv1)
@@ -147,6 +160,7 @@ class DenseBlock(nn.ModuleDict):
         self.out_channels = in_channels + num_layers * growth_rate
 
     def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, C + layers * k, H, W): the input with every layer's maps appended."""
         features = [x]
         for layer in self.values():
             features.append(layer(features))
@@ -175,6 +189,7 @@ class Transition(nn.Sequential):
         return not hasattr(self, "drop")  # dropout does not commute with pooling
 
     def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, C * compression, H / 2, W / 2)."""
         x = self.relu(self.norm(x))
         if not self.pools_first:
             return self.pool(self.drop(self.conv(x)))
@@ -190,6 +205,10 @@ class DenseNet(nn.Module):
     input the weights expect. ``memory_efficient`` recomputes concat-BN-ReLU (not the conv) in the
     backward pass (a runtime switch, also ``set_memory_efficient``), not part of the architecture.
     ``feature_map_layer`` names the module whose output is ``forward_features(x)`` (for CAM).
+
+    Args:
+        config: The architecture.
+        memory_efficient: Recompute concatenation, BatchNorm and ReLU in the backward pass.
     """
 
     feature_map_layer = "features.relu5"
@@ -268,6 +287,7 @@ class DenseNet(nn.Module):
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
         return self.forward_head(self.forward_features(x))
 
     def forward_blocks(self, x: Tensor) -> list[Tensor]:
@@ -316,13 +336,31 @@ def cifar_config(
     bottleneck: bool = False,
     compression: float = 1.0,
     num_classes: int = 10,
-    **overrides,
+    **overrides: object,
 ) -> DenseNetConfig:
     """The paper's 3-block CIFAR/SVHN network of total depth L and growth rate k.
 
     Depth counts the stem conv, every conv in the dense layers, the two transition convs
     and the classifier: L = 3n + 4 for plain layers, 6n + 4 with bottlenecks (two convs
     per layer). The stem has 16 maps for plain DenseNet, 2k with bottleneck + compression.
+
+    Args:
+        depth: Total depth L (40 and 100 in the paper for DenseNet; 100, 190, 250 for -BC).
+        growth_rate: k, the maps each dense layer adds.
+        bottleneck: 1x1 bottleneck convolutions (DenseNet-B).
+        compression: Transition compression theta (0.5 for DenseNet-C and -BC).
+        num_classes: Classifier outputs.
+        **overrides: Other ``DenseNetConfig`` fields (``dropout``, ``in_channels``, ...).
+
+    Returns:
+        The config; ``DenseNet(config)`` builds it.
+
+    Raises:
+        ConfigError: An impossible depth (the error lists valid ones) or growth rate.
+
+    Example:
+        >>> cifar_config(100, 12, bottleneck=True, compression=0.5).block_sizes
+        (16, 16, 16)
     """
     per_layer = 2 if bottleneck else 1
     step = 3 * per_layer

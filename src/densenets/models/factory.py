@@ -27,24 +27,42 @@ def create_model(
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     memory_efficient: bool = False,
-    **overrides,
+    **overrides: object,
 ) -> nn.Module:
-    """Build a model, e.g. ``create_model("densenet_bc100_k12", num_classes=100)``, or a
-    baseline, ``create_model("preact_resnet164", num_classes=100)``.
+    """Build a DenseNet of the paper, or one of its baselines, by name.
 
-    - ``pretrained=True`` loads the variant's default named weights (``"cifar10"`` etc.
-      picks by tag; see ``list_pretrained``); with another ``num_classes`` the classifier
-      is new and everything else pretrained.
-    - ``weights=FILE`` loads one of our checkpoints (``pretrained_cfg``: its run's mean, std,
-      sizes and class names) or torchvision's ``densenet121-*.pth`` / ``resnet50-*.pth``.
-    - ``in_channels`` other than the weights' adapts the stem as timm's ``in_chans`` does
-      (:mod:`.channels`: one channel sums the RGB filters), with the normalisation.
-    - ``name`` may be an exported ``model.json`` (``.safetensors`` beside it): its weights
-      are kept; overrides that would change a weight's shape are refused.
-    - ``features_only=True`` returns a :class:`DenseNetFeatures` giving the maps picked by
-      ``out_indices`` (0 = stem, i = dense block i; default all).
-    - ``memory_efficient=True`` recomputes in backward (``model.set_memory_efficient``);
-      DenseNets only (a baseline refuses it in one line).
+    Args:
+        name: A registered variant (``list_models()``), a CIFAR pattern name such as
+            ``"densenet_bc40_k12"``, or an exported ``model.json`` (its ``.safetensors``
+            beside it; its weights are kept and overrides that would change a weight's
+            shape are refused).
+        pretrained: ``True`` loads the variant's default named weights, a string picks them
+            by tag (``"cifar10"``; see ``list_pretrained``). With another ``num_classes`` the
+            classifier is new and everything else pretrained.
+        weights: A weights file instead: one of our checkpoints (``pretrained_cfg`` then
+            carries its run's mean, std, sizes and class names) or torchvision's
+            ``densenet121-*.pth`` / ``resnet50-*.pth``.
+        features_only: Return a ``DenseNetFeatures`` wrapper giving the maps picked by
+            ``out_indices`` instead of the classifier's output (DenseNets only).
+        out_indices: With ``features_only``: 0 is the stem, i is dense block i (default all).
+        memory_efficient: Recompute concatenation, BatchNorm and ReLU in the backward pass
+            (``model.set_memory_efficient``); DenseNets only.
+        **overrides: Fields of the model's config, e.g. ``num_classes=100``,
+            ``in_channels=1`` (with weights of another channel count the stem is adapted as
+            timm's ``in_chans`` does: one channel sums the RGB filters), ``dropout=0.2``.
+
+    Returns:
+        The model, a plain ``nn.Module`` with ``pretrained_cfg`` describing its input.
+
+    Raises:
+        ConfigError: An unknown name or field, both ``pretrained`` and ``weights``, or a
+            setting the network cannot take (it names the setting).
+        CheckpointError: A weights file that is missing, corrupt or of another architecture.
+
+    Example:
+        >>> model = create_model("densenet_bc100_k12", num_classes=100)
+        >>> sum(p.numel() for p in model.parameters())
+        800032
     """
     if pretrained and weights is not None:
         raise ConfigError("give either pretrained= (named weights) or weights= (a file), not both")

@@ -17,9 +17,13 @@ import fnmatch
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TORCHVISION_CROP_PCT = 224 / 256  # resize the shorter side to 256, centre-crop 224
@@ -53,14 +57,16 @@ class PretrainedEntry:
 
     @property
     def name(self) -> str:
+        """``model.tag``, e.g. ``densenet_bc40_k12.cifar10``."""
         return f"{self.model}.{self.tag}"
 
     @property
     def file_name(self) -> str:
-        """torchvision's own file names (e.g. ``densenet121-a639ec97.pth``) for the hub cache."""
+        """Torchvision's own file names (e.g. ``densenet121-a639ec97.pth``) for the hub cache."""
         return os.path.basename(urlparse(self.url).path) if self.url else Path(self.package_file).name
 
     def pretrained_cfg(self) -> dict:
+        """The model's ``pretrained_cfg`` with these weights (timm's keys and ours)."""
         return {
             "mean": tuple(self.mean),
             "std": tuple(self.std),
@@ -75,6 +81,7 @@ class PretrainedEntry:
         }
 
     def class_names(self) -> list[str]:
+        """The names of the classifier's outputs, in order."""
         return imagenet_categories() if self.categories == "imagenet" else list(self.categories)
 
 
@@ -82,7 +89,14 @@ _WEIGHTS: dict[str, PretrainedEntry] = {}
 
 
 def register_weights(entry: PretrainedEntry) -> None:
-    """Add a named set of weights; re-using a ``model.tag`` name is an error."""
+    """Add a named set of weights.
+
+    Args:
+        entry: The weights' registry entry (model, tag, file or URL, sha256, preprocessing).
+
+    Raises:
+        ValueError: Its ``model.tag`` name is already registered.
+    """
     if entry.name in _WEIGHTS:
         raise ValueError(f"weights {entry.name!r} are already registered")
     _WEIGHTS[entry.name] = entry
@@ -99,7 +113,14 @@ def named_weights(text: str) -> PretrainedEntry | None:
 
 
 def list_pretrained(pattern: str = "*") -> list[PretrainedEntry]:
-    """Entries whose ``model.tag`` name matches a shell-style pattern."""
+    """Named weights whose ``model.tag`` name or model matches a pattern.
+
+    Args:
+        pattern: A shell-style pattern, e.g. ``"densenet121*"``.
+
+    Returns:
+        The matching registry entries, sorted by name.
+    """
     return [e for n, e in sorted(_WEIGHTS.items()) if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(e.model, pattern)]
 
 
@@ -193,8 +214,11 @@ def default_pretrained_cfg(config) -> dict:
 
 
 def cfg_from_preprocess(preprocess: dict, num_classes: int, class_names: list[str] | None = None) -> dict:
-    """A run's ``preprocess`` dict (mean, std, resize, crop, channels; thresholds and multilabel
-    for multi-label runs) and class names as a ``pretrained_cfg``."""
+    """A run's ``preprocess`` dict and class names as a ``pretrained_cfg``.
+
+    ``preprocess`` holds mean, std, resize, crop, channels; thresholds and multilabel for
+    multi-label runs.
+    """
     crop = int(preprocess["crop"])
     resize = preprocess.get("resize")
     thresholds = preprocess.get("thresholds")
@@ -227,8 +251,16 @@ def preprocess_from_cfg(cfg: dict) -> dict:
     }
 
 
-def data_config(model) -> dict:
-    """timm's ``resolve_data_config`` for our models: input size, interpolation, mean, std, crop fraction."""
+def data_config(model: nn.Module) -> dict:
+    """The input a model expects, as timm's ``resolve_data_config`` gives it.
+
+    Args:
+        model: One of our models (its ``pretrained_cfg``; a model without one gets its
+            architecture's defaults).
+
+    Returns:
+        ``input_size``, ``interpolation``, ``mean``, ``std`` and ``crop_pct``.
+    """
     cfg = getattr(model, "pretrained_cfg", None) or default_pretrained_cfg(model.config)
     return {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
 

@@ -40,7 +40,16 @@ class UnknownModelError(ConfigError):
 
 
 def register_model(name: str, config: ModelConfig) -> None:
-    """Add a named variant. Re-using a name is an error."""
+    """Add a named variant.
+
+    Args:
+        name: The new name; re-using a registered name is an error.
+        config: A ``DenseNetConfig`` or a baseline's config.
+
+    Raises:
+        ValueError: The name is already registered.
+        TypeError: The config is of no known network.
+    """
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is already registered")
     if type(config) not in _NETWORKS:
@@ -77,12 +86,30 @@ def is_densenet(name: str) -> bool:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered variant names matching a shell-style pattern, e.g. ``"densenet_bc*"``."""
+    """Registered variant names matching a shell-style pattern.
+
+    Args:
+        pattern: A shell-style pattern, e.g. ``"densenet_bc*"``.
+
+    Returns:
+        The matching names, sorted.
+    """
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def get_config(name: str, **overrides) -> ModelConfig:
-    """The config of a named variant (or CIFAR pattern name) with fields overridden."""
+def get_config(name: str, **overrides: object) -> ModelConfig:
+    """The config of a named variant with fields overridden.
+
+    Args:
+        name: A registered name or a CIFAR pattern name (``densenet_bc100_k12``).
+        **overrides: Config fields to replace, e.g. ``num_classes=100``.
+
+    Returns:
+        The frozen config (``DenseNetConfig`` or a baseline's config).
+
+    Raises:
+        ConfigError: An unknown name (with the closest names) or an unknown field.
+    """
     config = _REGISTRY.get(name) or parse_cifar_name(name)
     if config is None:
         raise _unknown(name)

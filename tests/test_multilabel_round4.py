@@ -193,6 +193,10 @@ def test_eval_in_bf16_counts_changed_validation_decisions_and_rechooses_threshol
     assert main(["eval", str(run), "--precision", "bf16", "--backend", "torch", "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     metrics = strict_json((out_dir / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16"  # the numeric precision, not overwritten by per-class PPV
+    assert set(metrics["ppv"]) == set(CLASSES)
+    assert metrics["precision"] == "bf16"  # the numeric precision, not overwritten by per-class PPV
+    assert set(metrics["ppv"]) == set(CLASSES)
     assert metrics["precision_val_images"] == 8
     changed = metrics["precision_positives_changed"]
     assert f"bf16: at the saved thresholds (chosen on fp32 outputs) {changed} validation decisions change" in out

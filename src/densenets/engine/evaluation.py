@@ -232,7 +232,9 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
         "thresholds": per_class(thresholds),
         "threshold_source": source,
         "threshold_sources": sources,
-        **{key: per_class(points[key]) for key in ("sensitivity", "specificity", "precision", "f1")},
+        # per-class precision (positive predictive value) as "ppv": "precision" names fp32/bf16/int8
+        **{key: per_class(points[key]) for key in ("sensitivity", "specificity", "f1")},
+        "ppv": per_class(points["precision"]),
         "class_names": list(names),
     }
     if out_dir is not None:

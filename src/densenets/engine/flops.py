@@ -28,9 +28,10 @@ MILESTONES = (90.0, 93.0, 94.0, 95.0)  # test accuracy (%)
 FLOPS_NOTE = (
     "train_flops: forward, loss and backward of every training step (torch.utils.flop_counter.FlopCounterMode, "
     "counted once per step shape on a meta-device copy and multiplied by its steps; the optimiser update is not "
-    "counted), summed over processes; eval_flops: forward passes of every evaluation (test, validation, per epoch); "
-    "train_s: time in the training loop (steps and waiting for batches); wall_s and elapsed_s: wall time since "
-    "training started, evaluations included (a resumed run adds its sessions up to their last checkpoint)"
+    "counted), summed over processes; eval_flops: forward passes of every evaluation (test, validation, per epoch; "
+    "not the extra test pass of a run stopped mid-epoch by max_steps); train_s: time in the training loop (steps "
+    "and waiting for batches, not the counting); wall_s and elapsed_s: wall time since training started, "
+    "evaluations included (a resumed run adds its sessions up to their last checkpoint)"
 )
 MILESTONES_NOTE = (
     "first epoch whose test accuracy reached each level; the test set is evaluated each epoch only to draw the "

@@ -149,14 +149,15 @@ def train_one_epoch(
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"the loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1})")
         state.step += 1
-        if cost is not None:
-            cost.train_step(images, targets)
         now = time.perf_counter()
         sums["loss"] += loss_value
         sums["correct"] += correct.item()
         sums["count"] += targets.shape[0]
         sums["seconds"] += now - tick
         tick = now
+        if cost is not None:  # a new shape is counted once (seconds on a big model): not training time
+            cost.train_step(images, targets)
+            tick = time.perf_counter()
         bar.update(1)
         accuracy = {} if multilabel else {"acc": f"{100 * sums['correct'] / sums['count']:.1f}%"}
         bar.set_postfix(

@@ -1,7 +1,7 @@
 """Figures drawn from run folders and the paper's numbers.
 
-``plot_runs``: error curves and error against parameters and FLOPs of any runs; for
-multi-label runs, macro AUROC curves.
+``plot_runs``: error curves, error against parameters and FLOPs, and test accuracy against
+training FLOPs and wall time of any runs; for multi-label runs, macro AUROC curves.
 ``figure3`` / ``figure4``: the paper's Figures 3 and 4 laid out as its panels -- ImageNet
 top-1 error of DenseNets and ResNets against parameters and FLOPs (3); C10+ error against
 parameters for the DenseNet variants, DenseNet-BC against the pre-activation ResNet, and the
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.flops import MILESTONES
 from ..engine.runlog import CONFIG, SUMMARY, read_json, read_metrics, reported_result
 from ..errors import UserError
 from ..models import build_model, config_from_dict
@@ -174,6 +175,53 @@ def plot_error_vs_cost(runs: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
+def accuracy_curve(run: dict) -> dict:
+    """A run's test accuracy (%) after each epoch against its cumulative training FLOPs and wall time."""
+    metrics = run["metrics"]
+    return {
+        "train_flops": [m["train_flops"] for m in metrics],
+        "elapsed_s": [m["elapsed_s"] for m in metrics],
+        "test_accuracy": [100.0 - m["test_error"] for m in metrics],
+    }
+
+
+def time_to_accuracy_figure(runs: list[dict]):
+    """Test accuracy against cumulative training FLOPs (left) and wall time (right), one line per run.
+
+    Runs recorded before FLOPs were counted (no ``train_flops`` in metrics.jsonl) are left out, named in the title.
+    """
+    plt = _pyplot()
+    counted = [run for run in runs if all("train_flops" in m for m in run["metrics"])]
+    left_out = [_label(run) for run in runs if run not in counted]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for run in counted:
+        curve = accuracy_curve(run)
+        for ax, key in zip(axes, ("train_flops", "elapsed_s"), strict=True):
+            ax.plot(curve[key], curve["test_accuracy"], "o-", ms=3, label=_label(run))
+    for ax, xlabel in zip(axes, ("training FLOPs (forward + backward)", "wall time since training started (s)"),
+                          strict=True):  # fmt: skip
+        for level in MILESTONES:
+            ax.axhline(level, color="gray", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%), evaluated each epoch for the curve only")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    title = "Test accuracy against compute and time"
+    if left_out:
+        title += f" (left out, no FLOPs recorded: {', '.join(left_out)})"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_time_to_accuracy(runs: list[dict], path: Path) -> Path:
+    fig = time_to_accuracy_figure(runs)
+    fig.savefig(path, dpi=130)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     """All figures for the given runs, written to ``out_dir``."""
     runs = [load_run(d) for d in run_dirs]
@@ -184,6 +232,7 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     paths = [plot_auroc_curves(multilabel, out_dir / "auroc_curves.png")] if multilabel else []
     if single:
         paths += [plot_curves(single, out_dir / "error_curves.png"), *plot_error_vs_cost(single, out_dir)]
+        paths.append(plot_time_to_accuracy(single, out_dir / "accuracy_vs_compute.png"))
     return paths
 
 

@@ -14,13 +14,16 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="folder for feature_reuse.png/.svg/.json (default: beside the checkpoint)")
     p.set_defaults(run=run_analyze)
 
-    p = sub.add_parser("plot", help="the paper's Figures 3 and 4 with your runs; error curves and error vs cost")
+    p = sub.add_parser(
+        "plot", help="the paper's Figures 3 and 4 with your runs; error curves, error vs cost, accuracy vs FLOPs, time"
+    )
     p.add_argument("runs", nargs="*", help="run folders")
     p.add_argument(
         "--figure", type=int, choices=(3, 4),
         help="3: ImageNet error vs parameters and FLOPs, DenseNets vs ResNets; 4: C10+ error vs parameters "
         "(DenseNet variants; DenseNet-BC vs pre-activation ResNet) and training curves of the runs side by side. "
-        "Without it: error curves and error vs parameters/FLOPs of the runs",
+        "Without it: error curves, error vs parameters/FLOPs, and test accuracy vs training FLOPs and wall time "
+        "of the runs",
     )  # fmt: skip
     p.add_argument("--out", default="plots", help="folder for the PNG files")
     p.set_defaults(run=run_plot)

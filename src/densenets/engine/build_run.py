@@ -90,6 +90,7 @@ class Run:
             "epoch": s.epoch,
             "best": dict(s.best),
             "epoch_sums": dict(s.epoch_sums),
+            "cost": dict(s.cost),  # FLOPs and seconds so far (engine.flops)
             "rng": capture_rng(),
             "config": self.config,
         }
@@ -419,6 +420,7 @@ def _restore(run: Run) -> None:
         s.step, s.epoch = int(ckpt["step"]), int(ckpt["epoch"])
         s.best = dict(ckpt.get("best") or {})
         s.epoch_sums = dict(ckpt["epoch_sums"])
+        s.cost = dict(ckpt.get("cost") or {})  # absent before the count: it then starts at this step
         restore_rng(ckpt["rng"])
         if s.ema is not None:
             s.ema.module.load_state_dict(ckpt["ema"])

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from .multilabel import masked_bce, multilabel_metrics
 from .recipes import Recipe
 from .runtime import Runtime
 from .schedule import lr_at
+
+if TYPE_CHECKING:
+    from .flops import RunCost
 
 
 def new_epoch_sums() -> dict:
@@ -42,6 +46,8 @@ class TrainState:
     stop_requested: bool = False  # set by the SIGINT handler
     # The exponential moving average of the weights (recipe ema_decay), updated after every step.
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    # FLOPs and seconds spent so far (:class:`.flops.RunCost` keeps it)
+    cost: dict = field(default_factory=dict)
 
     def result_model(self, model: nn.Module) -> nn.Module:
         """What the run evaluates and reports: the EMA of the weights when kept, else ``model``."""
@@ -109,9 +115,10 @@ def train_one_epoch(
     on_step: Callable[[TrainState], None] | None = None,
     show_progress: bool = True,
     pos_weight: torch.Tensor | None = None,
+    cost: RunCost | None = None,
 ) -> dict:
     """Train until the end of the epoch (or ``recipe.max_steps``); returns the epoch's metrics
-    (multi-label data: the loss, no error)."""
+    (multi-label data: the loss, no error). ``cost`` counts each step's FLOPs."""
     state.model.train()
     sums = state.epoch_sums
     start_step = state.step - state.epoch * steps_per_epoch
@@ -148,6 +155,9 @@ def train_one_epoch(
         sums["count"] += targets.shape[0]
         sums["seconds"] += now - tick
         tick = now
+        if cost is not None:  # a new shape is counted once (seconds on a big model): not training time
+            cost.train_step(images, targets)
+            tick = time.perf_counter()
         bar.update(1)
         accuracy = {} if multilabel else {"acc": f"{100 * sums['correct'] / sums['count']:.1f}%"}
         bar.set_postfix(
@@ -180,13 +190,14 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False) -> dict:
+def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False, cost: RunCost | None = None) -> dict:
     """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks; for
     multi-label targets (float (N, C)) the loss, AUROC and AP instead (:func:`_multilabel_result`).
 
     Batches of shape (N, n_crops, C, H, W) are ten-crop testing: the crops' logits are
     averaged (the authors sum them: the same argmax) and the loss is that of the mean.
     With ``confusion``, also the confusion matrix (rows: true class) and per-class accuracy.
+    ``cost`` counts each batch's forward FLOPs.
     """
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
@@ -194,6 +205,8 @@ def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False
     multilabel_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, targets) on the CPU
     for images, targets in loader:
         targets = targets.to(runtime.device)
+        if cost is not None:
+            cost.eval_batch(model, images.flatten(0, 1) if images.dim() == 5 else images)
         logits = _logits(model, images, runtime)
         if targets.is_floating_point():
             multilabel_batches.append((logits.cpu(), targets.cpu()))

@@ -17,13 +17,14 @@ from ..models.pretrained import cfg_from_preprocess
 from .build_run import RESUME_OVERRIDES, Run, build_run, non_finite_tensors, recipe_to_run
 from .checkpoint import load_checkpoint, unwrap_model
 from .distributed import DistInfo, all_reduce_sum, average_buffers, barrier, init_distributed
+from .flops import RunCost, cost_line
 from .interrupt import ignore_sigint, install_sigint, restore_sigint
 from .loop import TrainState, evaluate, new_epoch_sums, train_one_epoch
 from .multilabel import DEFAULT_THRESHOLD, choose_thresholds, threshold_sources
 from .recipes import Recipe
 from .reporting import describe_run, epoch_line, epoch_record, print_summary, select_best, summarise
 from .runfolder import RunFolder
-from .runlog import BEST, LAST, SUMMARY, RunLog, write_json
+from .runlog import BEST, LAST, SUMMARY, RunLog, read_metrics, write_json
 from .runtime import make_runtime, tune_cpu_allocator
 
 __all__ = ["RESUME_OVERRIDES", "FitResult", "fit", "non_finite_tensors"]
@@ -111,14 +112,19 @@ def _train(run: Run, show_progress: bool) -> dict:
         run.log(metrics_log.note)
     params = sum(p.numel() for p in unwrap_model(s.model).parameters())
     describe_run(run, params)
+    started = time.perf_counter()
+    cost = RunCost(s, run.runtime, r, run.pos_weight)
+
+    def save(*names: str) -> None:
+        cost.stamp()
+        run.save(*names)
 
     def on_step(state: TrainState) -> None:
         if run.runtime.dist.enabled and _any_rank(state.stop_requested, run):
             state.stop_requested = True
         if r.checkpoint_every and state.step % r.checkpoint_every == 0:
-            run.save(LAST)
+            save(LAST)
 
-    started = time.perf_counter()
     previous_handler = install_sigint(s)
     try:
         while s.epoch < r.epochs and not _step_limit_reached(run):
@@ -126,22 +132,22 @@ def _train(run: Run, show_progress: bool) -> dict:
             train_loader.start_epoch(s.epoch, done_in_epoch * run.per_rank_batch)
             try:
                 train_metrics = train_one_epoch(
-                    s, train_loader, r, run.runtime, run.steps_per_epoch, on_step, show_progress, run.pos_weight
+                    s, train_loader, r, run.runtime, run.steps_per_epoch, on_step, show_progress, run.pos_weight, cost
                 )
             except TrainingDiverged as exc:
                 raise _diverged_message(run, exc) from None
             if s.stop_requested:
-                run.save(LAST)
+                save(LAST)
                 raise TrainingInterrupted(
                     f"interrupted at step {s.step}; checkpoint saved. "
                     f"Continue with: densenets train --resume {run.run_dir}"
                 )
             if s.step < (s.epoch + 1) * run.steps_per_epoch:  # stopped by max_steps inside the epoch
                 average_buffers(unwrap_model(s.model))
-                run.save(LAST)
+                save(LAST)
                 break
             try:
-                _end_epoch(run, train_metrics, test_loader, val_loader, metrics_log)
+                _end_epoch(run, train_metrics, test_loader, val_loader, metrics_log, cost)
             except TrainingDiverged as exc:
                 raise _diverged_message(run, exc) from None
     finally:
@@ -149,12 +155,15 @@ def _train(run: Run, show_progress: bool) -> dict:
         metrics_log.close()
     barrier()
     summary = summarise(run, test_loader, time.perf_counter() - started, params)
+    records = run.on_main(lambda: read_metrics(run.run_dir)) or []
+    summary.update(cost.summary(records, run.data.multilabel))
     run.on_main(lambda: write_json(run.run_dir / SUMMARY, summary))
     print_summary(run, summary)
+    run.log(cost_line(summary))
     return summary
 
 
-def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_log: RunLog) -> None:
+def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_log: RunLog, cost: RunCost) -> None:
     s = run.state
     trained = unwrap_model(s.model)
     average_buffers(trained)
@@ -162,12 +171,13 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     raw_test = None
     if s.ema is not None:
         average_buffers(model)
-        raw_test = evaluate(trained, test_loader, run.runtime)
-    test = evaluate(model, test_loader, run.runtime)
-    val = evaluate(model, val_loader, run.runtime) if val_loader is not None else None
+        raw_test = evaluate(trained, test_loader, run.runtime, cost=cost)
+    test = evaluate(model, test_loader, run.runtime, cost=cost)
+    val = evaluate(model, val_loader, run.runtime, cost=cost) if val_loader is not None else None
     s.epoch += 1
     s.epoch_sums = new_epoch_sums()
     record = epoch_record(s, train_metrics, test, val, raw_test, run.data.class_names)
+    record.update(cost.end_epoch(train_metrics["train_seconds"]))  # cumulative, for curves against compute
     if run.data.multilabel:  # saved with the checkpoints below, read by predict and eval
         thresholds, source, sources = _thresholds(run, val)
         chosen = {"thresholds": thresholds, "threshold_source": source, "threshold_sources": sources}
@@ -176,6 +186,7 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     is_best = select_best(s, record)
     if is_best and run.data.multilabel:  # best.pt's own operating points, for the summary
         s.best.update(chosen)
+    cost.stamp()
     run.save(*([BEST] if is_best else []), LAST)
     run.on_main(lambda: metrics_log.epoch(record))
     run.log(epoch_line(run, record, val, raw_test, is_best))

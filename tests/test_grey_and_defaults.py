@@ -1,0 +1,131 @@
+"""Grey images and input sizes by default, and defaults that are said (issue 26, item 3 and
+"defaults invented without a note")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densenets import create_model
+from densenets.cli.main import main
+from densenets.data import DataSpec, build_data
+from densenets.models import DenseNet, get_config
+from densenets.models.pretrained import get_weights_entry, register_weights, unregister_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_command(start: str) -> list[str]:
+    """The README's command line that starts with ``start``, as printed (its comment dropped)."""
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(start)]
+    assert len(lines) == 1, f"the README no longer prints one command starting {start!r}"
+    return shlex.split(lines[0], comments=True)
+
+
+def write_grey_xrays(root: Path, size: int = 20) -> Path:
+    """A CheXpert-style labels.csv over grey PNGs, 2 rows per split, each class positive and
+    negative in every split (as few images as a run can use: the README's command at 224 px)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = [
+        ("p1", "1", "0", "1", "train"),
+        ("p2", "0", "1", "0", "train"),
+        ("p3", "1", "0", "1", "val"),
+        ("p4", "0", "1", "0", "val"),
+        ("p5", "1", "0", "0", "test"),
+        ("p6", "0", "1", "1", "test"),
+    ]
+    lines = ["path,Atelectasis,Cardiomegaly,Edema,split"]
+    for name, *labels, split in rows:
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L").save(
+            root / "images" / f"{name}.png"
+        )
+        lines.append(",".join([f"images/{name}.png", *labels, split]))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def offline_densenet121(tmp_path, monkeypatch):
+    """densenet121's named ImageNet weights as random weights in a temporary hub cache (no
+    network): the registry entry points at a file whose sha256 it names, as torchvision's does."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(1)
+    tmp = cache / "tmp.pth"
+    torch.save(DenseNet(get_config("densenet121")).state_dict(), tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    tmp.rename(cache / f"densenet121-{digest}.pth")
+    real = get_weights_entry("densenet121", True)
+    unregister_weights(real.name)
+    register_weights(replace(real, url=f"https://weights.invalid/densenet121-{digest}.pth", sha256=digest))
+    yield
+    unregister_weights(real.name)
+    register_weights(real)
+
+
+# ---------------------------------------------------------------------------------------
+# grey images at the default size
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_readme_multilabel_command_runs_as_printed_on_grey_xrays(
+    tmp_path, monkeypatch, offline_densenet121, capsys
+):
+    """The README's multi-label command on grey X-rays used to stop before training: "augment
+    imagenet needs RGB images; use crop or crop-flip for grey images"."""
+    command = readme_command("densenets train --data csv --data-dir xrays/")
+    write_grey_xrays(tmp_path / "xrays")
+    monkeypatch.chdir(tmp_path)  # the command's relative xrays/ and its default runs/ folder
+    code = main(command[1:])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "input 1x224x224" in out  # the weights' size, the stem adapted to one channel
+    assert "augmentation imagenet on grey images: random-resized crop, flip, brightness and contrast" in out
+    assert "grey images, one channel" in out
+    (run,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["augment"] == "imagenet" and config["data"]["preprocess"]["channels"] == 1
+    assert config["data"]["preprocess"]["crop"] == 224
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_completed"] == config["recipe"]["epochs"]
+
+
+def write_folder(root: Path, size: int, grey: bool, per_class: int = 4) -> Path:
+    """Class folders (no split) of ``size`` x ``size`` PNGs, two classes told apart by brightness."""
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            shape = (size, size) if grey else (size, size, 3)
+            pixels = np.clip(70 + 110 * c + rng.integers(-30, 31, shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L" if grey else "RGB").save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_a_grey_folder_at_the_default_size_trains_with_a_grey_safe_imagenet_augmentation(tmp_path):
+    """Was: DataError "augment imagenet needs RGB images"; the colour steps are left out and said."""
+    for augment in (None, "imagenet"):
+        bundle = build_data(
+            DataSpec(name="imagefolder", data_dir=str(write_folder(tmp_path / str(augment), 24, grey=True)),
+                     augment=augment)
+        )  # fmt: skip
+        assert bundle.augment == "imagenet" and bundle.in_channels == 1
+        image, _ = bundle.train[0]
+        assert image.shape == (1, 224, 224)  # one channel: no RGB lighting broadcast onto it
+        assert bundle.notes == [
+            "augmentation imagenet on grey images: random-resized crop, flip, brightness and contrast "
+            "(no saturation or PCA lighting: grey images)"
+        ]
+    rgb = build_data(DataSpec(name="imagefolder", data_dir=str(write_folder(tmp_path / "rgb", 24, grey=False))))
+    assert rgb.augment == "imagenet" and rgb.notes == [] and rgb.train[0][0].shape == (3, 224, 224)
+

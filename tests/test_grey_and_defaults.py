@@ -129,3 +129,32 @@ def test_a_grey_folder_at_the_default_size_trains_with_a_grey_safe_imagenet_augm
     rgb = build_data(DataSpec(name="imagefolder", data_dir=str(write_folder(tmp_path / "rgb", 24, grey=False))))
     assert rgb.augment == "imagenet" and rgb.notes == [] and rgb.train[0][0].shape == (3, 224, 224)
 
+
+def train_on_folder(folder: Path, run: Path, capsys, *extra: str) -> tuple[str, dict]:
+    code = main(["train", "--data", "imagefolder", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "4",
+                 "--run-dir", str(run), "--no-progress", *extra])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out, json.loads((run / "config.json").read_text())["data"]["preprocess"]
+
+
+def test_a_cifar_stem_model_from_scratch_reads_a_32px_folder_at_32px_and_says_so(tmp_path, capsys):
+    """Was: 224x224 (49x the compute of 32x32) without a word."""
+    folder = write_folder(tmp_path / "small", 32, grey=False)
+    out, preprocess = train_on_folder(folder, tmp_path / "run", capsys, "--model", "densenet_bc40_k12")
+    assert "input size 32 px: the CIFAR stem's default; --image-size to change" in out
+    assert preprocess["crop"] == 32 and preprocess["resize"] == 32
+    assert "augmentation: crop-flip (chosen for 32px images" in out
+    out, preprocess = train_on_folder(
+        folder, tmp_path / "asked", capsys, "--model", "densenet_bc40_k12", "--image-size", "40"
+    )
+    assert preprocess["crop"] == 40 and "input size" not in out
+
+
+def test_an_imagenet_stem_model_from_scratch_reads_images_at_224px_and_says_so(tmp_path, capsys):
+    folder = write_folder(tmp_path / "small", 32, grey=False, per_class=2)
+    out, preprocess = train_on_folder(folder, tmp_path / "run", capsys, "--model", "densenet121", "--max-steps", "1")
+    assert "input size 224 px: the ImageNet stem's default; --image-size to change" in out
+    assert preprocess["crop"] == 224
+
+

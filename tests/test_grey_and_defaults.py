@@ -158,3 +158,44 @@ def test_an_imagenet_stem_model_from_scratch_reads_images_at_224px_and_says_so(t
     assert preprocess["crop"] == 224
 
 
+# ---------------------------------------------------------------------------------------
+# defaults the loaders assume are said
+# ---------------------------------------------------------------------------------------
+
+SMALL = "densenet_bc16_k4"
+
+
+def test_a_checkpoint_or_export_without_a_preprocessing_record_says_imagenets_is_assumed(tmp_path):
+    """Was: ImageNet's mean, std and 224 px crop without a word."""
+    from safetensors.torch import save_file
+
+    from densenets.engine.loading import load_model, loaded_notes
+
+    model = create_model(SMALL, num_classes=3)
+    config = {"model": model.config.to_dict(), "recipe": {"model": SMALL}}
+    torch.save({"model": model.state_dict(), "config": config}, tmp_path / "old.pt")
+    save_file(model.state_dict(), tmp_path / "old.safetensors")
+    (tmp_path / "old.json").write_text(json.dumps({"model": model.config.to_dict(), "name": SMALL}))
+    for path in (tmp_path / "old.pt", tmp_path / "old.json"):
+        loaded = load_model(path)
+        assert loaded.preprocess["mean"] == [0.485, 0.456, 0.406] and loaded.preprocess["crop"] == 224
+        (note,) = loaded.notes
+        assert note.startswith(f"{path.name} records no preprocessing: assumed ImageNet's (224 px centre crop of 256")
+        assert f"note: {note}" in loaded_notes(loaded)
+    with pytest.warns(UserWarning, match="old.pt records no preprocessing: assumed ImageNet's"):
+        create_model(SMALL, num_classes=3, weights=tmp_path / "old.pt")
+    # with a record: nothing assumed, nothing said
+    config["data"] = {"preprocess": {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": None, "crop": 32, "channels": 3}}
+    torch.save({"model": model.state_dict(), "config": config}, tmp_path / "new.pt")
+    assert load_model(tmp_path / "new.pt").notes == []
+
+
+def test_create_model_from_a_bare_state_dict_says_the_cifar_stem_default_is_kept(tmp_path):
+    """Was: pretrained_cfg kept mean 0.5 / std 0.25 for the weights without a word."""
+    torch.save(create_model(SMALL, num_classes=3).state_dict(), tmp_path / "bare.pth")
+    with pytest.warns(UserWarning, match=r"bare.pth records no normalisation: pretrained_cfg keeps the CIFAR stem's "
+                      r"default \(32 px, mean \[0.5, 0.5, 0.5\], std \[0.25, 0.25, 0.25\]\)"):  # fmt: skip
+        model = create_model(SMALL, num_classes=3, weights=tmp_path / "bare.pth")
+    assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+
+

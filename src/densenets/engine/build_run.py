@@ -20,7 +20,7 @@ from ..models.channels import adapt_state_channels, describe_adaptation
 from ..models.hub import fetch_pretrained
 from ..models.pretrained import PretrainedEntry, default_pretrained_cfg, get_weights_entry
 from ..models.registry import ModelConfig
-from ..models.weights import classifier_prefix, load_backbone, recorded_preprocessing
+from ..models.weights import classifier_prefix, load_backbone, preprocessing_record
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -192,8 +192,7 @@ def _start_preprocess(recipe: Recipe, run_dir: Path, resume: bool) -> dict | Non
         return None
     if resume:
         return read_json(run_dir / CONFIG)["data"]["preprocess"]
-    data = load_checkpoint(recipe.weights)
-    return recorded_preprocessing(data)[0] if isinstance(data.get("config"), dict) else None
+    return preprocessing_record(load_checkpoint(recipe.weights))
 
 
 def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None = None) -> DataBundle:
@@ -327,7 +326,7 @@ def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: 
     a 3-channel stem for grey images adapted (models.channels: with the normalisation the file's
     run recorded, else timm's plain sum)."""
     data = load_checkpoint(path)
-    recorded = recorded_preprocessing(data)[0] if isinstance(data.get("config"), dict) else {}
+    recorded = preprocessing_record(data) or {}  # a file without a record: the data's own normalisation
     mean, std = recorded.get("mean"), recorded.get("std")
     state, new_mean, new_std, adapted = adapt_state_channels(state_dict_from(data), model, mean, std)
     if verbose and user_images and mean is not None:  # the data read with it: _start_preprocess

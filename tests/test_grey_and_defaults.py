@@ -199,3 +199,20 @@ def test_create_model_from_a_bare_state_dict_says_the_cifar_stem_default_is_kept
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
 
 
+@pytest.mark.parametrize("content", [None, "{not json", json.dumps({"data": {}}), json.dumps(["recipe"])])
+def test_an_unreadable_config_json_is_an_error_naming_it_not_a_run_without_validation(tmp_path, capsys, content):
+    """Was: "last.pt: ... (this run has no validation split)", the wrong checkpoint for a run that
+    chose best.pt on a validation split."""
+    from densenets.engine.loading import choose_checkpoint
+    from densenets.errors import CheckpointError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:  # None: the run folder lacks it
+        (run / "config.json").write_text(content)
+    for name in ("best.pt", "last.pt"):
+        torch.save({"step": 1, "epoch": 1}, run / name)
+    with pytest.raises(CheckpointError, match=f"^{run / 'config.json'}: "):
+        choose_checkpoint(run)
+    assert main(["eval", str(run)]) != 0
+    assert f"{run / 'config.json'}: " in capsys.readouterr().err

@@ -32,6 +32,7 @@ from .transforms import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    GREY_IMAGENET,
     IMAGENET_MEAN,
     IMAGENET_STD,
     channel_statistics,
@@ -287,9 +288,14 @@ def _user_images_preprocess(spec: DataSpec, title: str, default_size: int, grey:
         "crop": size,
         "channels": channels,
     }
-    if augment == "imagenet" and channels == 1:
-        raise DataError(f"{title}: augment imagenet needs RGB images; use crop or crop-flip for grey images")
     return preprocess, augment
+
+
+def _augment_notes(preprocess: dict, augment: str) -> list[str]:
+    """What the run's first lines say about an augmentation that differs from its name's usual steps."""
+    if augment == "imagenet" and preprocess["channels"] == 1:
+        return [f"augmentation imagenet on grey images: {GREY_IMAGENET}"]
+    return []
 
 
 def _imagenet_like(
@@ -320,7 +326,9 @@ def _imagenet_like(
         train_idx, test_idx = _stratified_split(full.targets, 0.2, spec.seed)
         train, train_eval, test = Subset(full, train_idx), Subset(full_eval, train_idx), Subset(full_eval, test_idx)
         classes = list(full.classes)
-    return _finish(spec, train, train_eval, test, len(classes), channels, preprocess, augment, classes)
+    bundle = _finish(spec, train, train_eval, test, len(classes), channels, preprocess, augment, classes)
+    bundle.notes = _augment_notes(preprocess, augment)
+    return bundle
 
 
 def _imagenet(spec: DataSpec) -> DataBundle:
@@ -390,7 +398,7 @@ def _csv(spec: DataSpec) -> DataBundle:
     kind = f"multi-label, {len(table.class_names)} classes" if table.multilabel else "single-label"
     uncertain = f"; -1 labels: {_uncertain_words(spec.uncertain)}" if table.multilabel else ""
     bundle.multilabel = table.multilabel
-    bundle.notes = [f"{labels}: {kind}{uncertain}; {note}"]
+    bundle.notes = [f"{labels}: {kind}{uncertain}; {note}", *_augment_notes(preprocess, augment)]
     return bundle
 
 

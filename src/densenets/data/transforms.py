@@ -36,6 +36,10 @@ def channel_statistics(mean, std, channels: int) -> tuple[list[float], list[floa
     return [mean[i % len(mean)] for i in range(channels)], [std[i % len(std)] for i in range(channels)]
 
 
+# What the ImageNet augmentation does to grey images, for the run's first lines.
+GREY_IMAGENET = "random-resized crop, flip, brightness and contrast (no saturation or PCA lighting: grey images)"
+
+
 class Lighting:
     """AlexNet-style PCA lighting noise on a (3, H, W) tensor in [0, 1]."""
 
@@ -56,9 +60,13 @@ class Lighting:
 def train_transform(preprocess: dict, augment: str) -> T.Compose:
     """``augment``: ``"none"``, ``"crop"`` (normalise, zero-pad 4, random crop), ``"crop-flip"``
     (and flip; also called ``"cifar"``) or ``"imagenet"`` (random-resized crop at scale 0.08-1,
-    flip, colour)."""
+    flip, colour; on grey images brightness and contrast only: see :data:`GREY_IMAGENET`)."""
     size = preprocess["crop"]
     normalize = T.Normalize(preprocess["mean"], preprocess["std"])
+    if augment == "imagenet" and preprocess["channels"] == 1:
+        # saturation and PCA lighting are colour operations; a grey image has no colour to vary
+        steps = [T.Grayscale(1), T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4)]
+        return T.Compose([*steps, T.ToTensor(), normalize])
     if augment == "imagenet":
         return T.Compose(
             [

@@ -18,9 +18,9 @@ from ..errors import ConfigError, TrainingDiverged, UserError
 from ..models import build_model, config_from_dict, get_config
 from ..models.channels import adapt_state_channels, describe_adaptation
 from ..models.hub import fetch_pretrained
-from ..models.pretrained import PretrainedEntry, get_weights_entry
+from ..models.pretrained import PretrainedEntry, default_pretrained_cfg, get_weights_entry
 from ..models.registry import ModelConfig
-from ..models.weights import classifier_prefix, load_backbone, recorded_preprocessing
+from ..models.weights import classifier_prefix, load_backbone, preprocessing_record
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -195,8 +195,7 @@ def _start_preprocess(recipe: Recipe, run_dir: Path, resume: bool) -> dict | Non
         return None
     if resume:
         return read_json(run_dir / CONFIG)["data"]["preprocess"]
-    data = load_checkpoint(recipe.weights)
-    return recorded_preprocessing(data)[0] if isinstance(data.get("config"), dict) else None
+    return preprocessing_record(load_checkpoint(recipe.weights))
 
 
 def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None = None) -> DataBundle:
@@ -214,13 +213,34 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None
         labels=recipe.labels,
         uncertain=recipe.uncertain,
     )
+    size, why = _input_size(recipe, entry, start)
+    spec = replace(spec, image_size=size)
     if entry is not None:
         # the images keep their channels: grey ones get a stem adapted from the RGB weights
-        spec = replace(spec, image_size=recipe.image_size or entry.input_size[-1], mean=entry.mean, std=entry.std)
+        spec = replace(spec, mean=entry.mean, std=entry.std)
     elif start is not None:
-        mean, std = tuple(start["mean"]), tuple(start["std"])
-        spec = replace(spec, image_size=recipe.image_size or int(start["crop"]), mean=mean, std=std)
-    return build_data(spec)
+        spec = replace(spec, mean=tuple(start["mean"]), std=tuple(start["std"]))
+    data = build_data(spec)
+    if why:
+        data.notes.insert(0, f"input size {data.image_size} px: {why}; --image-size to change")
+    return data
+
+
+def _input_size(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None) -> tuple[int | None, str]:
+    """The size images are read at when ``image_size`` is not given, and why: the named
+    weights', the weights file's run's, else for the user's images the model stem's (32 px for
+    a CIFAR stem, 224 for an ImageNet stem); other data sets keep their own size."""
+    if recipe.image_size:
+        return recipe.image_size, ""
+    if entry is not None:
+        return int(entry.input_size[-1]), f"the size of the weights {entry.name}"
+    if start is not None:
+        return int(start["crop"]), f"the size {recipe.weights} was trained at"
+    if recipe.data not in ("imagefolder", "csv"):
+        return None, ""
+    config = get_config(recipe.model)
+    stem = "CIFAR" if config.stem == "cifar" else "ImageNet"
+    return int(default_pretrained_cfg(config)["input_size"][-1]), f"the {stem} stem's default"
 
 
 def _run_config(*, recipe: Recipe, model_config: ModelConfig, data: DataBundle, runtime: Runtime) -> dict:
@@ -309,7 +329,7 @@ def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: 
     a 3-channel stem for grey images adapted (models.channels: with the normalisation the file's
     run recorded, else timm's plain sum)."""
     data = load_checkpoint(path)
-    recorded = recorded_preprocessing(data)[0] if isinstance(data.get("config"), dict) else {}
+    recorded = preprocessing_record(data) or {}  # a file without a record: the data's own normalisation
     mean, std = recorded.get("mean"), recorded.get("std")
     state, new_mean, new_std, adapted = adapt_state_channels(state_dict_from(data), model, mean, std)
     if verbose and user_images and mean is not None:  # the data read with it: _start_preprocess

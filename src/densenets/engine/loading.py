@@ -79,14 +79,25 @@ def _named_entry(path: str | Path) -> PretrainedEntry | None:
 
 
 def _validation_split(run_dir: Path) -> tuple[int, bool]:
-    """(validation images, multi-label) of a run: ``--val-split`` or a labels CSV's val rows."""
+    """(validation images, multi-label) of a run: ``--val-split`` or a labels CSV's val rows.
+
+    Which checkpoint is the result depends on it, so a config.json that cannot be read is an
+    error naming it, never taken for a run without a validation split.
+    """
+    path = run_dir / CONFIG
     try:
-        config = json.loads((run_dir / CONFIG).read_text())
+        config = json.loads(path.read_text())
         data = config.get("data") or {}
         size = (data.get("sizes") or {}).get("val", config["recipe"]["val_split"])
         return int(size or 0), bool(data.get("multilabel"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return 0, False
+    except OSError as exc:
+        why = "no such file" if isinstance(exc, FileNotFoundError) else f"cannot read it ({exc.strerror or exc})"
+        problem = f"{why}; it says whether the run chose best.pt on a validation split"
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON ({exc})"
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        problem = f"no readable recipe.val_split or data.sizes.val ({type(exc).__name__}: {exc})"
+    raise CheckpointError(f"{path}: {problem}; pass the checkpoint file itself (best.pt or last.pt) instead")
 
 
 def _recipe(run_dir: Path) -> dict:

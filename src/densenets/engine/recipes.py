@@ -36,7 +36,7 @@ class Recipe:
     data: str = "digits+"
     data_dir: str = "data"
     download: bool = False
-    image_size: int | None = None  # None: the data set's own size (digits: 16)
+    image_size: int | None = None  # None: the weights' size, else the stem's for user images, else the data set's
     val_split: int = 0  # training images held out for validation (paper: 5,000 CIFAR / 6,000 SVHN)
     verify_images: bool | None = None  # decode-check image folders up front (None: imagefolder yes, imagenet no)
     skip_bad_images: bool = False  # leave out unreadable images with a warning instead of stopping
@@ -216,7 +216,8 @@ AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder",
 
 # What a field left at None means (resolved by resolve_recipe or at run time).
 AUTO_MEANING = {
-    "image_size": "the data set's own size",
+    "image_size": "named weights' size; image folders and CSVs: the model stem's (CIFAR 32, ImageNet 224); "
+    "other data sets: their own",
     "verify_images": "image folders yes, ImageNet no",
     "weights": "none: random initialisation",
     "labels": "DATA_DIR/labels.csv",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +13,18 @@ from .channels import adapt_state_channels
 from .densenet import DenseNet
 from .features import DenseNetFeatures
 from .hub import fetch_pretrained
-from .pretrained import cfg_from_preprocess, get_weights_entry
+from .pretrained import cfg_from_preprocess, default_pretrained_cfg, get_weights_entry
 from .registry import build_model, get_config
-from .weights import load_backbone, load_file, load_weights, read_file, recorded_preprocessing, state_dict_from
+from .weights import (
+    assumed_imagenet_note,
+    load_backbone,
+    load_file,
+    load_weights,
+    preprocessing_record,
+    read_file,
+    recorded_preprocessing,
+    state_dict_from,
+)
 
 _SAVED_MODEL_SUFFIXES = (".json", ".safetensors")
 
@@ -106,7 +116,17 @@ def _load_file(model: nn.Module, path: Path) -> None:
     state = state_dict_from(data)
     if not isinstance(data.get("config"), dict):  # a bare state dict: no preprocessing recorded
         load_weights(model, adapt_state_channels(state, model)[0], path)
+        if model.config.stem != "imagenet":  # ImageNet-stem files are torchvision's: ImageNet's is theirs
+            cfg = getattr(model, "pretrained_cfg", None) or default_pretrained_cfg(model.config)
+            warnings.warn(
+                f"{path.name} records no normalisation: pretrained_cfg keeps the CIFAR stem's default "
+                f"({cfg['input_size'][-1]} px, mean {list(cfg['mean'])}, std {list(cfg['std'])}); set "
+                "model.pretrained_cfg to the weights' own if they were trained otherwise",
+                stacklevel=3,
+            )
         return
+    if preprocessing_record(data) is None:
+        warnings.warn(assumed_imagenet_note(path), stacklevel=3)
     preprocess, class_names = recorded_preprocessing(data)
     state, mean, std, _ = adapt_state_channels(state, model, preprocess["mean"], preprocess["std"])
     load_weights(model, state, path)

@@ -369,8 +369,9 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
         model = build_model(_config_from_dict(config["model"], path))
         load_weights(model, state, path)
         preprocess, class_names = recorded_preprocessing(data)
+        notes = [] if preprocessing_record(data) else [assumed_imagenet_note(path)]
         recipe_model = config.get("recipe", {}).get("model")
-        return LoadedModel(model, preprocess, class_names, path, recipe_model, config, weights=weights)
+        return LoadedModel(model, preprocess, class_names, path, recipe_model, config, weights=weights, notes=notes)
     # A bare state dict: torchvision's weights or someone else's export.
     inferred = infer_config(state)
     name = model_name or (guess_name(inferred) if inferred else None)
@@ -398,12 +399,30 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     )
 
 
-def recorded_preprocessing(data: dict) -> tuple[dict, list[str]]:
-    """The preprocess record and class names a checkpoint of ours (a read file) carries;
-    ImageNet's preprocessing and no names for files from before the record."""
+def preprocessing_record(data: dict) -> dict | None:
+    """The preprocess record a checkpoint of ours (a read file) carries; None for a bare state
+    dict or a file from before the record."""
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
     info = config.get("data") if isinstance(config.get("data"), dict) else {}
-    return dict(info.get("preprocess") or IMAGENET_PREPROCESS), list(info.get("class_names") or [])
+    return dict(info["preprocess"]) if isinstance(info.get("preprocess"), dict) and info["preprocess"] else None
+
+
+def recorded_preprocessing(data: dict) -> tuple[dict, list[str]]:
+    """The preprocess record and class names a checkpoint of ours (a read file) carries;
+    ImageNet's preprocessing (:func:`assumed_imagenet_note` says so) and no names for files
+    from before the record."""
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    info = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return preprocessing_record(data) or dict(IMAGENET_PREPROCESS), list(info.get("class_names") or [])
+
+
+def assumed_imagenet_note(source: Path) -> str:
+    """The note for a file without a preprocess record, read with ImageNet's preprocessing."""
+    p = IMAGENET_PREPROCESS
+    return (
+        f"{source.name} records no preprocessing: assumed ImageNet's ({p['crop']} px centre crop of "
+        f"{p['resize']}, mean {p['mean']}, std {p['std']}); wrong answers if its weights were trained otherwise"
+    )
 
 
 def _ema_note(data: dict, config: dict | None) -> str:
@@ -427,7 +446,9 @@ def _load_exported(path: Path) -> LoadedModel:
     state = state_dict_from(read_file(weights_path))
     load_weights(model, state, weights_path)
     data = meta.get("data") or {}
+    recorded = meta.get("preprocess")
     return LoadedModel(
-        model, dict(meta.get("preprocess") or IMAGENET_PREPROCESS), list(meta.get("class_names") or []), path,
+        model, dict(recorded or IMAGENET_PREPROCESS), list(meta.get("class_names") or []), path,
         meta.get("name"), {"recipe": {k: v for k, v in data.items() if v is not None}},
+        notes=[] if recorded else [assumed_imagenet_note(meta_path)],
     )  # fmt: skip

@@ -40,7 +40,8 @@ def test_quick_start_has_the_two_commands_and_ci_runs_the_second():
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_no_path_of_our_machines(path):
-    hits = [f"{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1) if MACHINE_PATHS.search(line)]
+    lines = enumerate(path.read_text().splitlines(), 1)
+    hits = [f"{i}: {line.strip()}" for i, line in lines if MACHINE_PATHS.search(line)]
     assert not hits, f"{path.relative_to(REPO)} names a path only our machines have:\n" + "\n".join(hits)
 
 

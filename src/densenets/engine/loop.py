@@ -21,6 +21,7 @@ from .multilabel import masked_bce, multilabel_metrics
 from .recipes import Recipe
 from .runtime import Runtime
 from .schedule import lr_at
+from .tta import tta_views
 
 if TYPE_CHECKING:
     from .flops import RunCost
@@ -190,14 +191,22 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False, cost: RunCost | None = None) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader,
+    runtime: Runtime,
+    confusion: bool = False,
+    cost: RunCost | None = None,
+    tta: str = "none",
+) -> dict:
     """Loss, top-1/top-5 accuracy and error (%) over a loader, summed over all ranks; for
     multi-label targets (float (N, C)) the loss, AUROC and AP instead (:func:`_multilabel_result`).
 
     Batches of shape (N, n_crops, C, H, W) are ten-crop testing: the crops' logits are
     averaged (the authors sum them: the same argmax) and the loss is that of the mean.
     With ``confusion``, also the confusion matrix (rows: true class) and per-class accuracy.
-    ``cost`` counts each batch's forward FLOPs.
+    ``cost`` counts each batch's forward FLOPs. ``tta`` (:mod:`.tta`): each image's logits
+    averaged over its mirrored / shifted views, like the crops.
     """
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
@@ -205,6 +214,8 @@ def evaluate(model: nn.Module, loader, runtime: Runtime, confusion: bool = False
     multilabel_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, targets) on the CPU
     for images, targets in loader:
         targets = targets.to(runtime.device)
+        if tta != "none":
+            images = tta_views(images, tta)  # (N, V, C, H, W): averaged as crops are
         if cost is not None:
             cost.eval_batch(model, images.flatten(0, 1) if images.dim() == 5 else images)
         logits = _logits(model, images, runtime)

@@ -20,6 +20,9 @@ import yaml
 from ..data.csv_labels import UNCERTAIN
 from ..errors import ConfigError, reject_unknown_fields
 from .multilabel import POS_WEIGHTS, THRESHOLD_RULES
+from .tta import TTA_MODES
+
+SCHEDULES = ("step", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Recipe:
     lr: float = 0.1
     lr_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training where lr is divided
     lr_gamma: float = 0.1
-    schedule: str = "step"  # step (the paper's: divide at lr_milestones) | cosine (to zero at the end)
+    schedule: str = "step"  # step (the paper's: divide at lr_milestones) | cosine | linear (each to zero at the end)
     warmup_epochs: float = 0.0  # linear ramp from lr/steps to lr over this many epochs
     momentum: float = 0.9
     nesterov: bool = True
@@ -62,6 +65,7 @@ class Recipe:
     label_smoothing: float | None = 0.0  # None: FINETUNE_SMOOTHING on single-label classes, none on multi-label
     accum_steps: int = 1  # split each batch into this many chunks, gradients accumulated (same result, less memory)
     ema_decay: float = 0.0  # 0: off; e.g. 0.999: keep an EMA of the weights, which is evaluated and saved as the result
+    tta: str = "none"  # none | flip | flip-translate: also report the final test figure with test-time augmentation
     augment: str | None = None  # none | crop | crop-flip | imagenet (None: chosen by the data set and image size)
     dropout: float | None = None  # None: 0.2 without augmentation, 0 with (the paper's rule)
     init: str = "fan_out"
@@ -91,8 +95,8 @@ class Recipe:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
-        if self.schedule not in ("step", "cosine"):
-            raise ConfigError(f"schedule must be one of step, cosine; got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         if self.augment is not None and self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; got {self.augment!r}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
@@ -109,7 +113,8 @@ class Recipe:
             raise ConfigError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
         if self.loader not in (None, "workers", "resident"):
             raise ConfigError(f"loader must be one of workers, resident; got {self.loader!r}")
-        for name, allowed in (("uncertain", UNCERTAIN), ("pos_weight", POS_WEIGHTS), ("threshold", THRESHOLD_RULES)):
+        named = {"uncertain": UNCERTAIN, "pos_weight": POS_WEIGHTS, "threshold": THRESHOLD_RULES, "tta": TTA_MODES}
+        for name, allowed in named.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.init not in ("fan_out", "fan_in"):
@@ -252,8 +257,10 @@ def describe_default(name: str) -> str:
 
 
 def resolve_label_smoothing(recipe: Recipe, multilabel: bool) -> tuple[Recipe, str | None]:
-    """The recipe with its label smoothing decided for the data (None: the finetune recipe's rule),
-    and a line to say when smoothing is left off multi-label targets or applied to them."""
+    """The recipe with its label smoothing decided for the data (None: the finetune recipe's rule).
+
+    Also a line to say when smoothing is left off multi-label targets or applied to them.
+    """
     if recipe.label_smoothing is None:
         value = 0.0 if multilabel else FINETUNE_SMOOTHING
         note = (f"label smoothing: none on multi-label targets (the finetune recipe's {FINETUNE_SMOOTHING:g} is "

@@ -85,6 +85,12 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
         final_classes = final.get("auroc_classes")
     else:
         final_result = _finite(recorded)  # an AUROC recorded as None travels as NaN
+    tta = {}
+    if run.recipe.tta != "none" and not run.data.multilabel:
+        # reported beside the plain figure, never instead of it; the test set is read once more
+        with_tta = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime, tta=run.recipe.tta)
+        tta = {"tta": run.recipe.tta, "final_test_error_tta": with_tta["error"],
+               "final_test_loss_tta": with_tta["loss"]}  # fmt: skip
     seconds = sum(rec["train_seconds"] for rec in records)
     images = sum(rec["train_images"] for rec in records)
     # the operating points of the checkpoint eval and predict pick for the run folder
@@ -102,6 +108,7 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
         "epochs_completed": s.epoch,
         "steps": s.step,
         f"final_{key}": final_result,
+        **tta,
         **({"final_test_auroc_classes": final_classes} if run.data.multilabel else {}),
         **multilabel,
         "weights_reported": f"EMA of the weights (decay {run.recipe.ema_decay:g})" if s.ema else "the trained weights",
@@ -135,6 +142,10 @@ def print_summary(run: Run, summary: dict) -> None:
     run.log(
         f"final test error {summary['final_test_error']:.2f}% (accuracy {100 - summary['final_test_error']:.2f}%{ema})"
     )
+    if "final_test_error_tta" in summary:
+        error = summary["final_test_error_tta"]
+        run.log(f"final test error with {summary['tta']} test-time augmentation {error:.2f}% (accuracy "
+                f"{100 - error:.2f}%; the figure above is without it)")  # fmt: skip
     reported = summary["reported"]
     if reported and reported["rule"] != "final epoch":
         run.log(f"reported test error {reported['test_error']:.2f}% ({reported['rule']}, epoch {reported['epoch']})")

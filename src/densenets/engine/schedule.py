@@ -23,14 +23,18 @@ def lr_at(step: int, recipe: Recipe, steps_per_epoch: int) -> float:
 
     ``schedule="step"`` (the paper's): ``lr * gamma ** (milestones passed)``, counted in steps
     (the paper's milestones fall on epoch starts). ``"cosine"``: from lr down to 0 at the last
-    step. Either after a linear warm-up of ``warmup_epochs`` (``lr * (step + 1) / warmup_steps``).
+    step; ``"linear"``: a straight line from lr to 0 at the last step (with the warm-up, the
+    triangular one-cycle schedule of fast CIFAR training). Each after a linear warm-up of
+    ``warmup_epochs`` (``lr * (step + 1) / warmup_steps``).
     """
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return recipe.lr * (step + 1) / warmup
-    if recipe.schedule == "cosine":
+    if recipe.schedule in ("cosine", "linear"):
         total = recipe.epochs * steps_per_epoch
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if recipe.schedule == "linear":
+            return recipe.lr * (1.0 - progress)
         return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     passed = sum(step >= m for m in milestone_steps(recipe, steps_per_epoch))
     return recipe.lr * recipe.lr_gamma**passed

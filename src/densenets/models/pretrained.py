@@ -203,10 +203,12 @@ def cfg_from_preprocess(preprocess: dict, num_classes: int, class_names: list[st
     crop = int(preprocess["crop"])
     resize = preprocess.get("resize")
     thresholds = preprocess.get("thresholds")
+    # volumes (data.volumes) record their (D, H, W); images their square crop
+    spatial = tuple(int(s) for s in preprocess["volume_size"]) if preprocess.get("volume_size") else (crop, crop)
     return {
         "mean": tuple(preprocess["mean"]),
         "std": tuple(preprocess["std"]),
-        "input_size": (int(preprocess.get("channels", 3)), crop, crop),
+        "input_size": (int(preprocess.get("channels", 3)), *spatial),
         "interpolation": preprocess.get("interpolation", "bilinear"),
         "crop_pct": crop / resize if resize else 1.0,
         "num_classes": num_classes,

@@ -14,7 +14,8 @@ from .. import __version__
 from ..data import DataBundle, DataSpec, build_data
 from ..data.csv_labels import multilabel_targets
 from ..data.determinism import derive_seed
-from ..errors import ConfigError, TrainingDiverged, UserError
+from ..data.volumes import minimum_size
+from ..errors import ConfigError, DataError, TrainingDiverged, UserError
 from ..models import build_model, config_from_dict, get_config
 from ..models.channels import adapt_state_channels, describe_adaptation
 from ..models.hub import fetch_pretrained
@@ -138,7 +139,14 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
         in_channels=data.in_channels,
         dropout=recipe.dropout,
         init=recipe.init,
+        **_spatial_dims(recipe, data),
     )
+    if data.spatial_dims == 3 and min(data.preprocess["volume_size"]) < minimum_size(model_config):
+        size = "x".join(map(str, data.preprocess["volume_size"]))
+        raise DataError(
+            f"{data.size_origin}: volumes of {size} are smaller than {recipe.model}'s minimum of "
+            f"{minimum_size(model_config)} voxels a side; pass a larger --volume-size"
+        )
     config = _run_config(recipe=recipe, model_config=model_config, data=data, runtime=runtime)
     if resume:
         config = _recorded_config(folder.path, config)
@@ -169,6 +177,13 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
     if resume:
         _restore(run)
     return run
+
+
+def _spatial_dims(recipe: Recipe, data: DataBundle) -> dict:
+    """The model's spatial_dims override: the data's (3 for volumes), or the recipe's where it agrees."""
+    if recipe.spatial_dims is not None and recipe.spatial_dims != data.spatial_dims:
+        raise ConfigError(f"--spatial-dims {recipe.spatial_dims}, but {recipe.data} holds {data.spatial_dims}-D inputs")
+    return {} if data.spatial_dims == 2 else {"spatial_dims": data.spatial_dims}
 
 
 def _pos_weight(recipe: Recipe, data: DataBundle, runtime: Runtime) -> torch.Tensor | None:
@@ -210,6 +225,8 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None
         augment=recipe.augment,
         labels=recipe.labels,
         uncertain=recipe.uncertain,
+        volume_size=recipe.volume_size,
+        intensity_window=recipe.intensity_window,
     )
     if entry is not None:
         # the images keep their channels: grey ones get a stem adapted from the RGB weights
@@ -296,7 +313,7 @@ def _make_model(
             raise ConfigError("sync_bn cannot be combined with memory_efficient (recomputation would sync twice)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(runtime.device)
-    if runtime.channels_last:
+    if runtime.channels_last and getattr(model_config, "spatial_dims", 2) == 2:  # channels_last is 4-D only
         model = model.to(memory_format=torch.channels_last)
     return model
 

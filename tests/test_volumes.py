@@ -221,3 +221,14 @@ def test_bad_volumes_stop_naming_the_csv_line(tmp_path, capsys, damage, message)
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert __import__("re").search(message, err), err
+
+
+def test_training_on_volumes_from_2d_weights_inflates_them_and_says_so(tmp_path, capsys):
+    data, run = write_volumes(tmp_path / "data", n=8), tmp_path / "run"
+    args = ["--model", "densenet_bc40_k12", "--pretrained", "--volume-size", "8", "8", "8"]
+    from densenets.cli.main import main
+
+    assert main(["train", "--data", "csv", "--data-dir", str(data), "--epochs", "1", "--batch-size", "4",
+                 "--run-dir", str(run), "--no-progress", *args]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "2-D weights inflated to 3-D, inflate='center'" in out and "new classifier for 2 classes" in out

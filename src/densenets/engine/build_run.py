@@ -19,6 +19,7 @@ from ..errors import ConfigError, DataError, TrainingDiverged, UserError
 from ..models import build_model, config_from_dict, get_config
 from ..models.channels import adapt_state_channels, describe_adaptation
 from ..models.hub import fetch_pretrained
+from ..models.inflate import DEFAULT_INFLATION, describe_inflation, inflate_state_dict, needs_inflation
 from ..models.pretrained import PretrainedEntry, get_weights_entry
 from ..models.registry import ModelConfig
 from ..models.weights import classifier_prefix, load_backbone, recorded_preprocessing
@@ -326,6 +327,7 @@ def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: 
     recorded = recorded_preprocessing(data)[0] if isinstance(data.get("config"), dict) else {}
     mean, std = recorded.get("mean"), recorded.get("std")
     state, new_mean, new_std, adapted = adapt_state_channels(state_dict_from(data), model, mean, std)
+    state = _inflate(state, model, verbose)
     if verbose and user_images and mean is not None:  # the data read with it: _start_preprocess
         print(f"{path}: normalised as its run was: mean {_rounded(new_mean)}, std {_rounded(new_std)}", flush=True)
     if adapted and verbose:
@@ -345,6 +347,7 @@ def _init_from_pretrained(
     theirs = list(entry.categories) if entry.categories != "imagenet" else None
     other_classes = theirs is not None and class_names is not None and list(class_names) != theirs
     state, mean, std, adapted = adapt_state_channels(fetch_pretrained(entry), model, entry.mean, entry.std)
+    state = _inflate(state, model, verbose)
     replaced = load_backbone(model, state, entry.file_name, new_head=other_classes)
     size = (model.config.in_channels, *entry.input_size[1:])
     model.pretrained_cfg = {
@@ -358,6 +361,15 @@ def _init_from_pretrained(
         if adapted:
             print(f"{describe_adaptation(model.config.in_channels, entry.std)}, from {list(entry.mean)} / "
                   f"{list(entry.std)} (see densenets.models.channels)", flush=True)  # fmt: skip
+
+
+def _inflate(state: dict, model: nn.Module, verbose: bool) -> dict:
+    """2-D weights for a 3-D model (volumes): inflated by the default rule, said in one line."""
+    if not needs_inflation(state, model):
+        return state
+    if verbose:
+        print(describe_inflation(DEFAULT_INFLATION, chosen=False), flush=True)
+    return inflate_state_dict(state, model, DEFAULT_INFLATION)
 
 
 def _rounded(values: list[float]) -> list[float]:

@@ -13,7 +13,7 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)

@@ -97,6 +97,10 @@ def _tiny(**kw) -> DenseNetConfig:
         dict(bottleneck=True, compression=0.5, dropout=0.2),
         dict(bottleneck=True, compression=0.5, dropout=0.2, dropout_placement="torchvision"),
         dict(stem="imagenet", bottleneck=True, compression=0.5),
+        # volumes and signals: the same recomputation on BatchNorm3d / BatchNorm1d
+        dict(bottleneck=True, compression=0.5, dropout=0.2, spatial_dims=3),
+        dict(stem="imagenet", bottleneck=True, compression=0.5, spatial_dims=3),
+        dict(bottleneck=False, compression=1.0, spatial_dims=1),
     ],
 )
 def test_memory_efficient_matches_normal_mode(settings):
@@ -105,7 +109,7 @@ def test_memory_efficient_matches_normal_mode(settings):
     efficient = DenseNet(_tiny(**settings), memory_efficient=True)
     efficient.load_state_dict(normal.state_dict())
     size = 32 if settings.get("stem") == "imagenet" else 8
-    x = torch.randn(4, 3, size, size)
+    x = torch.randn(4, 3, *(size,) * settings.get("spatial_dims", 2))
     target = torch.randint(0, 5, (4,))
     results = []
     for model in (normal, efficient):
@@ -250,6 +254,7 @@ def test_cifar_names_build_any_combination():
         (dict(stem="resnet"), "stem"),
         (dict(dropout_placement="after"), "dropout_placement"),
         (dict(init="xavier"), "init"),
+        (dict(spatial_dims=4), "spatial_dims"),
         (dict(colour=3), "colour"),
     ],
 )
@@ -298,3 +303,20 @@ def test_dropout_placement_counts():
     # paper: 1x1 and 3x3 of each of 48 layers, plus 2 transitions; torchvision: one per layer.
     assert dropout_calls(paper) == 2 * 48 + 2
     assert dropout_calls(tv) == 48
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 3])
+def test_spatial_dims_build_the_same_network_in_another_dimension(spatial_dims):
+    flat, other = create_model("densenet121"), create_model("densenet121", spatial_dims=spatial_dims, num_classes=2)
+    assert other.state_dict().keys() == flat.state_dict().keys()  # the same names, so the same contract
+    for key, value in other.state_dict().items():
+        want = flat.state_dict()[key].shape
+        if key.endswith(".weight") and value.dim() > 2:  # convs: one kernel axis fewer or more
+            assert value.shape == want[:2] + want[2:3] * spatial_dims, key
+        elif not key.startswith("classifier."):
+            assert value.shape == want, key
+    x = torch.randn(1, 1, *(32,) * spatial_dims).expand(1, 3, *(32,) * spatial_dims)
+    assert other.eval()(x).shape == (1, 2)
+    assert other.config.to_dict()["spatial_dims"] == spatial_dims
+    assert "spatial_dims" in flat.config.to_dict() and flat.config.spatial_dims == 2
+    assert len(other.pretrained_cfg["input_size"]) == 1 + spatial_dims

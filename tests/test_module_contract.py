@@ -16,30 +16,35 @@ from densenets.bench.reference import torchvision_twin
 from .conftest import randomize_batchnorm
 
 NAME = "densenet_bc16_k4"  # a small DenseNet-BC with the CIFAR stem: 3 blocks of 2 layers
+# the same contract for 1-D signals and 3-D volumes (inputs (2, 3, 32) and (2, 3, 8, 8, 8))
+DIMS = [2, 1, 3]
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def model_and_input(train: bool = False):
+def model_and_input(train: bool = False, spatial_dims: int = 2):
     torch.manual_seed(0)
-    model = create_model(NAME)
+    model = create_model(NAME, spatial_dims=spatial_dims)
     randomize_batchnorm(model)
-    return model.train(train), torch.randn(2, 3, 32, 32)
+    size = 8 if spatial_dims == 3 else 32
+    return model.train(train), torch.randn(2, 3, *(size,) * spatial_dims)
 
 
+@pytest.mark.parametrize("spatial_dims", DIMS)
 @pytest.mark.parametrize("train", [False, True])
-def test_every_submodule_forward_and_backward_hook_fires(train):
-    model, x = model_and_input(train)
+def test_every_submodule_forward_and_backward_hook_fires(train, spatial_dims):
+    model, x = model_and_input(train, spatial_dims)
     x.requires_grad_()  # so that the stem's backward hook sees a gradient for its input
     fired, grads = set(), set()
     for name, module in model.named_modules():
         module.register_forward_hook(lambda m, i, o, name=name: fired.add(name))
         # Full backward hooks on layers with weights (what Grad-CAM uses): a BN's output feeds
         # an in-place ReLU, which torch forbids after a backward hook, on torchvision's too.
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, CONVS):
             module.register_full_backward_hook(lambda m, gi, go, name=name: grads.add(name))
     model(x).sum().backward()
     names = {name for name, _ in model.named_modules()}
     assert fired == names
-    assert grads == {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert grads == {n for n, m in model.named_modules() if isinstance(m, CONVS)}
 
 
 def test_inner_activations_are_torchvisions():
@@ -94,10 +99,11 @@ def test_weight_parametrizations_are_honoured(kind):
         torch.testing.assert_close(model(x), reference(x))
 
 
+@pytest.mark.parametrize("spatial_dims", DIMS)
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_pickle_save_and_deepcopy_at_any_time(tmp_path, memory_efficient):
+def test_pickle_save_and_deepcopy_at_any_time(tmp_path, memory_efficient, spatial_dims):
     """Copies work when built, between forward and backward (the graph alive), and after backward."""
-    model, x = model_and_input(train=True)
+    model, x = model_and_input(train=True, spatial_dims=spatial_dims)
     model.set_memory_efficient(memory_efficient)
     check_copies(model, x, "built")
     out = model(x)
@@ -122,10 +128,11 @@ def check_copies(model: nn.Module, x: torch.Tensor, moment: str) -> None:
             torch.testing.assert_close(clone.eval()(x), expected, msg=moment)
 
 
-def test_fx_feature_extractor_works():
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_fx_feature_extractor_works(spatial_dims):
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    model, x = model_and_input()
+    model, x = model_and_input(spatial_dims=spatial_dims)
     nodes = {f"features.denseblock{i}": f"block{i}" for i in (1, 2, 3)}
     extractor = create_feature_extractor(model, return_nodes=nodes)
     got = extractor(x)
@@ -135,7 +142,22 @@ def test_fx_feature_extractor_works():
         torch.testing.assert_close(got[name], want)
 
 
-def test_torch_export_gives_the_same_outputs():
-    model, x = model_and_input()
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_torch_export_gives_the_same_outputs(spatial_dims):
+    model, x = model_and_input(spatial_dims=spatial_dims)
     exported = torch.export.export(model, (x,))
     torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_fx_symbolic_trace_and_features_only(spatial_dims):
+    model, x = model_and_input(spatial_dims=spatial_dims)
+    traced = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(traced(x), model(x))
+    features = create_model(NAME, spatial_dims=spatial_dims, features_only=True)
+    features.load_state_dict(model.state_dict(), strict=False)
+    maps = features.eval()(x)
+    assert [m.shape[1] for m in maps] == features.feature_info.channels()
+    assert [x.shape[-1] // m.shape[-1] for m in maps] == features.feature_info.reduction() == [1, 1, 2, 4]
+    assert all(m.dim() == x.dim() for m in maps)
+    torch.testing.assert_close(maps[1:], model.forward_blocks(x))

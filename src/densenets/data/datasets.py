@@ -39,6 +39,7 @@ from .transforms import (
     eval_transform,
     train_transform,
 )
+from .volumes import VolumeTransform, check_volumes, check_window, is_volume, read_volume
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class DataSpec:
     # images with 3-channel mean/std take their averages, as a stem adapted to one channel does)
     labels: str | None = None  # csv: the labels file (None: DATA_DIR/labels.csv)
     uncertain: str = "ignore"  # csv: what a -1 label becomes: ignore (masked, as unknown) | ones | zeros
+    volume_size: tuple[int, ...] | None = None  # csv of volumes: (D, H, W) to resize to (None: the volumes' own)
+    intensity_window: tuple[float, ...] | None = None  # csv of volumes: clip to (LOW, HIGH), scale to [0, 1]
 
 
 @dataclass
@@ -75,6 +78,8 @@ class DataBundle:
     class_names: list[str] = field(default_factory=list)
     multilabel: bool = False  # targets are (C,) floats, 1 / 0 / NaN (unknown), not class indices
     notes: list[str] = field(default_factory=list)  # what was decided about the data, for the run's first lines
+    spatial_dims: int = 2  # 3: volumes (N, C, D, H, W), from a CSV of .npy / NIfTI files
+    size_origin: str = ""  # volumes: where their (D, H, W) comes from (a CSV line or --volume-size), for messages
 
     @property
     def image_size(self) -> int:
@@ -350,13 +355,30 @@ def _csv(spec: DataSpec) -> DataBundle:
     labels = Path(spec.labels) if spec.labels else Path(spec.data_dir) / "labels.csv"
     table = read_label_csv(labels)  # -1 unknown; spec.uncertain maps it in the training rows only
     train_table = map_uncertain(table, spec.uncertain)
-    verify = True if spec.verify_images is None else spec.verify_images
-    rows, skipped = check_images(table, verify, spec.skip_bad_images)
+    kinds = [is_volume(p) for p in table.paths]
+    if any(kinds) and not all(kinds):
+        line = table.lines[kinds.index(not kinds[0])]
+        raise DataError(f"{table.where(line)}: a CSV lists images or volumes (.npy, .nii, .nii.gz), not both")
+    if all(kinds):
+        check_window(spec.intensity_window)
+        rows, skipped, channels, (size, size_origin) = check_volumes(table, spec.volume_size, spec.skip_bad_images)
+        preprocess = {
+            "mean": [0.0] * channels, "std": [1.0] * channels, "resize": None, "crop": size[-1],
+            "channels": channels, "volume_size": list(size),
+            "intensity_window": list(spec.intensity_window) if spec.intensity_window else None,
+        }  # fmt: skip
+        augment, loader = "flip-crop", read_volume
+        train_tf, eval_tf = VolumeTransform(preprocess, train=True), VolumeTransform(preprocess)
+    else:
+        verify = True if spec.verify_images is None else spec.verify_images
+        rows, skipped = check_images(table, verify, spec.skip_bad_images)
+        grey = images_are_grey(table.paths[i] for i in rows)
+        preprocess, augment = _user_images_preprocess(spec, str(labels), 224, grey)
+        loader = functools.partial(_load_image, mode="L" if preprocess["channels"] == 1 else "RGB")
+        train_tf, eval_tf = train_transform(preprocess, augment), eval_transform(preprocess)
     if skipped:
         shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-        warnings.warn(f"{labels}: left out {len(skipped)} row(s) with unreadable images: {shown}", stacklevel=2)
-    preprocess, augment = _user_images_preprocess(spec, str(labels), 224, images_are_grey(table.paths[i] for i in rows))
-    loader = functools.partial(_load_image, mode="L" if preprocess["channels"] == 1 else "RGB")
+        warnings.warn(f"{labels}: left out {len(skipped)} row(s) with unreadable files: {shown}", stacklevel=2)
 
     def part(indices: list[int], transform, rows_of=table) -> CsvImageDataset:
         return CsvImageDataset(rows_of, indices, transform, loader)
@@ -385,20 +407,30 @@ def _csv(spec: DataSpec) -> DataBundle:
             + ("" if table.multilabel else ", stratified by class")
         )
     check_positives(train_table, train_rows)
-    train = part(train_rows, train_transform(preprocess, augment), train_table)
+    train = part(train_rows, train_tf, train_table)
     # train_eval is where --val-split carves the validation rows from: uncertain labels stay unknown
-    train_eval, test = part(train_rows, eval_transform(preprocess)), part(test_rows, eval_transform(preprocess))
+    train_eval, test = part(train_rows, eval_tf), part(test_rows, eval_tf)
     bundle = _finish(
         replace(spec, val_split=0) if val_rows else spec,
         train, train_eval, test, len(table.class_names), preprocess["channels"], preprocess, augment,
         list(table.class_names),
     )  # fmt: skip
     if val_rows:
-        bundle.val = part(val_rows, eval_transform(preprocess))
+        bundle.val = part(val_rows, eval_tf)
     kind = f"multi-label, {len(table.class_names)} classes" if table.multilabel else "single-label"
     uncertain = f"; -1 labels: {_uncertain_words(spec.uncertain)}" if table.multilabel else ""
     bundle.multilabel = table.multilabel
-    bundle.notes = [f"{labels}: {kind}{uncertain}; {note}", *_augment_notes(preprocess, augment)]
+    bundle.notes = [f"{labels}: {kind}{uncertain}; {note}"]
+    if not all(kinds):
+        bundle.notes += _augment_notes(preprocess, augment)
+    else:
+        bundle.spatial_dims, bundle.size_origin = 3, size_origin
+        window = spec.intensity_window
+        scaled = f"clipped to [{window[0]:g}, {window[1]:g}] and scaled to [0, 1]" if window else "z-scored"
+        bundle.notes.append(
+            f"volumes: {channels} channel(s), each {scaled} on its own, resized to {'x'.join(map(str, size))} "
+            f"({'as asked' if spec.volume_size else 'their own size'}); training flips each axis and crops"
+        )
     return bundle
 
 

@@ -91,6 +91,11 @@ def optimize_for_inference(
     elif calibration is not None:
         raise ValueError(f"calibration is for precision='int8' only; got it with precision={precision!r}")
     if backend == "torch":
+        if model.config.spatial_dims != 2:  # its folded kernels are written for (N, C, H, W)
+            raise ValueError(
+                f"the torch backend of optimize_for_inference runs 2-D DenseNets only; this one has "
+                f"spatial_dims={model.config.spatial_dims} (use backend='onnxruntime', or the module itself)"
+            )
         fast = InferenceDenseNet(model)
         fast = fast.to(torch.bfloat16) if precision == "bf16" else fast
     elif backend == "onnxruntime":

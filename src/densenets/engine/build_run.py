@@ -14,10 +14,12 @@ from .. import __version__
 from ..data import DataBundle, DataSpec, build_data
 from ..data.csv_labels import multilabel_targets
 from ..data.determinism import derive_seed
-from ..errors import ConfigError, TrainingDiverged, UserError
+from ..data.volumes import minimum_size
+from ..errors import ConfigError, DataError, TrainingDiverged, UserError
 from ..models import build_model, config_from_dict, get_config
 from ..models.channels import adapt_state_channels, describe_adaptation
 from ..models.hub import fetch_pretrained
+from ..models.inflate import DEFAULT_INFLATION, describe_inflation, inflate_state_dict, needs_inflation
 from ..models.pretrained import PretrainedEntry, default_pretrained_cfg, get_weights_entry
 from ..models.registry import ModelConfig
 from ..models.weights import classifier_prefix, load_backbone, preprocessing_record
@@ -141,7 +143,14 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
         in_channels=data.in_channels,
         dropout=recipe.dropout,
         init=recipe.init,
+        **_spatial_dims(recipe, data),
     )
+    if data.spatial_dims == 3 and min(data.preprocess["volume_size"]) < minimum_size(model_config):
+        size = "x".join(map(str, data.preprocess["volume_size"]))
+        raise DataError(
+            f"{data.size_origin}: volumes of {size} are smaller than {recipe.model}'s minimum of "
+            f"{minimum_size(model_config)} voxels a side; pass a larger --volume-size"
+        )
     config = _run_config(recipe=recipe, model_config=model_config, data=data, runtime=runtime)
     if resume:
         config = _recorded_config(folder.path, config)
@@ -172,6 +181,13 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
     if resume:
         _restore(run)
     return run
+
+
+def _spatial_dims(recipe: Recipe, data: DataBundle) -> dict:
+    """The model's spatial_dims override: the data's (3 for volumes), or the recipe's where it agrees."""
+    if recipe.spatial_dims is not None and recipe.spatial_dims != data.spatial_dims:
+        raise ConfigError(f"--spatial-dims {recipe.spatial_dims}, but {recipe.data} holds {data.spatial_dims}-D inputs")
+    return {} if data.spatial_dims == 2 else {"spatial_dims": data.spatial_dims}
 
 
 def _pos_weight(recipe: Recipe, data: DataBundle, runtime: Runtime) -> torch.Tensor | None:
@@ -212,6 +228,8 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None
         augment=recipe.augment,
         labels=recipe.labels,
         uncertain=recipe.uncertain,
+        volume_size=recipe.volume_size,
+        intensity_window=recipe.intensity_window,
     )
     size, why = _input_size(recipe, entry, start)
     spec = replace(spec, image_size=size)
@@ -319,7 +337,7 @@ def _make_model(
             raise ConfigError("sync_bn cannot be combined with memory_efficient (recomputation would sync twice)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(runtime.device)
-    if runtime.channels_last:
+    if runtime.channels_last and getattr(model_config, "spatial_dims", 2) == 2:  # channels_last is 4-D only
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -332,6 +350,7 @@ def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: 
     recorded = preprocessing_record(data) or {}  # a file without a record: the data's own normalisation
     mean, std = recorded.get("mean"), recorded.get("std")
     state, new_mean, new_std, adapted = adapt_state_channels(state_dict_from(data), model, mean, std)
+    state = _inflate(state, model, verbose)
     if verbose and user_images and mean is not None:  # the data read with it: _start_preprocess
         print(f"{path}: normalised as its run was: mean {_rounded(new_mean)}, std {_rounded(new_std)}", flush=True)
     if adapted and verbose:
@@ -351,6 +370,7 @@ def _init_from_pretrained(
     theirs = list(entry.categories) if entry.categories != "imagenet" else None
     other_classes = theirs is not None and class_names is not None and list(class_names) != theirs
     state, mean, std, adapted = adapt_state_channels(fetch_pretrained(entry), model, entry.mean, entry.std)
+    state = _inflate(state, model, verbose)
     replaced = load_backbone(model, state, entry.file_name, new_head=other_classes)
     size = (model.config.in_channels, *entry.input_size[1:])
     model.pretrained_cfg = {
@@ -364,6 +384,15 @@ def _init_from_pretrained(
         if adapted:
             print(f"{describe_adaptation(model.config.in_channels, entry.std)}, from {list(entry.mean)} / "
                   f"{list(entry.std)} (see densenets.models.channels)", flush=True)  # fmt: skip
+
+
+def _inflate(state: dict, model: nn.Module, verbose: bool) -> dict:
+    """2-D weights for a 3-D model (volumes): inflated by the default rule, said in one line."""
+    if not needs_inflation(state, model):
+        return state
+    if verbose:
+        print(describe_inflation(DEFAULT_INFLATION, chosen=False), flush=True)
+    return inflate_state_dict(state, model, DEFAULT_INFLATION)
 
 
 def _rounded(values: list[float]) -> list[float]:

@@ -97,6 +97,8 @@ def evaluate_checkpoint(
         std=tuple(preprocess["std"]),
         channels=int(preprocess.get("channels", 3)),
         augment=recipe.get("augment") if data in ("imagefolder", "imagenet", "csv") else None,  # sets the resize
+        volume_size=tuple(preprocess["volume_size"]) if preprocess.get("volume_size") else None,
+        intensity_window=tuple(preprocess["intensity_window"]) if preprocess.get("intensity_window") else None,
     )
     bundle = build_data(spec)
     # int8's automatic calibration reads the training images of the data set evaluated here
@@ -116,7 +118,8 @@ def evaluate_checkpoint(
     fast, precision_info = with_precision(loaded, precision, calibration, backend, device)
     runtime = make_runtime(Recipe(device=precision_info["device"], amp="none"))
     if precision_info["backend"] == "module":
-        memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        flat = getattr(loaded.model.config, "spatial_dims", 2) == 2  # channels_last is for 4-D tensors
+        memory_format = torch.channels_last if runtime.channels_last and flat else torch.contiguous_format
         model = loaded.model.to(runtime.device, memory_format=memory_format)
     else:
         model = fast.to(runtime.device)

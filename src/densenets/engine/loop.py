@@ -266,7 +266,7 @@ def _multilabel_result(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict
 
 
 def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    crops = images.dim() == 5
+    crops = images.dim() == _spatial_dims(model) + 3  # (N, crops, C, H, W): ten-crop testing of images
     if crops:
         n, c = images.shape[:2]
         images = images.flatten(0, 1)
@@ -278,3 +278,9 @@ def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.T
         # the argmax; their mean ranks classes the same and keeps the loss on the usual scale.
         logits = logits.view(n, c, -1).mean(1)
     return logits
+
+
+def _spatial_dims(model: nn.Module) -> int:
+    """The spatial dimensions a (DDP-, EMA- or compile-wrapped) model takes: 3 for volumes, else 2."""
+    inner = getattr(model, "module", model)
+    return getattr(getattr(inner, "config", None), "spatial_dims", 2)

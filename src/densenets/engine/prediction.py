@@ -1,4 +1,4 @@
-"""``densenets predict``: top-k classes for image files, unreadable files reported by name."""
+"""``densenets predict``: top-k classes for image (or volume) files, unreadable files reported by name."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from ..data.images import read_image
 from ..data.transforms import image_transform
+from ..data.volumes import VolumeTransform, is_volume, read_volume
+from ..errors import DataError
 from ..models.weights import LoadedModel
 
 
@@ -27,14 +29,26 @@ def multilabel_thresholds(loaded: LoadedModel) -> tuple[list[float], str] | None
     return thresholds, source
 
 
-def read_images(paths: list[str | Path], transform) -> tuple[list[dict], list[tuple[int, torch.Tensor]]]:
+def input_reader(preprocess: dict):
+    """(read a file, transform) for a model's input: volumes (a ``volume_size`` recorded) or images."""
+    if preprocess.get("volume_size"):
+        return read_volume, VolumeTransform(preprocess)
+    return read_image, image_transform(preprocess)
+
+
+def read_images(
+    paths: list[str | Path], transform, reader=read_image
+) -> tuple[list[dict], list[tuple[int, torch.Tensor]]]:
     """One record per path, ``{"file"}`` or ``{"file", "error"}`` (why it cannot be read), and
-    ``(record index, transform(image))`` for each readable one (predict and explain)."""
+    ``(record index, transform(reader(path)))`` for each readable one (predict and explain)."""
     records: list[dict] = []
     ready: list[tuple[int, torch.Tensor]] = []
     for path in paths:
         try:
-            tensor = transform(read_image(path))
+            tensor = transform(reader(path))
+        except DataError as exc:  # a volume: unreadable, wrong dimensions, NaN or Inf
+            records.append({"file": str(path), "error": str(exc)})
+            continue
         except FileNotFoundError:
             records.append({"file": str(path), "error": "no such file"})
             continue
@@ -58,11 +72,11 @@ def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5,
     classes at or above their thresholds (:func:`multilabel_thresholds`), most probable first.
     """
     multilabel = multilabel_thresholds(loaded)
-    transform = image_transform(loaded.preprocess)
+    reader, transform = input_reader(loaded.preprocess)
     model = loaded.model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime (int8) module has none: CPU
     names = loaded.class_names
-    records, ready = read_images(paths, transform)
+    records, ready = read_images(paths, transform, reader)
     k = max(1, min(top_k, model.config.num_classes))
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
@@ -105,7 +119,7 @@ def expand_image_paths(items: list[str]) -> list[str]:
 
 
 def _is_image(path: Path) -> bool:
-    return has_file_allowed_extension(str(path), IMG_EXTENSIONS)
+    return has_file_allowed_extension(str(path), IMG_EXTENSIONS) or is_volume(path)
 
 
 def write_predictions_csv(records: list[dict], path: str | Path, top_k: int) -> None:

@@ -47,6 +47,11 @@ class Recipe:
     uncertain: str = "ignore"  # csv, multi-label: a -1 label is ignore (masked like a blank) | ones | zeros
     pos_weight: str = "none"  # multi-label: none | balanced (each class's positives weighted negatives/positives)
     threshold: str = "f1"  # multi-label: per-class operating point on the validation split, f1 (max F1) | youden
+    volume_size: tuple[int, ...] | None = None  # csv of volumes: resize each to D H W (None: their own, all alike)
+    intensity_window: tuple[float, ...] | None = (
+        None  # csv of volumes: clip to LOW HIGH, scale to [0, 1] (None: z-score)
+    )
+    spatial_dims: int | None = None  # the model's: None follows the data (3 for volumes), else must match it
     # optimiser and schedule (paper: SGD, Nesterov 0.9, no dampening, wd 1e-4)
     epochs: int = 30
     batch_size: int = 64  # global: split over the ranks of a distributed run
@@ -117,6 +122,16 @@ class Recipe:
         for name, allowed in named.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.volume_size is not None:
+            if len(self.volume_size) != 3 or any(int(v) != v or v < 1 for v in self.volume_size):
+                raise ConfigError(f"volume_size takes three positive integers D H W, got {list(self.volume_size)}")
+            object.__setattr__(self, "volume_size", tuple(int(v) for v in self.volume_size))
+        if self.intensity_window is not None and (
+            len(self.intensity_window) != 2 or not self.intensity_window[0] < self.intensity_window[1]
+        ):
+            raise ConfigError(f"intensity_window takes LOW HIGH with LOW < HIGH, got {list(self.intensity_window)}")
+        if self.spatial_dims not in (None, 1, 2, 3):
+            raise ConfigError(f"spatial_dims must be 1, 2 or 3, got {self.spatial_dims!r}")
         if self.init not in ("fan_out", "fan_in"):
             raise ConfigError(f"init must be one of fan_out, fan_in; got {self.init!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -232,6 +247,9 @@ AUTO_MEANING = {
     "workers": "0 on the CPU, 8 on CUDA",
     "channels_last": "fp32 on the CPU; with --amp for ImageNet-stem models",
     "label_smoothing": f"{FINETUNE_SMOOTHING} on single-label classes, none on multi-label targets",
+    "volume_size": "the volumes' own size (all alike)",
+    "intensity_window": "a z-score per volume",
+    "spatial_dims": "the data's: 3 for a CSV of volumes, else 2",
 }
 
 

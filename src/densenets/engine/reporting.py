@@ -35,7 +35,7 @@ def describe_data(run: Run) -> None:
         run.log(note)
     if data.multilabel:
         describe_multilabel(run)
-    if r.data not in ("imagefolder", "csv"):
+    if r.data not in ("imagefolder", "csv") or data.spatial_dims != 2:  # volumes: said in their note
         return
     how = "as asked" if r.augment else f"chosen for {data.image_size}px images; set --augment to change"
     grey = "grey images, one channel" if data.in_channels == 1 else "RGB"

@@ -27,10 +27,10 @@ from ..errors import ConfigError
 
 
 def stem_key(model: nn.Module) -> str:
-    """The name of the stem convolution's weight: the first 4-d parameter
-    (``features.conv0.weight`` for a DenseNet, ``conv1.weight`` for the ResNets)."""
+    """The name of the stem convolution's weight: the first parameter of 3 or more dimensions
+    (``features.conv0.weight`` for a DenseNet of any ``spatial_dims``, ``conv1.weight`` for the ResNets)."""
     for name, param in model.named_parameters():
-        if param.dim() == 4:
+        if param.dim() >= 3:
             return name
     raise ConfigError(f"{type(model).__name__} has no convolution to adapt")
 
@@ -41,7 +41,8 @@ def adapt_input_conv(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> tuple[Tensor, list[float] | None, list[float] | None]:
-    """A (O, 3, k, k) stem filter for ``in_channels`` inputs, with the normalisation that goes with it.
+    """A (O, 3, k, k) stem filter (1-D, 3-D: (O, 3, k), (O, 3, k, k, k)) for ``in_channels`` inputs,
+    with the normalisation that goes with it.
 
     Returns the new filter and the mean/std (lists of ``in_channels`` values; None where
     none was given). One channel: ``s * sum_c W_c / s_c`` with m, s the channels' average
@@ -56,12 +57,13 @@ def adapt_input_conv(
     if in_channels < 1:
         raise ConfigError(f"in_channels must be positive, got {in_channels}")
     w = weight.float()
+    spatial = [1] * (w.dim() - 2)
     new_mean, new_std = channel_statistics(mean or [0.0] * 3, std or [1.0] * 3, in_channels)
     if in_channels == 1:
         stds = torch.tensor(list(std) if std is not None else [1.0, 1.0, 1.0], dtype=torch.float32)
-        adapted = new_std[0] * (w / stds.view(1, 3, 1, 1)).sum(1, keepdim=True)
+        adapted = new_std[0] * (w / stds.view(1, 3, *spatial)).sum(1, keepdim=True)
     else:
-        adapted = w.repeat(1, math.ceil(in_channels / 3), 1, 1)[:, :in_channels] * (3 / in_channels)
+        adapted = w.repeat(1, math.ceil(in_channels / 3), *spatial)[:, :in_channels] * (3 / in_channels)
     return adapted.to(weight.dtype), (new_mean if mean is not None else None), (new_std if std is not None else None)
 
 
@@ -80,7 +82,7 @@ def adapt_state_channels(
     key = stem_key(model)
     want = int(model.state_dict()[key].shape[1])
     theirs = state.get(key)
-    if theirs is None or theirs.dim() != 4 or int(theirs.shape[1]) == want:
+    if theirs is None or theirs.dim() < 3 or int(theirs.shape[1]) == want:
         return state, _list(mean), _list(std), False
     weight, new_mean, new_std = adapt_input_conv(theirs, want, mean, std)
     return {**state, key: weight}, new_mean, new_std, True

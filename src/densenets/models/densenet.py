@@ -3,6 +3,9 @@
 Submodule names follow torchvision (``features.denseblock1.denselayer1.norm1``,
 ``features.transition1.conv``, ``features.norm5``, ``classifier``) so that its
 checkpoints load unchanged into the ImageNet variants.
+
+``spatial_dims`` (MONAI's name) picks 1-D signals, 2-D images (the default) or 3-D volumes:
+the same blocks, built from the ``conv``/``norm``/``pool`` factories below.
 """
 
 from __future__ import annotations
@@ -28,6 +31,31 @@ InitScheme = Literal["fan_out", "fan_in"]
 _STEMS = ("cifar", "imagenet")
 _PLACEMENTS = ("paper", "torchvision")
 _INITS = ("fan_out", "fan_in")
+SPATIAL_DIMS = (1, 2, 3)
+
+
+def conv(spatial_dims: int) -> type[nn.Module]:
+    """``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d``."""
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial_dims - 1]
+
+
+def norm(spatial_dims: int) -> type[nn.Module]:
+    """``nn.BatchNorm1d`` / ``2d`` / ``3d``."""
+    return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 1]
+
+
+def avg_pool(spatial_dims: int) -> type[nn.Module]:
+    """``nn.AvgPool1d`` / ``2d`` / ``3d``."""
+    return (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[spatial_dims - 1]
+
+
+def max_pool(spatial_dims: int) -> type[nn.Module]:
+    """``nn.MaxPool1d`` / ``2d`` / ``3d``."""
+    return (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[spatial_dims - 1]
+
+
+# the global average pool of forward_head, per spatial_dims (2-D: what it always was)
+_GLOBAL_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
 
 @dataclass(frozen=True)
@@ -49,6 +77,7 @@ class DenseNetConfig(ArchitectureConfig):
         num_classes: Classifier outputs.
         init: ``"fan_out"``, the authors' He-normal init (std = sqrt(2 / (k*k*out_channels)));
             ``"fan_in"``, torchvision's.
+        spatial_dims: 1, 2 or 3: inputs (N, C, L), (N, C, H, W) or (N, C, D, H, W).
     """
 
     family: ClassVar[str] = "densenet"
@@ -65,6 +94,7 @@ class DenseNetConfig(ArchitectureConfig):
     in_channels: int = 3
     num_classes: int = 1000
     init: InitScheme = "fan_out"
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
         # Tuples survive JSON round trips as lists; normalise so configs compare equal.
@@ -79,6 +109,8 @@ class DenseNetConfig(ArchitectureConfig):
         check_choice("stem", self.stem, _STEMS)
         check_choice("dropout_placement", self.dropout_placement, _PLACEMENTS)
         check_choice("init", self.init, _INITS)
+        if self.spatial_dims not in SPATIAL_DIMS or isinstance(self.spatial_dims, bool):
+            raise ConfigError(f"spatial_dims must be 1, 2 or 3, got {self.spatial_dims!r}")
         if not isinstance(self.bottleneck, bool):
             raise ConfigError(f"bottleneck must be true or false, got {self.bottleneck!r}")
 
@@ -103,19 +135,21 @@ class DenseLayer(nn.Module):
         dropout: float = 0.0,
         dropout_placement: DropoutPlacement = "paper",
         memory_efficient: bool = False,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
+        Conv, Norm = conv(spatial_dims), norm(spatial_dims)
         self.bottleneck = bottleneck
-        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.norm1 = Norm(in_channels)
         self.relu1 = nn.ReLU(inplace=True)
         if bottleneck:
             inner = bn_size * growth_rate
-            self.conv1 = nn.Conv2d(in_channels, inner, kernel_size=1, bias=False)
-            self.norm2 = nn.BatchNorm2d(inner)
+            self.conv1 = Conv(in_channels, inner, kernel_size=1, bias=False)
+            self.norm2 = Norm(inner)
             self.relu2 = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(inner, growth_rate, kernel_size=3, padding=1, bias=False)
+            self.conv2 = Conv(inner, growth_rate, kernel_size=3, padding=1, bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+            self.conv1 = Conv(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
         self.dropout = float(dropout)
         # "paper": after the 1x1 and the 3x3; "torchvision": after the last conv only.
         self.dropout_after_conv1 = bottleneck and dropout_placement == "paper"
@@ -174,14 +208,14 @@ class Transition(nn.Sequential):
     same, and the conv then works on a quarter of the pixels.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm2d(in_channels)
+        self.norm = norm(spatial_dims)(in_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.conv = conv(spatial_dims)(in_channels, out_channels, kernel_size=1, bias=False)
         if dropout > 0:
             self.drop = nn.Dropout(dropout)
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.pool = avg_pool(spatial_dims)(kernel_size=2, stride=2)
 
     @property
     def pools_first(self) -> bool:
@@ -220,15 +254,16 @@ class DenseNet(nn.Module):
         self.config = config
         self.pretrained_cfg: dict = default_pretrained_cfg(config)
         c = config
+        Conv, Norm, dims = conv(c.spatial_dims), norm(c.spatial_dims), c.spatial_dims
         self.features = nn.Sequential()
         if c.stem == "imagenet":
-            self.features.add_module("conv0", nn.Conv2d(c.in_channels, c.init_channels, 7, 2, 3, bias=False))
-            self.features.add_module("norm0", nn.BatchNorm2d(c.init_channels))
+            self.features.add_module("conv0", Conv(c.in_channels, c.init_channels, 7, 2, 3, bias=False))
+            self.features.add_module("norm0", Norm(c.init_channels))
             self.features.add_module("relu0", nn.ReLU(inplace=True))
-            self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+            self.features.add_module("pool0", max_pool(dims)(kernel_size=3, stride=2, padding=1))
             reduction = 4
         else:
-            self.features.add_module("conv0", nn.Conv2d(c.in_channels, c.init_channels, 3, 1, 1, bias=False))
+            self.features.add_module("conv0", Conv(c.in_channels, c.init_channels, 3, 1, 1, bias=False))
             reduction = 1
 
         channels = c.init_channels
@@ -243,6 +278,7 @@ class DenseNet(nn.Module):
                 dropout=c.dropout,
                 dropout_placement=c.dropout_placement,
                 memory_efficient=memory_efficient,
+                spatial_dims=dims,
             )
             self.features.add_module(f"denseblock{i}", block)
             self.feature_info.append(
@@ -258,11 +294,11 @@ class DenseNet(nn.Module):
             if i < len(c.block_sizes):
                 out = transition_channels(channels, c.compression)
                 drop = c.dropout if c.dropout_placement == "paper" else 0.0
-                self.features.add_module(f"transition{i}", Transition(channels, out, drop))
+                self.features.add_module(f"transition{i}", Transition(channels, out, drop, dims))
                 channels = out
                 reduction *= 2
         # torchvision's name for the final BN, whatever the number of blocks.
-        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.features.add_module("norm5", Norm(channels))
         # A module, not torchvision's F.relu(..., inplace=True) in forward: ``features[-1]`` is the
         # post-ReLU map, a hook point that means one thing (Grad-CAM). No parameters, so state
         # dicts are unchanged.
@@ -278,12 +314,15 @@ class DenseNet(nn.Module):
         init_weights(self, scheme)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(N, C_in, H, W) -> (N, num_features, h, w), after the final BN and ReLU (``features.relu5``)."""
+        """(N, C_in, H, W) -> (N, num_features, h, w), after the final BN and ReLU (``features.relu5``).
+
+        (N, C_in, D, H, W) -> (N, num_features, d, h, w) in 3-D, (N, C_in, L) -> (N, num_features, l) in 1-D.
+        """
         return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global average pool, then the classifier unless ``pre_logits``."""
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        x = torch.flatten(_GLOBAL_POOL[self.config.spatial_dims](x, 1), 1)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: Tensor) -> Tensor:

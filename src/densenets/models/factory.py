@@ -13,6 +13,7 @@ from .channels import adapt_state_channels
 from .densenet import DenseNet
 from .features import DenseNetFeatures
 from .hub import fetch_pretrained
+from .inflate import DEFAULT_INFLATION, describe_inflation, inflate_state_dict, needs_inflation
 from .pretrained import cfg_from_preprocess, default_pretrained_cfg, get_weights_entry
 from .registry import build_model, get_config
 from .weights import (
@@ -37,6 +38,7 @@ def create_model(
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     memory_efficient: bool = False,
+    inflate: str | None = None,
     **overrides: object,
 ) -> nn.Module:
     """Build a DenseNet of the paper, or one of its baselines, by name.
@@ -57,6 +59,11 @@ def create_model(
         out_indices: With ``features_only``: 0 is the stem, i is dense block i (default all).
         memory_efficient: Recompute concatenation, BatchNorm and ReLU in the backward pass
             (``model.set_memory_efficient``); DenseNets only.
+        inflate: With ``spatial_dims=3`` and 2-D weights (``pretrained`` or ``weights``):
+            ``"center"`` (the default) puts each 2-D kernel in the middle depth slice, ``"mean"``
+            repeats it over depth divided by the depth (I3D); the note in
+            ``model.pretrained_cfg["notes"]`` says which. A MONAI DenseNet's state dict loads
+            as it is.
         **overrides: Fields of the model's config, e.g. ``num_classes=100``,
             ``in_channels=1`` (with weights of another channel count the stem is adapted as
             timm's ``in_chans`` does: one channel sums the RGB filters), ``dropout=0.2``.
@@ -83,9 +90,11 @@ def create_model(
     else:
         model = build_model(get_config(name, **overrides))
         if pretrained:
-            _load_named(model, name, pretrained)
+            _load_named(model, name, pretrained, inflate)
         elif weights is not None:
-            _load_file(model, Path(weights))
+            _load_file(model, Path(weights), inflate)
+        elif inflate is not None:
+            raise ConfigError("inflate= needs 2-D weights to inflate: pretrained=TAG or weights=FILE")
     model.set_memory_efficient(memory_efficient)
     if features_only:
         if not isinstance(model, DenseNet):
@@ -96,26 +105,34 @@ def create_model(
     return model
 
 
-def _load_named(model: DenseNet, name: str, tag: bool | str) -> None:
+def _load_named(model: DenseNet, name: str, tag: bool | str, inflate: str | None) -> None:
     entry = get_weights_entry(name, tag)
     # another in_channels: the stem adapted as timm's in_chans does, the normalisation with it
     state, mean, std, _ = adapt_state_channels(fetch_pretrained(entry), model, entry.mean, entry.std)
+    state, notes = _inflated(state, model, inflate, entry.name)
     new_head = load_backbone(model, state, entry.file_name)
-    size = (model.config.in_channels, *entry.input_size[1:])
+    spatial = entry.input_size[1:]
+    if model.config.spatial_dims == 3:  # a cube of the 2-D size
+        spatial = (spatial[0], *spatial)
     model.pretrained_cfg = {
-        **entry.pretrained_cfg(), "mean": tuple(mean), "std": tuple(std), "input_size": size,
-        "num_classes": model.config.num_classes,
+        **entry.pretrained_cfg(), "mean": tuple(mean), "std": tuple(std),
+        "input_size": (model.config.in_channels, *spatial), "num_classes": model.config.num_classes,
     }  # fmt: skip
     if new_head:  # the entry's class names are not this classifier's
         model.pretrained_cfg["class_names"] = None
+    if notes:
+        model.pretrained_cfg["notes"] = notes
 
 
-def _load_file(model: nn.Module, path: Path) -> None:
+def _load_file(model: nn.Module, path: Path, inflate: str | None = None) -> None:
     """Weights from a file; one of our checkpoints also gives the preprocessing its run recorded."""
     data = read_file(path)
     state = state_dict_from(data)
     if not isinstance(data.get("config"), dict):  # a bare state dict: no preprocessing recorded
-        load_weights(model, adapt_state_channels(state, model)[0], path)
+        state, notes = _inflated(adapt_state_channels(state, model)[0], model, inflate, path)
+        load_weights(model, state, path)
+        if notes:
+            model.pretrained_cfg = {**model.pretrained_cfg, "notes": notes}
         if model.config.stem != "imagenet":  # ImageNet-stem files are torchvision's: ImageNet's is theirs
             cfg = getattr(model, "pretrained_cfg", None) or default_pretrained_cfg(model.config)
             warnings.warn(
@@ -129,9 +146,25 @@ def _load_file(model: nn.Module, path: Path) -> None:
         warnings.warn(assumed_imagenet_note(path), stacklevel=3)
     preprocess, class_names = recorded_preprocessing(data)
     state, mean, std, _ = adapt_state_channels(state, model, preprocess["mean"], preprocess["std"])
+    state, notes = _inflated(state, model, inflate, path)
     load_weights(model, state, path)
     preprocess = {**preprocess, "mean": mean, "std": std, "channels": model.config.in_channels}
     model.pretrained_cfg = cfg_from_preprocess(preprocess, model.config.num_classes, class_names)
+    if notes:
+        model.pretrained_cfg["notes"] = notes
+
+
+def _inflated(state: dict, model: nn.Module, inflate: str | None, source) -> tuple[dict, list[str]]:
+    """``state`` inflated to ``model``'s 3-D kernels when it holds 2-D ones, and the note saying so."""
+    if not needs_inflation(state, model):
+        if inflate is not None:
+            raise ConfigError(
+                f"inflate={inflate!r}: {source} holds no 2-D kernels for this "
+                f"{getattr(model.config, 'spatial_dims', 2)}-D model; drop inflate="
+            )
+        return state, []
+    mode = inflate or DEFAULT_INFLATION
+    return inflate_state_dict(state, model, mode), [describe_inflation(mode, chosen=inflate is not None)]
 
 
 def _saved_model(path: Path, overrides: dict) -> nn.Module:

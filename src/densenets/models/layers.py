@@ -18,9 +18,9 @@ def init_weights(model: nn.Module, scheme: str) -> None:
     """He-normal convs (``fan_out``: the authors'; ``fan_in``: torchvision's), BN weight 1 bias 0,
     linear biases 0."""
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             nn.init.kaiming_normal_(m.weight, mode=scheme, nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):

@@ -198,17 +198,23 @@ OUTPUT_DEFAULTS = {"class_names": None, "thresholds": None, "multilabel": False}
 
 
 def default_pretrained_cfg(config) -> dict:
-    """The input a freshly built model of ``config`` is meant for (ImageNet stem: ImageNet's)."""
+    """The input a freshly built model of ``config`` is meant for (ImageNet stem: ImageNet's).
+
+    ``input_size`` is (C, H, W), or (C, L) / (C, D, H, W) for a 1-D / 3-D DenseNet (96^3 with
+    the ImageNet stem, the size of MONAI's 3-D classification tutorial).
+    """
     channels = config.in_channels
+    dims = getattr(config, "spatial_dims", 2)
     if config.stem == "imagenet":
         mean = IMAGENET_MEAN if channels == 3 else (0.5,) * channels
         std = IMAGENET_STD if channels == 3 else (0.25,) * channels
+        size = (channels, *(96 if dims == 3 else 224,) * dims)
         return {
-            "mean": mean, "std": std, "input_size": (channels, 224, 224), "interpolation": "bilinear",
+            "mean": mean, "std": std, "input_size": size, "interpolation": "bilinear",
             "crop_pct": TORCHVISION_CROP_PCT, "num_classes": config.num_classes, **OUTPUT_DEFAULTS,
         }  # fmt: skip
     return {
-        "mean": (0.5,) * channels, "std": (0.25,) * channels, "input_size": (channels, 32, 32),
+        "mean": (0.5,) * channels, "std": (0.25,) * channels, "input_size": (channels, *(32,) * dims),
         "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": config.num_classes, **OUTPUT_DEFAULTS,
     }  # fmt: skip
 
@@ -222,10 +228,12 @@ def cfg_from_preprocess(preprocess: dict, num_classes: int, class_names: list[st
     crop = int(preprocess["crop"])
     resize = preprocess.get("resize")
     thresholds = preprocess.get("thresholds")
+    # volumes (data.volumes) record their (D, H, W); images their square crop
+    spatial = tuple(int(s) for s in preprocess["volume_size"]) if preprocess.get("volume_size") else (crop, crop)
     return {
         "mean": tuple(preprocess["mean"]),
         "std": tuple(preprocess["std"]),
-        "input_size": (int(preprocess.get("channels", 3)), crop, crop),
+        "input_size": (int(preprocess.get("channels", 3)), *spatial),
         "interpolation": preprocess.get("interpolation", "bilinear"),
         "crop_pct": crop / resize if resize else 1.0,
         "num_classes": num_classes,

@@ -68,7 +68,7 @@ def renormalise(bn: nn.Module, x: Tensor) -> Tensor:
     its own forward with those copies swapped in.
     """
     updates = bn.training and bn.running_mean is not None  # this forward moves the running statistics
-    if type(bn) is nn.BatchNorm2d:
+    if type(bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
         mean, var = bn.running_mean, bn.running_var
         if updates:
             mean, var = mean.clone(), var.clone()

@@ -135,9 +135,40 @@ def convert_legacy_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {_LEGACY_KEY.sub(r"\1\2.\3", key): value for key, value in state_dict.items()}
 
 
+# MONAI's DenseNet (monai.networks.nets.DenseNet121/169/201/264, any spatial_dims): torchvision's
+# layout but each dense layer's modules sit in a ``layers`` Sequential and the classifier is
+# ``class_layers.out``; "features.denseblock1.denselayer1.layers.norm1.weight" -> "...denselayer1.norm1.weight".
+_MONAI_LAYER = re.compile(r"(denselayer\d+)\.layers\.")
+_OUR_LAYER = re.compile(r"(denseblock\d+\.denselayer\d+)\.")
+_MONAI_HEAD, _OUR_HEAD = "class_layers.out.", "classifier."
+
+
+def convert_monai_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a MONAI DenseNet state dict's keys to ours (a no-op on any other state dict)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(_MONAI_HEAD):
+            key = _OUR_HEAD + key[len(_MONAI_HEAD) :]
+        out[_MONAI_LAYER.sub(r"\1.", key)] = value
+    return out
+
+
+def to_monai_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our DenseNet's state dict with MONAI's keys, for ``monai.networks.nets.DenseNet121(...).load_state_dict``.
+
+    The inverse of :func:`convert_monai_keys`; the model must be one MONAI can build (the ImageNet stem,
+    ``compression=0.5``, bottlenecks), which the caller's ``load_state_dict`` checks."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(_OUR_HEAD):
+            key = _MONAI_HEAD + key[len(_OUR_HEAD) :]
+        out[_OUR_LAYER.sub(r"\1.layers.", key)] = value
+    return out
+
+
 def clean_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Everything needed before ``load_state_dict``: prefixes stripped, legacy keys renamed."""
-    return convert_legacy_keys(strip_wrapper_prefixes(state_dict))
+    """Everything needed before ``load_state_dict``: prefixes stripped, legacy and MONAI keys renamed."""
+    return convert_monai_keys(convert_legacy_keys(strip_wrapper_prefixes(state_dict)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,6 +203,7 @@ def infer_config(state: dict) -> ModelConfig | None:
             compression = round(int(t.shape[0]) / int(t.shape[1]), 4)
         classifier = state.get("classifier.weight")
         return DenseNetConfig(
+            spatial_dims=conv0.dim() - 2,
             growth_rate=growth,
             block_sizes=tuple(blocks),
             stem="imagenet" if "features.norm0.weight" in state else "cifar",
@@ -252,6 +284,8 @@ def describe(config: ModelConfig) -> str:
     shape = (
         f"k={config.growth_rate}, blocks {list(config.block_sizes)}, {config.stem} stem, {config.num_classes} classes"
     )
+    if config.spatial_dims != 2:
+        shape = f"{shape}, {config.spatial_dims}-D"
     return f"{name} ({shape})" if name else f"a DenseNet with {shape}"
 
 
@@ -378,7 +412,11 @@ def _load_torch_file(path: Path, model_name: str | None) -> LoadedModel:
     if name is None:
         raise CheckpointError(f"{path}: holds a state dict of an unknown architecture; pass --model NAME")
     num_classes = inferred.num_classes if inferred else 1000
-    model = build_model(get_config(name, num_classes=num_classes))
+    # a 1-D or 3-D DenseNet's file (ours or MONAI's) builds the same dimension, with its input channels
+    shape = {} if not isinstance(inferred, DenseNetConfig) or inferred.spatial_dims == 2 else {
+        "spatial_dims": inferred.spatial_dims, "in_channels": inferred.in_channels,
+    }  # fmt: skip
+    model = build_model(get_config(name, num_classes=num_classes, **shape))
     load_weights(model, state, path)
     imagenet = model.config.stem == "imagenet"
     classes = imagenet_categories() if imagenet and num_classes == 1000 else [str(i) for i in range(num_classes)]

@@ -217,7 +217,8 @@ def evaluate(
         if tta != "none":
             images = tta_views(images, tta)  # (N, V, C, H, W): averaged as crops are
         if cost is not None:
-            cost.eval_batch(model, images.flatten(0, 1) if images.dim() == 5 else images)
+            views = images.dim() == _spatial_dims(model) + 3  # crops or TTA views, not a batch of volumes
+            cost.eval_batch(model, images.flatten(0, 1) if views else images)
         logits = _logits(model, images, runtime)
         if targets.is_floating_point():
             multilabel_batches.append((logits.cpu(), targets.cpu()))

@@ -384,3 +384,60 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(guarded, images):
     assert guarded.proc.wait(60) == 0
     (answer,) = answers
     assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"]
+
+
+# -- the page, in a real browser ---------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium driven by selenium; CI (``CI=true``, .ci/run installs both) fails without them."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium")
+    if missing:
+        why = f"the browser test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_shows_the_predicted_class_its_probability_and_the_heat_map(server, browser, images, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    crafted = tmp_path / "<img src=x onerror=window.pwned=2>.png"  # a file name that is also HTML
+    crafted.write_bytes(images["rgb.png"].read_bytes())
+    expected = post(server, [upload(crafted)]).json()["predictions"][0]["top_k"][0]
+    wait = WebDriverWait(browser, 60)
+    browser.get(server.url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "model-name").text == "densenet_bc16_k4")
+    assert browser.find_element(By.ID, "model-backend").text == "torch"
+    assert "fp32" in browser.find_element(By.ID, "model-precision").text
+    browser.find_element(By.ID, "files").send_keys(str(crafted))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result .classes li"))
+    card = browser.find_element(By.CSS_SELECTOR, ".result")
+    assert card.find_element(By.CSS_SELECTOR, ".filename").text == crafted.name
+    first = card.find_element(By.CSS_SELECTOR, ".classes li")
+    assert first.find_element(By.CSS_SELECTOR, ".label").text == expected["label"]
+    assert first.find_element(By.CSS_SELECTOR, ".probability").text == f"{100 * expected['probability']:.1f}%"
+    heat = card.find_element(By.CSS_SELECTOR, ".heatmap")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heat))
+    assert heat.is_displayed() and expected["label"] in heat.get_attribute("alt")
+    options = [o.get_attribute("textContent") for o in card.find_elements(By.CSS_SELECTOR, ".explain-class option")]
+    assert sorted(options) == sorted(CLASSES)  # the HTML class name is shown as text
+    assert browser.execute_script("return window.pwned === undefined")
+    assert "Results" in browser.find_element(By.ID, "results-heading").text
+    assert browser.find_element(By.ID, "results").get_attribute("aria-live") == "polite"

@@ -441,3 +441,15 @@ def test_the_page_shows_the_predicted_class_its_probability_and_the_heat_map(ser
     assert browser.execute_script("return window.pwned === undefined")
     assert "Results" in browser.find_element(By.ID, "results-heading").text
     assert browser.find_element(By.ID, "results").get_attribute("aria-live") == "polite"
+
+
+def test_the_serve_bench_load_generator_measures_a_running_server(server, images):
+    from densenets.bench.report import serve_table
+    from densenets.bench.serve_load import _load
+
+    row = _load(server.port, images["rgb.png"].read_bytes(), concurrency=3, total=6)
+    assert (row["requests"], row["failed"]) == (6, 0)
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["images_per_s"] > 0
+    table = serve_table({"model": "m", "size": 32, "note": "n", "offline": {"batch": 16, "images_per_s": 100.0},
+                         "rows": [{"server": "batched", "concurrency": 3, **row}]})  # fmt: skip
+    assert table[-2].startswith("| batched | 3 | ") and table[-2].endswith(" | 0 |")

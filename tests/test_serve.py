@@ -250,6 +250,9 @@ def test_refusals_are_counted_by_kind(server):
     assert post(server, [("x.txt", b"nope")]).status_code == 400
     assert server.metric('densenets_errors_total{kind="not_an_image"}') >= 1
     assert server.metric('densenets_requests_total{method="POST",route="/v1/predict",status="400"}') >= 1
+    before = server.metric('densenets_errors_total{kind="body_too_large"}')
+    assert post(server, [("big.png", os.urandom(2 * 2**20))]).status_code == 413
+    assert server.metric('densenets_errors_total{kind="body_too_large"}') == before + 1
 
 
 # -- dynamic batching --------------------------------------------------------------------------

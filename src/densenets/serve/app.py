@@ -77,7 +77,9 @@ def create_app(config: ServeConfig, served: ServedModel) -> FastAPI:
         metrics.request(request.method, route, response.status_code, time.perf_counter() - start)
         return response
 
-    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2**20), on_refuse=lambda: None)
+    app.add_middleware(
+        BodyLimit, max_bytes=int(config.max_body_mb * 2**20), on_refuse=lambda: metrics.error("body_too_large")
+    )
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

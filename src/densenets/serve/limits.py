@@ -33,7 +33,8 @@ def decode_upload(decode, name: str, data: bytes, max_pixels: int):
 
 class BodyLimit:
     """ASGI middleware: a request body beyond ``max_bytes`` gets 413 before it is read whole
-    (from Content-Length when given, else counted as it streams in)."""
+    (from Content-Length when given, else counted as it streams in). ``on_refuse``: called on a
+    refusal from Content-Length, which never reaches the app's handlers."""
 
     def __init__(self, app, max_bytes: int, on_refuse=None) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -57,8 +58,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:  # FastAPI passes an HTTPException raised while it reads the body through
-                self.on_refuse()
-                raise HTTPException(413, self.detail)
+                raise HTTPException(413, self.detail)  # counted by the app's HTTPException handler
             return message
 
         await self.app(scope, counted_receive, send)

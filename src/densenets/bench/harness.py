@@ -33,7 +33,7 @@ from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown
 from .timing import matmul_peak_gflops
 
-SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs")
+SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs", "serve")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
 CANDIDATES = {"fp32": ("openvino", "torch"), "bf16": ("openvino", "torch"), "int8": ("openvino", "onnxruntime")}
@@ -442,4 +442,8 @@ def _run_sections(cfg: BenchConfig, device: torch.device, out_dir: Path, log) ->
         save("levers", levers_section(cfg, device, log))
     if "openvino-graphs" in cfg.sections:
         save("openvino_graphs", openvino_graphs_section(cfg, log))
+    if "serve" in cfg.sections:
+        from .serve_load import serve_section
+
+        save("serve", serve_section(cfg.quick, log))
     return results

@@ -121,4 +121,20 @@ def to_markdown(results: dict) -> str:
             lines.append(f"| {r['model']} b{r['batch']} {r['precision']} | {r['graph']} | {r['images_per_s']:.1f} | "
                          f"{_ratio(r['speedup'])} |")  # fmt: skip
         lines.append("")
+    if "serve" in results:
+        lines += serve_table(results["serve"])
     return "\n".join(lines)
+
+
+def serve_table(serve: dict) -> list[str]:
+    """``densenets serve`` under load: one row per server and concurrency, against offline batch inference."""
+    offline = serve["offline"]["images_per_s"]
+    lines = [f"### densenets serve, {serve['model']} at {serve['size']} px ({serve['note']})", "",
+             f"Offline batch-{serve['offline']['batch']} inference (the ceiling): {offline:.1f} images/s.", "",
+             "| server | concurrency | images/s | of offline | p50 ms | p95 ms | p99 ms | failed |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in serve["rows"]:
+        speed = r["images_per_s"]
+        lines.append(f"| {r['server']} | {r['concurrency']} | {speed:.1f} | {speed / offline:.2f}x | {r['p50_ms']:.1f} "
+                     f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['failed']} |")  # fmt: skip
+    return [*lines, ""]

@@ -6,10 +6,21 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import analysis_cmd, bench_cmd, data_bench_cmd, evaluate_cmd, explain_cmd, export_cmd, summary_cmd, train_cmd
+from . import (
+    analysis_cmd,
+    bench_cmd,
+    data_bench_cmd,
+    evaluate_cmd,
+    explain_cmd,
+    export_cmd,
+    serve_cmd,
+    summary_cmd,
+    train_cmd,
+)
 
 # Each module exposes add_parser(subparsers) and registers its own run(args) as the handler.
-COMMANDS = [train_cmd, evaluate_cmd, explain_cmd, analysis_cmd, export_cmd, summary_cmd, bench_cmd, data_bench_cmd]
+COMMANDS = [train_cmd, evaluate_cmd, explain_cmd, analysis_cmd, export_cmd, summary_cmd, bench_cmd, data_bench_cmd,
+            serve_cmd]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,11 @@ def multilabel_thresholds(loaded: LoadedModel) -> tuple[list[float], str] | None
     return thresholds, source
 
 
+# What decoding an image file can raise: reported per file, never a crash (predict, explain, serve).
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+              Image.DecompressionBombWarning)  # fmt: skip
+
+
 def input_reader(preprocess: dict):
     """(read a file, transform) for a model's input: volumes (a ``volume_size`` recorded) or images."""
     if preprocess.get("volume_size"):
@@ -55,13 +60,16 @@ def read_images(
         except IsADirectoryError:
             records.append({"file": str(path), "error": "is a folder"})
             continue
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as exc:  # fmt: skip
-            records.append({"file": str(path), "error": f"not a readable image ({type(exc).__name__}: {exc})"})
+        except UNREADABLE as exc:
+            records.append({"file": str(path), "error": unreadable_reason(exc)})
             continue
         records.append({"file": str(path)})
         ready.append((len(records) - 1, tensor))
     return records, ready
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    return f"not a readable image ({type(exc).__name__}: {exc})"
 
 
 def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
@@ -71,31 +79,39 @@ def predict_images(loaded: LoadedModel, paths: list[str | Path], top_k: int = 5,
     A multi-label model gives every class's sigmoid probability instead, and ``positives``: the
     classes at or above their thresholds (:func:`multilabel_thresholds`), most probable first.
     """
-    multilabel = multilabel_thresholds(loaded)
     reader, transform = input_reader(loaded.preprocess)
+    records, ready = read_images(paths, transform, reader)
+    for start in range(0, len(ready), batch_size):
+        chunk = ready[start : start + batch_size]
+        answers = predict_batch(loaded, torch.stack([t for _, t in chunk]), top_k)
+        for (index, _), answer in zip(chunk, answers, strict=True):
+            records[index].update(answer)
+    return records
+
+
+def predict_batch(loaded: LoadedModel, batch: torch.Tensor, top_k: int = 5) -> list[dict]:
+    """One answer per image of ``batch`` (N, C, H, W) or volume (N, C, D, H, W), preprocessed by
+    :func:`input_reader`'s transform:
+    ``{"predictions": [...]}``, or ``{"probabilities", "positives"}`` for a multi-label model
+    (predict and serve: one path from tensor to answer)."""
+    multilabel = multilabel_thresholds(loaded)
     model = loaded.model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # an ONNX Runtime (int8) module has none: CPU
     names = loaded.class_names
-    records, ready = read_images(paths, transform, reader)
-    k = max(1, min(top_k, model.config.num_classes))
-    for start in range(0, len(ready), batch_size):
-        chunk = ready[start : start + batch_size]
-        batch = torch.stack([t for _, t in chunk]).to(device)
-        with torch.inference_mode():
-            logits = model(batch).float()
-        if multilabel is not None:
-            for (index, _), row in zip(chunk, logits.sigmoid().tolist(), strict=True):
-                records[index]["probabilities"] = {_name(names, c): p for c, p in enumerate(row)}
-                above = [c for c, p in enumerate(row) if p >= multilabel[0][c]]
-                records[index]["positives"] = [_name(names, c) for c in sorted(above, key=lambda c: -row[c])]
-            continue
-        probs = logits.softmax(1)
-        top = probs.topk(k, dim=1)
-        for (index, _), values, classes in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
-            records[index]["predictions"] = [
-                {"class": _name(names, c), "index": c, "probability": p} for p, c in zip(values, classes, strict=True)
-            ]
-    return records
+    with torch.inference_mode():
+        logits = model(batch.to(device)).float()
+    answers = []
+    if multilabel is not None:
+        for row in logits.sigmoid().tolist():
+            above = [c for c, p in enumerate(row) if p >= multilabel[0][c]]
+            answers.append({"probabilities": {_name(names, c): p for c, p in enumerate(row)},
+                            "positives": [_name(names, c) for c in sorted(above, key=lambda c: -row[c])]})  # fmt: skip
+        return answers
+    top = logits.softmax(1).topk(max(1, min(top_k, model.config.num_classes)), dim=1)
+    for values, classes in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        ranked = zip(values, classes, strict=True)
+        answers.append({"predictions": [{"class": _name(names, c), "index": c, "probability": p} for p, c in ranked]})
+    return answers
 
 
 def _name(names: list[str], index: int) -> str:

@@ -50,17 +50,17 @@ def explain_files(
         with torch.no_grad():
             logits = model(x).float()[0]
         probs = logits.sigmoid() if thresholds else logits.softmax(0)
-        chosen, note = _choose(probs, names, class_name, top_k, thresholds)
+        chosen, note = choose_classes(probs, names, class_name, top_k, thresholds)
         maps = explain(model, x, targets=chosen, method=method, layer=layer)[0]  # (T, H, W)
         explained = [{"class": names[c], "index": c, "probability": float(probs[c])} for c in chosen]
         overlay = out_dir / _unique_name(Path(records[index]["file"]).stem, used)
         label = method if layer is None else f"{method} {layer.removeprefix('features.')}"
-        draw_overlay(_display_image(tensor, loaded.preprocess), maps, explained, overlay, label, bool(thresholds))
+        draw_overlay(display_image(tensor, loaded.preprocess), maps, explained, overlay, label, bool(thresholds))
         records[index].update(overlay=str(overlay), method=method, explained=explained, note=note)
     return records
 
 
-def _choose(probs, names, class_name, top_k, thresholds) -> tuple[list[int], str]:
+def choose_classes(probs, names, class_name, top_k, thresholds) -> tuple[list[int], str]:
     if class_name is not None:
         return [names.index(class_name)], "as asked"
     order = probs.argsort(descending=True).tolist()
@@ -81,7 +81,7 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-def _display_image(tensor: torch.Tensor, preprocess: dict) -> torch.Tensor:
+def display_image(tensor: torch.Tensor, preprocess: dict) -> torch.Tensor:
     """The model's input (C, H, W) back in [0, 1]: what the map is drawn over."""
     mean = torch.tensor(preprocess["mean"])[:, None, None]
     std = torch.tensor(preprocess["std"])[:, None, None]

@@ -1,0 +1,139 @@
+"""``densenets bench --sections serve``: ``densenets serve`` under a bounded load on loopback.
+
+Throughput and p50/p95/p99 latency at several concurrencies, for the server with dynamic
+batching, the same server with batching off (``--max-batch 1``), and offline batch inference
+of the same module (the ceiling). The server runs as its own process (``python -m densenets
+serve``), so this module imports nothing from ``densenets.serve``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CONCURRENCY = (1, 4, 16, 64)
+BOUNDARY = "densenets-bench-boundary"
+
+
+def serve_section(quick: bool, log, requests_per_level: int | None = None) -> dict:
+    """``{"model", "size", "offline": {...}, "rows": [{"server", "concurrency", "images_per_s", "p50_ms", ...}]}``."""
+    from ..data.transforms import image_transform
+    from ..engine.loading import load_model
+    from ..engine.prediction import predict_batch
+    from ..models import create_model
+
+    name, size = ("densenet_bc16_k4", 32) if quick else ("densenet121", 224)
+    levels = (1, 4) if quick else CONCURRENCY
+    count = requests_per_level or (16 if quick else 256)
+    with tempfile.TemporaryDirectory(prefix="densenets-bench-serve-") as tmp:
+        weights = Path(tmp) / f"{name}.pth"  # random weights: speed does not depend on them
+        torch.save(create_model(name).state_dict(), weights)
+        image = _image_bytes(size)
+        loaded = load_model(weights, name)
+        x = image_transform(loaded.preprocess)(Image.open(io.BytesIO(image)))
+        batch = x[None].expand(16, *x.shape).contiguous()
+        predict_batch(loaded, batch)  # warm-up
+        reps = 2 if quick else 5
+        start = time.perf_counter()
+        for _ in range(reps):
+            predict_batch(loaded, batch)
+        offline = {"batch": 16, "images_per_s": 16 * reps / (time.perf_counter() - start)}
+        log(f"serve: offline batch-16 {offline['images_per_s']:.1f} img/s ({name}, {size} px)")
+        rows = []
+        for label, args in (("batched (max-batch 16, 10 ms)", ["--max-batch", "16", "--max-wait-ms", "10"]),
+                            ("unbatched (max-batch 1)", ["--max-batch", "1", "--max-wait-ms", "0"])):  # fmt: skip
+            with _server(weights, name, args) as port:
+                _load(port, image, 1, 2)  # warm-up
+                for c in levels:
+                    row = {"server": label, "concurrency": c, **_load(port, image, c, max(count, c))}
+                    log(f"serve: {label}, concurrency {c}: {row['images_per_s']:.1f} img/s, "
+                        f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")  # fmt: skip
+                    rows.append(row)
+    return {"model": name, "size": size, "offline": offline, "rows": rows,
+            "note": "one server process (1 worker); random weights; loopback; requests of one image each"}  # fmt: skip
+
+
+class _server:
+    def __init__(self, weights: Path, name: str, args: list[str]) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "densenets", "serve", str(weights), "--model", name, "--port", str(self.port),
+               "--max-queue", "1024", *args]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+
+    def __enter__(self) -> int:
+        for _ in range(3000):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"densenets serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return self.port
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("densenets serve did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def _load(port: int, image: bytes, concurrency: int, total: int) -> dict:
+    """``total`` one-image requests from ``concurrency`` clients, each on its own keep-alive connection."""
+    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()  # fmt: skip
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    latencies: list[float] = []
+    failures = [0]
+    lock, left = threading.Lock(), [total]
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        while True:
+            with lock:
+                if left[0] == 0:
+                    break
+                left[0] -= 1
+            start = time.perf_counter()
+            conn.request("POST", "/v1/predict", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                failures[0] += response.status != 200
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    ms = sorted(1000 * v for v in latencies)
+    q = statistics.quantiles(ms, n=100) if len(ms) > 1 else ms * 99
+    return {"requests": total, "failed": failures[0], "images_per_s": total / elapsed,
+            "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98]}  # fmt: skip
+
+
+def _image_bytes(size: int) -> bytes:
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()

@@ -56,7 +56,7 @@ def add_precision_options(p) -> None:
         help="runtime (default auto: fp32 runs the model itself; bf16/int8 the fastest installed, named in the output)",
     )
     p.add_argument("--calibration", help="int8: folder of calibration images, or 'auto' (default: a few hundred "
-                   "training images of the run's data set)")  # fmt: skip
+                   "training images of the run's own split: never its validation or test rows)")  # fmt: skip
 
 
 def run_eval(args) -> int:

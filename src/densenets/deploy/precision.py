@@ -61,19 +61,23 @@ def note(precision: str, backend: str | None, chosen: bool, images: int = 0) -> 
 
 
 def auto_calibration_set(loaded: LoadedModel):
-    """A few hundred training images of the run's own data set, with the test-time transform."""
+    """A few hundred of the training rows of the run's own split (never its validation or test
+    rows), with the test-time transform."""
+    from dataclasses import replace
+
     from torch.utils.data import Subset
 
-    from ..data import DataSpec, build_data
+    from ..data import build_data
     from ..data.images import with_transform
+    from ..data.recorded import recorded_spec
     from ..data.transforms import eval_transform
 
-    recipe = loaded.run_config.get("recipe", {})
-    if not recipe.get("data"):
+    if not loaded.run_config.get("recipe", {}).get("data"):
         raise UserError("--calibration auto needs a run that records its data set; pass --calibration DIR of images")
-    name = recipe["data"].removesuffix("+")  # "cifar10+" -> "cifar10": the same images, not augmented
-    bundle = build_data(DataSpec(name=name, data_dir=recipe.get("data_dir", "data"),
-                                 image_size=loaded.preprocess.get("crop")))  # fmt: skip
+    spec, notes = recorded_spec(loaded.run_config, loaded.preprocess)
+    loaded.notes += [n for n in notes if n not in loaded.notes]  # printed with the model's notes
+    # "cifar10+" -> "cifar10": the same images and split, not augmented
+    bundle = build_data(replace(spec, name=spec.name.removesuffix("+")))
     train = (
         bundle.train if bundle.augment == "none" else with_transform(bundle.train, eval_transform(loaded.preprocess))
     )

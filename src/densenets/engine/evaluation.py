@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import DataSpec, build_data
+from ..data import build_data
 from ..data.images import with_transform
+from ..data.recorded import recorded_spec, spec_record
 from ..data.transforms import image_transform, ten_crop_transform
 from ..deploy.precision import with_precision
 from ..errors import ConfigError
@@ -81,28 +82,14 @@ def evaluate_checkpoint(
     recipe = loaded.run_config.get("recipe", {})
     if loaded.weights:
         reason += f"; {loaded.weights}"
-    data = data or recipe.get("data")
-    if data is None:
-        raise ConfigError("this weights file does not say which data set it was trained on; pass --data NAME")
+    # the run's own split (seed, val_split), labels and transform, from what it recorded (data.recorded)
+    spec, data_notes = recorded_spec(loaded.run_config, loaded.preprocess, data, data_dir)
+    data = spec.name
+    loaded.notes = [*loaded.notes, *data_notes]  # what had to be assumed (a seed an old export does not record)
     preprocess = loaded.preprocess
-    spec = DataSpec(
-        name=data,
-        data_dir=data_dir or recipe.get("data_dir", "data"),
-        image_size=preprocess.get("crop"),
-        # a labels CSV as the run read it (another --data-dir: its labels.csv)
-        labels=recipe.get("labels") if not data_dir else None,
-        uncertain=recipe.get("uncertain", "ignore"),
-        # image folders read with the model's normalisation and channels (other data sets keep theirs)
-        mean=tuple(preprocess["mean"]),
-        std=tuple(preprocess["std"]),
-        channels=int(preprocess.get("channels", 3)),
-        augment=recipe.get("augment") if data in ("imagefolder", "imagenet", "csv") else None,  # sets the resize
-        volume_size=tuple(preprocess["volume_size"]) if preprocess.get("volume_size") else None,
-        intensity_window=tuple(preprocess["intensity_window"]) if preprocess.get("intensity_window") else None,
-    )
     bundle = build_data(spec)
-    # int8's automatic calibration reads the training images of the data set evaluated here
-    loaded.run_config["recipe"] = {**recipe, "data": data, "data_dir": spec.data_dir}
+    # int8's automatic calibration reads the training rows of the data set evaluated here, split as here
+    loaded.run_config["recipe"] = {**recipe, **spec_record(spec)}
     if bundle.num_classes != loaded.model.config.num_classes:
         raise ConfigError(
             f"{data} has {bundle.num_classes} classes but the model predicts {loaded.model.config.num_classes}"

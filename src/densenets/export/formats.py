@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.recorded import data_record
 from ..deploy.onnx_runtime import onnx_bytes
 from ..deploy.onnx_runtime import plain_eval_copy as _exportable
 from ..engine.loading import load_model, loaded_notes
@@ -84,8 +85,9 @@ def export_safetensors(loaded: LoadedModel, path: str | Path) -> dict:
         "preprocess": loaded.preprocess,
         "class_names": loaded.class_names,
         "weights": path.name,
-        # what it was trained on, so that `densenets eval model.json` needs no --data
-        "data": {k: loaded.run_config.get("recipe", {}).get(k) for k in ("data", "data_dir")},
+        # what it was trained on and how the run split it, so that `densenets eval model.json` needs
+        # no --data and scores the run's own test rows (int8 calibration: its training rows)
+        "data": data_record(loaded.run_config, loaded.preprocess),
     }
     json_path = path.with_suffix(".json")
     json_path.write_text(json.dumps(meta, indent=2))
@@ -145,6 +147,7 @@ def export_openvino(loaded: LoadedModel, path: str | Path, int8: bool, calibrati
         "class_names": loaded.class_names,
         "precision": precision,
         "precision_note": info["note"],
+        "data": data_record(loaded.run_config, loaded.preprocess),  # the run's data and split, as the .json export
         "openvino": {"xml": xml.name, "bin": xml.with_suffix(".bin").name, "input": "images", "output": "logits"},
     }
     json_path = xml.with_suffix(".json")

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
-from ..models.densenet import DenseNet
+from ..models import CifarResNet, DenseNet, TorchvisionResNet
+from .calibration import UncheckedCpuWarning, calibration_batches, check_int8_ready
 from .choice import default_backend
-from .pytorch import InferenceDenseNet
+from .pytorch import InferenceCopy, InferenceDenseNet
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
+NETWORKS = (DenseNet, CifarResNet, TorchvisionResNet)  # every family of the registry
 RUNS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 
 
 def optimize_for_inference(
-    model: DenseNet,
+    model: nn.Module,
     backend: str | None = None,
     precision: str = "fp32",
     calibration=None,
@@ -44,9 +48,13 @@ def optimize_for_inference(
 
     For fp32, ``optimize_for_inference(model)(x)`` equals ``model.eval()(x)`` to float rounding.
     The source model is not modified. Use the original module for training or export.
+
+    The ResNet baselines of the registry run the same backends; on ``backend="torch"`` they run
+    as an eval copy (cast to bfloat16 for bf16) with nothing folded.
     """
-    if not isinstance(model, DenseNet):
-        raise TypeError(f"optimize_for_inference expects a densenets DenseNet, got {type(model).__name__}")
+    if not isinstance(model, NETWORKS):
+        names = ", ".join(n.__name__ for n in NETWORKS)
+        raise TypeError(f"optimize_for_inference expects a densenets model ({names}), got {type(model).__name__}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}")
     if backend is not None and backend not in BACKENDS:
@@ -60,16 +68,18 @@ def optimize_for_inference(
                          f"use backend {' or '.join(repr(b) for b in runs)}")  # fmt: skip
     batches = None
     if precision == "int8":
-        from .quantize import calibration_batches, check_int8_ready
-
-        check_int8_ready(backend)
+        unchecked = check_int8_ready(backend)
+        if unchecked:
+            warnings.warn(unchecked, UncheckedCpuWarning, stacklevel=2)
         c = model.config
         batches = calibration_batches(calibration, c.in_channels, c.num_classes, preprocess)
     elif calibration is not None:
         raise ValueError(f"calibration is for precision='int8' only; got it with precision={precision!r}")
-    if backend == "torch":
-        fast = InferenceDenseNet(model)
-        fast = fast.to(torch.bfloat16) if precision == "bf16" else fast
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if backend == "torch" and isinstance(model, DenseNet):
+        fast = InferenceDenseNet(model).to(dtype)
+    elif backend == "torch":
+        fast = InferenceCopy(model, dtype)
     elif backend == "onnxruntime":
         from .onnx_runtime import onnxruntime_densenet
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..deploy.onnx_runtime import onnx_bytes
-from ..deploy.onnx_runtime import plain_eval_copy as _exportable
+from ..deploy.graph import onnx_bytes
+from ..deploy.graph import plain_eval_copy as _exportable
 from ..engine.loading import load_model, loaded_notes
 from ..errors import UserError
 from ..models.weights import MODEL_FORMAT, LoadedModel

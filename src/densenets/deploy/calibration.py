@@ -31,8 +31,8 @@ class UncheckedCpuWarning(UserWarning):
 def int8_cpu_check(cpuinfo: str | Path | None = None) -> tuple[bool | None, str]:
     """Whether int8 can run fast on this CPU: ``(True, "")``, ``(False, why not)``, or ``(None, why
     it could not be checked)``. On x86 it needs VNNI (AVX-512 VNNI or AVX-VNNI), read from the CPU
-    flags in ``cpuinfo`` (default /proc/cpuinfo); AVX-512 alone does not imply VNNI (Skylake has one, not the other), so
-    without the flags nothing is assumed."""
+    flags in ``cpuinfo`` (default /proc/cpuinfo). AVX-512 alone does not imply VNNI (Skylake has
+    one, not the other), so without the flags nothing is assumed."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return True, ""  # ONNX Runtime's and OpenVINO's int8 kernels use the ARM dot-product instructions there
     cpuinfo = Path(cpuinfo or CPUINFO)

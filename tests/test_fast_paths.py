@@ -155,7 +155,7 @@ def test_optimize_for_inference_rejects_unknown_backend_and_unsupported_precisio
 def test_openvino_bf16_and_int8_stay_close_to_fp32():
     pytest.importorskip("openvino", reason="openvino is not installed (densenets[openvino])")
     pytest.importorskip("nncf", reason="nncf is not installed (densenets[openvino])")
-    from densenets.deploy.quantize import int8_cpu_problem
+    from densenets.deploy.calibration import int8_cpu_problem
 
     torch.manual_seed(0)
     model = create_model("densenet_bc16_k4").eval()

@@ -12,14 +12,15 @@ from PIL import Image
 
 from densenets.cli.main import main
 from densenets.data import DataSpec, build_data
-from densenets.deploy import choice, folding, optimize_for_inference, quantize
+from densenets.deploy import calibration as int8_checks
+from densenets.deploy import choice, folding, optimize_for_inference
 from densenets.engine.evaluation import evaluate_checkpoint
 from densenets.engine.loading import load_model
 from densenets.engine.recipes import base_recipe, resolve_recipe
 from densenets.engine.trainer import fit
 
 pytest.importorskip("onnxruntime")
-needs_vnni = pytest.mark.skipif(quantize.int8_cpu_problem() is not None, reason="int8 needs VNNI on this CPU")
+needs_vnni = pytest.mark.skipif(int8_checks.int8_cpu_problem() is not None, reason="int8 needs VNNI on this CPU")
 HAS_OPENVINO = choice.installed("openvino", "int8")
 needs_openvino = pytest.mark.skipif(
     not HAS_OPENVINO, reason="openvino and nncf are not installed (densenets[openvino])"
@@ -76,7 +77,7 @@ def errors(run: Path, calibration=None) -> dict:
     out = {"fp32": evaluate_checkpoint(run, precision="fp32")["error"]}
     paths = [("bf16", "torch"), ("int8", "onnxruntime")] + [("bf16", "openvino"), ("int8", "openvino")] * HAS_OPENVINO
     for precision, backend in paths:
-        if precision == "int8" and quantize.int8_cpu_problem() is not None:
+        if precision == "int8" and int8_checks.int8_cpu_problem() is not None:
             continue
         result = evaluate_checkpoint(run, precision=precision, calibration=calibration, backend=backend)
         out[f"{precision} {backend}"] = result["error"]
@@ -111,7 +112,7 @@ def test_predict_runs_each_precision(digits_run, tmp_path, capsys):
     image = tmp_path / "three.png"
     Image.new("L", (16, 16), 0).save(image)
     for precision in ("fp32", "bf16", "int8"):
-        if precision == "int8" and quantize.int8_cpu_problem():
+        if precision == "int8" and int8_checks.int8_cpu_problem():
             continue
         code, out, err = run_cli(capsys, "predict", digits_run, image, "--precision", precision, "--json",
                                  "--top-k", "10")  # fmt: skip
@@ -217,7 +218,7 @@ def test_bad_calibration_tensors_name_the_problem(digits_run):
 
 
 def test_int8_without_vnni_or_its_runtime_is_one_line_exit_2(digits_run, monkeypatch, capsys):
-    monkeypatch.setattr(quantize, "int8_cpu_problem", lambda: "this CPU has no VNNI int8 instructions")
+    monkeypatch.setattr(int8_checks, "int8_cpu_check", lambda: (False, "this CPU has no VNNI int8 instructions"))
     code, _, err = run_cli(capsys, "eval", digits_run, "--precision", "int8")
     assert code == 2 and "int8 needs a CPU with VNNI" in err and len(err.strip().splitlines()) == 1
     monkeypatch.undo()

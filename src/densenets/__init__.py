@@ -1,5 +1,6 @@
 """densenets: every DenseNet of Huang et al. (CVPR 2017), exact, fast and trainable."""
 
+from ._version import __version__
 from .deploy import optimize_for_inference
 from .engine.loading import load
 from .interpret import explain
@@ -15,8 +16,6 @@ from .models import (
     register_weights,
 )
 from .preprocessing import data_config, transforms
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DenseNet",

@@ -15,8 +15,9 @@ def cpu_info(path: str | Path = "/proc/cpuinfo") -> dict:
     """Model name, vendor, family/model, flags, logical CPUs, cores and clock (MHz) of this CPU."""
     try:
         text = Path(path).read_text()
-    except OSError:
-        return {"model_name": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count()}
+    except OSError as exc:  # flags None: unknown, not "none" (AVX-512 does not imply VNNI or bf16)
+        return {"model_name": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+                "flags": None, "unreadable": f"{path}: {exc.strerror or exc}"}  # fmt: skip
     first: dict[str, str] = {}
     mhz = []
     for line in text.splitlines():
@@ -47,7 +48,7 @@ def flops_per_cycle(info: dict, precision: str) -> int | None:
     256 bits wide on AMD Zen 4 (family 25, which splits AVX-512 into two halves) and AVX2 cores.
     bf16 dot products (AVX512_BF16) double fp32's rate; AMX tiles are far beyond: not bounded here.
     """
-    flags = set(info.get("flags", ()))
+    flags = set(info.get("flags") or ())
     if not flags:
         return None
     if precision == "bf16" and "amx_bf16" in flags:

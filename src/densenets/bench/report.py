@@ -82,6 +82,23 @@ def memory_table(mem: dict) -> list[str]:
     return lines
 
 
+def cpu_line(info: dict, env: dict) -> str:
+    """The CPU the bench ran on, its vector flags and physical peak; says so when they could not be read."""
+    if info.get("flags") is None:
+        return (
+            f"CPU: {info['model_name']}, {info['logical_cpus']} logical CPUs; {info.get('unreadable')}: its vector "
+            "flags (AVX-512, VNNI, bf16) and clock could not be read, so no physical peak is checked."
+        )
+    physical = ", ".join(f"{p} {g:.0f}" for p, g in env.get("physical_peak_gflops", {}).items() if g)
+    return (
+        f"CPU: {info['model_name']} ({info.get('vendor')}, family {info.get('family')} model {info.get('model')}), "
+        f"{info['logical_cpus']} logical CPUs at {info.get('mhz') or 0:.0f} MHz as /proc/cpuinfo reports; "
+        f"vector flags: {' '.join(f for f in info.get('flags', []) if f.startswith(('avx', 'amx', 'fma')))}; "
+        f"physical peak (cores x FLOP/cycle x that clock) GFLOP/s: {physical or 'unknown'}."
+        + ("".join(f" **Implausible peak: {w}.**" for w in env.get("peak_warnings", [])))
+    )
+
+
 def to_markdown(results: dict) -> str:
     env = results["environment"]
     cfg = results["config"]
@@ -93,15 +110,7 @@ def to_markdown(results: dict) -> str:
     ]
     info = env.get("cpuinfo")
     if info and env["device"] == "cpu":
-        physical = ", ".join(f"{p} {g:.0f}" for p, g in env.get("physical_peak_gflops", {}).items() if g)
-        lines += [
-            f"CPU: {info['model_name']} ({info.get('vendor')}, family {info.get('family')} model {info.get('model')}), "
-            f"{info['logical_cpus']} logical CPUs at {info.get('mhz') or 0:.0f} MHz as /proc/cpuinfo reports; "
-            f"vector flags: {' '.join(f for f in info.get('flags', []) if f.startswith(('avx', 'amx', 'fma')))}; "
-            f"physical peak (cores x FLOP/cycle x that clock) GFLOP/s: {physical or 'unknown'}."
-            + ("".join(f" **Implausible peak: {w}.**" for w in env.get("peak_warnings", []))),
-            "",
-        ]
+        lines += [cpu_line(info, env), ""]
     for task, title in (("train", "Training (forward + backward + SGD step)"), ("infer", "Inference (eval)")):
         if task in results:
             lines += [f"### {title}", ""] + speed_table(results[task])

@@ -32,7 +32,8 @@ import torch
 
 from ..deploy import optimize_for_inference
 from ..deploy.choice import default_backend
-from ..deploy.onnx_runtime import OnnxRuntimeModule, plain_eval_copy
+from ..deploy.graph import plain_eval_copy
+from ..deploy.onnx_runtime import OnnxRuntimeModule
 from ..engine.runtime import amp_dtype
 from ..models import create_model
 from .reference import torchvision_twin

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._version import __version__
 from ..errors import UserError
 from . import (
     analysis_cmd,
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="densenets",
         description="DenseNet (Huang et al., CVPR 2017): build, train, evaluate, analyse and benchmark.",
     )
+    parser.add_argument("--version", action="version", version=f"densenets {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMANDS:

@@ -10,38 +10,15 @@ image size; the module takes and returns torch tensors like any other. With
 
 from __future__ import annotations
 
-import copy
-import io
-import warnings
-
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ..models.densenet import DenseNet
-
-
-def plain_eval_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode fp32 copy on the CPU in ordinary (not memory-efficient) mode, for exporters.
-
-    Any model of the registry (DenseNet or ResNet baseline) exports the same way.
-    """
-    model = copy.deepcopy(model).cpu().eval().float()
-    model.set_memory_efficient(False)
-    return model
-
-
-def onnx_bytes(model: DenseNet, example: Tensor, opset: int = 17) -> bytes:
-    """The model as an ONNX graph with dynamic batch, height and width."""
-    buffer = io.BytesIO()
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript-based exporter: no onnxscript needed
-        torch.onnx.export(
-            model, (example,), buffer, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": axes, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
-        )  # fmt: skip
-    return buffer.getvalue()
+from .calibration import check_int8_ready
+from .folding import folded_copy
+from .graph import example_input, onnx_bytes, plain_eval_copy
+from .quantize import quantize_onnx
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -57,9 +34,7 @@ class OnnxRuntimeModule(nn.Module):
         if precision not in ("fp32", "int8"):
             raise ValueError(f"the onnxruntime backend runs fp32 or int8; got precision {precision!r}")
         if precision == "int8":
-            from .quantize import check_int8_ready
-
-            check_int8_ready()
+            check_int8_ready()  # a CPU that could not be checked: optimize_for_inference says so
             if not calibration:
                 raise UserError("int8 needs calibration batches: pass calibration=[images (N, C, H, W), ...]")
         try:
@@ -74,8 +49,6 @@ class OnnxRuntimeModule(nn.Module):
         except ImportError as exc:
             raise UserError(f"backend='onnxruntime' needs the onnx package: pip install onnx ({exc})") from exc
         if precision == "int8":
-            from .quantize import quantize_onnx
-
             graph = quantize_onnx(graph, calibration)
         self.precision = precision
         self.graph = graph  # the ONNX bytes the session runs (int8: the quantized graph)
@@ -101,18 +74,13 @@ class OnnxRuntimeModule(nn.Module):
         return torch.from_numpy(logits)
 
 
-def onnxruntime_densenet(model: DenseNet, precision: str = "fp32", threads: int | None = None,
+def onnxruntime_densenet(model: nn.Module, precision: str = "fp32", threads: int | None = None,
                          calibration: list[Tensor] | None = None) -> OnnxRuntimeModule:  # fmt: skip
-    """``optimize_for_inference(model, backend="onnxruntime")``: our DenseNet through ONNX Runtime
-    (for int8 with every BatchNorm that follows a conv folded into it first)."""
-    size = 224 if model.config.stem == "imagenet" else 32
-    example = torch.zeros(1, model.config.in_channels, size, size)
-    if precision == "int8":
-        from .folding import folded_copy
-
-        exportable = folded_copy(model)
-    else:
-        exportable = plain_eval_copy(model)
-    runner = OnnxRuntimeModule(exportable, example, precision, threads, calibration)
+    """``optimize_for_inference(model, backend="onnxruntime")``: a model of the registry through ONNX
+    Runtime (for a DenseNet at int8 with every BatchNorm that follows a conv folded into it first;
+    ONNX Runtime's own pre-processing fuses the ResNets' conv-BN pairs)."""
+    fold = precision == "int8" and isinstance(model, DenseNet)
+    exportable = folded_copy(model) if fold else plain_eval_copy(model)
+    runner = OnnxRuntimeModule(exportable, example_input(model), precision, threads, calibration)
     runner.config = model.config
     return runner

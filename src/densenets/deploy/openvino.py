@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,8 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .graph import example_input, plain_eval_copy
 
 INSTALL = "pip install 'densenets[openvino]'"
+PROGRESS = re.compile(r"━|\d+% +\d+/\d+")  # a rich progress bar: "Statistics collection ━━━ 100% 8/8 • ..."
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the ops NNCF leaves in float run in f32
 
 
@@ -76,10 +79,34 @@ def quantize(model, batches: Iterable[Tensor]):
     import nncf
 
     images = [image[None].numpy() for batch in batches for image in batch]
-    nncf.set_log_level(logging.ERROR)
-    quiet = io.StringIO()  # NNCF draws progress bars on the console
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+    with nncf_quietly():
         return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), fast_bias_correction=False)
+
+
+@contextlib.contextmanager
+def nncf_quietly():
+    """NNCF at WARNING (its INFO lines go) and without its progress bars; both restored after.
+
+    NNCF's progress bars ("Statistics collection ━━━ 100% 8/8 ...", drawn by rich on stdout) are
+    the known noise: stdout is caught and every other line written back. NNCF's warnings and
+    errors (its logger writes them to the console it was imported with), Python warnings and
+    stderr pass untouched.
+    """
+    logger = logging.getLogger("nncf")
+    levels = [logger.level] + [h.level for h in logger.handlers]
+    for item in [logger, *logger.handlers]:  # what nncf.set_log_level does
+        item.setLevel(logging.WARNING)
+    caught = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(caught):
+            yield
+    finally:
+        logger.setLevel(levels[0])
+        for handler, level in zip(logger.handlers, levels[1:], strict=False):
+            handler.setLevel(level)
+        kept = [line for line in caught.getvalue().splitlines() if not PROGRESS.search(line)]
+        if kept:
+            print("\n".join(kept))
 
 
 class OpenVinoModule(nn.Module):
@@ -150,14 +177,11 @@ class OpenVinoModule(nn.Module):
 def openvino_densenet(model: nn.Module, precision: str = "fp32", threads: int | None = None,
                       calibration: list[Tensor] | None = None,
                       exportable: nn.Module | None = None) -> OpenVinoModule:  # fmt: skip
-    """``optimize_for_inference(model, backend="openvino")``: our DenseNet through OpenVINO.
+    """``optimize_for_inference(model, backend="openvino")``: a model of the registry through OpenVINO.
 
     ``exportable`` is the eval fp32 module to convert (default: a plain copy of ``model``).
     """
-    from .onnx_runtime import plain_eval_copy
-
-    size = 224 if model.config.stem == "imagenet" else 32
-    example = torch.zeros(1, model.config.in_channels, size, size)
+    example = example_input(model)
     runner = OpenVinoModule(exportable or plain_eval_copy(model), example, precision, threads, calibration)
     runner.config = model.config
     return runner

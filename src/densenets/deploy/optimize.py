@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..models.densenet import DenseNet
+from ..models import CifarResNet, DenseNet, TorchvisionResNet
+from .calibration import UncheckedCpuWarning, calibration_batches, check_int8_ready
 from .choice import default_backend
-from .pytorch import InferenceDenseNet
+from .pytorch import InferenceCopy, InferenceDenseNet
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
+NETWORKS = (DenseNet, CifarResNet, TorchvisionResNet)  # every family of the registry
 RUNS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 
 
 def optimize_for_inference(
-    model: DenseNet,
+    model: nn.Module,
     backend: str | None = None,
     precision: str = "fp32",
     calibration: torch.Tensor | torch.utils.data.DataLoader | str | Path | None = None,
@@ -47,8 +50,11 @@ def optimize_for_inference(
     For fp32, ``optimize_for_inference(model)(x)`` equals ``model.eval()(x)`` to float rounding.
     The source model is not modified. Use the original module for training or export.
 
+    The ResNet baselines of the registry run the same backends; on ``backend="torch"`` they, and
+    1-D / 3-D DenseNets, run as an eval copy (cast to bfloat16 for bf16) with nothing folded.
+
     Args:
-        model: A trained DenseNet.
+        model: A trained DenseNet (or a ResNet baseline of the registry).
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``None`` (the fastest
             installed for the precision).
         precision: ``"fp32"``, ``"bf16"`` or ``"int8"``.
@@ -59,7 +65,7 @@ def optimize_for_inference(
         An eval-only module; its ``backend`` attribute names the runtime that runs it.
 
     Raises:
-        TypeError: ``model`` is not one of our DenseNets.
+        TypeError: ``model`` is not one of our models.
         ValueError: An unknown backend or precision, a backend that does not run the
             precision, or ``calibration`` without int8.
         UserError: int8 on a CPU without VNNI, or a backend whose package is not installed.
@@ -68,8 +74,9 @@ def optimize_for_inference(
         >>> fast = densenets.optimize_for_inference(model, precision="bf16")  # doctest: +SKIP
         >>> logits = fast(images)  # doctest: +SKIP
     """
-    if not isinstance(model, DenseNet):
-        raise TypeError(f"optimize_for_inference expects a densenets DenseNet, got {type(model).__name__}")
+    if not isinstance(model, NETWORKS):
+        names = ", ".join(n.__name__ for n in NETWORKS)
+        raise TypeError(f"optimize_for_inference expects a densenets model ({names}), got {type(model).__name__}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}")
     if backend is not None and backend not in BACKENDS:
@@ -83,21 +90,18 @@ def optimize_for_inference(
                          f"use backend {' or '.join(repr(b) for b in runs)}")  # fmt: skip
     batches = None
     if precision == "int8":
-        from .quantize import calibration_batches, check_int8_ready
-
-        check_int8_ready(backend)
+        unchecked = check_int8_ready(backend)
+        if unchecked:
+            warnings.warn(unchecked, UncheckedCpuWarning, stacklevel=2)
         c = model.config
         batches = calibration_batches(calibration, c.in_channels, c.num_classes, preprocess)
     elif calibration is not None:
         raise ValueError(f"calibration is for precision='int8' only; got it with precision={precision!r}")
-    if backend == "torch":
-        if model.config.spatial_dims != 2:  # its folded kernels are written for (N, C, H, W)
-            raise ValueError(
-                f"the torch backend of optimize_for_inference runs 2-D DenseNets only; this one has "
-                f"spatial_dims={model.config.spatial_dims} (use backend='onnxruntime', or the module itself)"
-            )
-        fast = InferenceDenseNet(model)
-        fast = fast.to(torch.bfloat16) if precision == "bf16" else fast
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if backend == "torch" and isinstance(model, DenseNet) and model.config.spatial_dims == 2:
+        fast = InferenceDenseNet(model).to(dtype)  # its folded kernels are written for (N, C, H, W)
+    elif backend == "torch":  # the baselines, and 1-D / 3-D DenseNets: an eval copy, nothing folded
+        fast = InferenceCopy(model, dtype)
     elif backend == "onnxruntime":
         from .onnx_runtime import onnxruntime_densenet
 

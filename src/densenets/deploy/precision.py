@@ -9,14 +9,16 @@ the dict returned says so, and the commands print it.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from ..errors import ConfigError, UserError
 from ..models.weights import LoadedModel
+from .calibration import CALIBRATION_IMAGES, UncheckedCpuWarning, calibration_batches, check_int8_ready
 from .choice import CPU_ONLY, NAMES, default_backend
 from .optimize import BACKENDS, PRECISIONS, RUNS, optimize_for_inference
-from .quantize import CALIBRATION_IMAGES, calibration_batches, check_int8_ready
 
 HOW = {
     "fp32": "fp32 (exact to float rounding",
@@ -98,11 +100,11 @@ def with_precision(loaded: LoadedModel, precision: str, calibration: str | None 
         raise UserError("--calibration is for --precision int8 only")
     if chosen is None:
         return loaded.model, {**info, "note": note(precision, None, False)}
-    if chosen in CPU_ONLY:
-        loaded.model = loaded.model.cpu()
-    batches, count = None, 0
+    # The caller's model stays where and as it is: every backend builds from a copy (the CPU
+    # runtimes export a CPU copy; the torch path copies on the model's device).
+    batches, count, unchecked = None, 0, None
     if precision == "int8":
-        check_int8_ready(chosen)
+        unchecked = check_int8_ready(chosen)
         from torch.utils.data import DataLoader
 
         c = loaded.model.config
@@ -110,8 +112,10 @@ def with_precision(loaded: LoadedModel, precision: str, calibration: str | None 
         source = DataLoader(auto_calibration_set(loaded), batch_size=32) if auto else calibration
         batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names)
         count = sum(len(b) for b in batches)
-    module = optimize_for_inference(loaded.model, backend=chosen, precision=precision, calibration=batches)
-    info["note"] = note(precision, chosen, backend == "auto", count)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncheckedCpuWarning)  # said in the note below instead
+        module = optimize_for_inference(loaded.model, backend=chosen, precision=precision, calibration=batches)
+    info["note"] = note(precision, chosen, backend == "auto", count) + (f"; {unchecked}" if unchecked else "")
     if precision == "int8":
         info["calibration_images"] = count
     return module, info

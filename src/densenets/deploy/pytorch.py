@@ -147,3 +147,24 @@ class InferenceDenseNet(nn.Module):
         N, C, H, W = x.shape
         t = bn_relu_forward(x.permute(0, 2, 3, 1).reshape(N * H * W, C), self.head_a, self.head_b)
         return self.classifier(t.view(N, H * W, C).mean(1)).float()
+
+
+class InferenceCopy(nn.Module):
+    """Eval-only copy of a network without a folded form here (the ResNet baselines) in ``dtype``:
+    bf16 weights and activations, fp32 logits, like :class:`InferenceDenseNet` at bf16."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval().to(dtype)
+        self.config = model.config
+        self.dtype = dtype
+        self.train(False)
+
+    def train(self, mode: bool = True) -> InferenceCopy:
+        if mode:
+            raise RuntimeError("an optimize_for_inference model is eval-only; train the original module")
+        return super().train(False)
+
+    @torch.inference_mode()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.to(self.dtype)).float()

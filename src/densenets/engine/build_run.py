@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import __version__
+from .._version import __version__
 from ..data import DataBundle, DataSpec, build_data
 from ..data.csv_labels import multilabel_targets
 from ..data.determinism import derive_seed

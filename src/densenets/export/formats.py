@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..data.recorded import data_record
-from ..deploy.onnx_runtime import onnx_bytes
-from ..deploy.onnx_runtime import plain_eval_copy as _exportable
+from ..deploy.graph import onnx_bytes
+from ..deploy.graph import plain_eval_copy as _exportable
 from ..engine.loading import load_model, loaded_notes
 from ..errors import UserError
 from ..models.weights import MODEL_FORMAT, LoadedModel

@@ -1,16 +1,20 @@
 """The benchmark harness runs and reports; it measures, so nothing here asserts a speed."""
 
+import copy
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 import torch
+from torchvision.models import DenseNet as TorchvisionDenseNet
 
-from densenets.bench import memory
+from densenets.bench import memory, worker
 from densenets.bench.harness import (
     FP32_REFERENCE,
     BenchConfig,
+    _run_worker,
     Workload,
     baseline_of,
     contenders,
@@ -21,6 +25,7 @@ from densenets.bench.memory import fit_growth
 from densenets.bench.reference import check_same_outputs, torchvision_twin
 from densenets.bench.report import to_markdown
 from densenets.bench.worker import run
+from densenets.deploy.quantize import int8_cpu_problem
 from densenets.models import create_model
 
 HAVE_ORT = bool(importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"))
@@ -103,34 +108,119 @@ def test_quick_harness_writes_like_for_like_tables(tmp_path):
     assert "Headline: **densenets" in markdown and "| torchvision channels_last | cl | tuned | fp32 |" in markdown
 
 
+def test_worker_times_each_call_after_the_warm_up(monkeypatch):
+    calls = []
+    monkeypatch.setattr(worker, "build", lambda spec: lambda: calls.append(1))
+    ticks = iter([0.0, 4.0, 10.0, 11.0, 20.0, 22.0])  # the timed calls take 4, 1 and 2 s
+    result = run({"device": "cpu", "reps": 3, "warmup": 2}, clock=lambda: next(ticks))
+    assert result == {"samples_s": [4.0, 1.0, 2.0], "median_s": 2.0}
+    assert len(calls) == 2 + 3  # the warm-up calls run, untimed
+
+
+def _capture_built(monkeypatch) -> dict:
+    """Record the model, input and autocast dtype the worker hands to its timed function."""
+    captured: dict = {}
+
+    def capture(real):
+        def wrapper(model, x, *args):
+            captured.update(model=model, x=x, amp=args[-1] if args else None)
+            return real(model, x, *args)
+
+        return wrapper
+
+    monkeypatch.setattr(worker, "training_step_fn", capture(worker.training_step_fn))
+    monkeypatch.setattr(worker, "inference_fn", capture(worker.inference_fn))
+    return captured
+
+
+def _ours(x: torch.Tensor) -> torch.Tensor:
+    """The worker's model (seed 0) as a plain module, in fp32: the outputs every form must give."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return create_model("densenet_bc16_k4").eval()(x.float().contiguous())
+
+
 @pytest.mark.parametrize("task", ["train", "infer"])
 @pytest.mark.parametrize("impl", ["densenets", "torchvision"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_worker_settings_build_and_run(task, impl, layout, precision):
+def test_worker_settings_build_what_they_name(monkeypatch, task, impl, layout, precision):
+    captured = _capture_built(monkeypatch)
     spec = {"task": task, "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu", "impl": impl,
             "layout": layout, "allocator": "default", "precision": precision, "form": "module", "reps": 1}  # fmt: skip
-    result = run(spec)
-    assert len(result["samples_s"]) == 1 and result["median_s"] > 0
+    step = worker.build(spec)
+    model, x = captured["model"], captured["x"]
+    assert isinstance(model, TorchvisionDenseNet) == (impl == "torchvision")
+    assert captured["amp"] == (torch.bfloat16 if precision == "bf16" else None)  # bf16: autocast, fp32: none
+    memory_format = torch.channels_last if layout == "cl" else torch.contiguous_format
+    assert x.is_contiguous(memory_format=memory_format)
+    assert model.features.conv0.weight.is_contiguous(memory_format=memory_format)
+    assert model.training == (task == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(model).eval()(x), _ours(x), rtol=1e-4, atol=1e-5)
+    before = [p.detach().clone() for p in model.parameters()]
+    step()
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert changed == (task == "train")  # a training step updates the weights; inference does not
 
 
-def test_worker_optimised_forms_and_bad_specs():
-    spec = {"task": "infer", "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu",
-            "impl": "densenets", "layout": "cl", "allocator": "tuned", "precision": "fp32", "reps": 1}  # fmt: skip
-    assert run({**spec, "form": "optimized"})["median_s"] > 0
-    if HAVE_ORT:
-        for impl in ("densenets", "torchvision"):
-            assert run({**spec, "impl": impl, "form": "onnxruntime"})["median_s"] > 0
-    if HAVE_OV:  # our graph variants through OpenVINO (what each exact reformulation buys there)
-        for graph in ("module", "folded", "conv_then_pool"):
-            assert run({**spec, "form": "openvino", "graph": graph, "precision": "int8"})["median_s"] > 0
+SPEC = {"task": "infer", "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu",
+        "impl": "densenets", "layout": "cl", "allocator": "tuned", "precision": "fp32", "reps": 1}  # fmt: skip
+
+
+def test_worker_optimised_form_and_bad_specs(monkeypatch):
+    from densenets.deploy.choice import default_backend
+
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "form": "optimized", "backend": "torch"})
+    assert type(captured["model"]).__name__ == "InferenceDenseNet"  # optimize_for_inference's PyTorch module
+    with torch.no_grad():
+        torch.testing.assert_close(captured["model"](captured["x"]), _ours(captured["x"]), rtol=1e-4, atol=1e-5)
+    worker.build({**SPEC, "form": "optimized"})  # no backend named: the one optimize_for_inference picks
+    modules = {"torch": "InferenceDenseNet", "openvino": "OpenVinoModule", "onnxruntime": "OnnxRuntimeModule"}
+    assert type(captured["model"]).__name__ == modules[default_backend("fp32")]
     for bad, match in (({"layout": "nhwc"}, "layout must be"), ({"impl": "timm"}, "impl must be"),
                        ({"form": "optimized", "impl": "torchvision"}, "our DenseNet only"),
                        ({"task": "train", "form": "optimized"}, "only the module form trains"),
                        ({"form": "openvino", "graph": "fused"}, "graph must be"),
                        ({"form": "compile", "precision": "int8"}, "fp32 or bf16")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
-            run({**spec, "form": "module", **bad})
+            run({**SPEC, "form": "module", **bad})
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnx and onnxruntime are not installed (densenets[export])")
+@pytest.mark.parametrize("impl", ["densenets", "torchvision"])
+def test_worker_onnxruntime_form_runs_either_model_with_its_outputs(monkeypatch, impl):
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "impl": impl, "layout": "nchw", "form": "onnxruntime"})
+    assert type(captured["model"]).__name__ == "OnnxRuntimeModule"
+    torch.testing.assert_close(captured["model"](captured["x"]), _ours(captured["x"]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_OV, reason="openvino and nncf are not installed (densenets[openvino])")
+@pytest.mark.parametrize("graph", ["module", "folded", "conv_then_pool"])
+def test_worker_openvino_graphs_are_exact_reformulations(monkeypatch, graph):
+    """Each graph variant timed through OpenVINO computes what our module does (fp32)."""
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "layout": "nchw", "form": "openvino", "graph": graph})
+    out = captured["model"](captured["x"])
+    torch.testing.assert_close(out, _ours(captured["x"]), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_OV, reason="openvino and nncf are not installed (densenets[openvino])")
+@pytest.mark.skipif(int8_cpu_problem() is not None, reason="int8 needs VNNI on this CPU")
+def test_worker_openvino_int8_stays_near_fp32(monkeypatch):
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "layout": "nchw", "form": "openvino", "graph": "folded", "precision": "int8"})
+    expected = _ours(captured["x"])
+    error = (captured["model"](captured["x"]) - expected).abs().max().item()
+    assert error < 0.25 * expected.abs().max().item()
+
+
+def test_worker_process_prints_its_samples():
+    """The harness's side of a worker: a fresh process, its result read from the last line."""
+    result = _run_worker({**SPEC, "form": "module", "reps": 2, "warmup": 1})
+    assert len(result["samples_s"]) == 2 and result["median_s"] == statistics.median(result["samples_s"])
 
 
 def test_memory_probe_measures_each_default_path():

@@ -22,12 +22,20 @@ def figure_pixels(path: Path, inches: tuple[float, float], dpi: int = 130) -> np
     return pixels
 
 
-def colours_drawn(pixels: np.ndarray, colours: list[str]) -> list[str]:
-    """Those of ``colours`` ("#rrggbb") that appear exactly in at least 10 pixels."""
+def pixel_counts(pixels: np.ndarray, colours: list[str]) -> list[int]:
+    """How many pixels have exactly each of ``colours`` ("#rrggbb")."""
     flat = pixels.reshape(-1, 3)
-    found = []
-    for colour in colours:
-        rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
-        if (flat == rgb).all(axis=1).sum() >= 10:
-            found.append(colour)
-    return found
+    return [int((flat == [int(c[i : i + 2], 16) for i in (1, 3, 5)]).all(axis=1).sum()) for c in colours]
+
+
+def colours_drawn(pixels: np.ndarray, colours: list[str], min_pixels: int = 10) -> list[str]:
+    """Those of ``colours`` ("#rrggbb") that appear exactly in at least ``min_pixels`` pixels."""
+    return [c for c, n in zip(colours, pixel_counts(pixels, colours), strict=True) if n >= min_pixels]
+
+
+def colormap_colours(name: str, values) -> list[str]:
+    """The "#rrggbb" colours that matplotlib's colormap ``name`` gives ``values`` in [0, 1] (as imshow draws them)."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.asarray(values, dtype=float), bytes=True)
+    return ["#{:02x}{:02x}{:02x}".format(*colour[:3]) for colour in np.atleast_2d(rgba)]

@@ -74,6 +74,7 @@ def test_ours_through_a_runtime_is_paired_with_torchvision_through_it(monkeypatc
     ours = "densenets optimize_for_inference (OpenVINO)"
     assert list(int8) == [ours, "densenets through ONNX Runtime", "torchvision through ONNX Runtime",
                           "torchvision through OpenVINO", FP32_REFERENCE]  # fmt: skip
+    assert {label for label, spec in int8.items() if spec["precision"] == "int8"} == set(int8) - {FP32_REFERENCE}
     medians = {label: 1.0 for label in int8}
     medians.update({"torchvision through OpenVINO": 0.5, FP32_REFERENCE: 0.1})  # fp32: never int8's baseline
     # through ONNX Runtime: torchvision through ONNX Runtime, though torchvision through OpenVINO is faster

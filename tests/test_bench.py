@@ -1,17 +1,21 @@
 """The benchmark harness runs and reports; it measures, so nothing here asserts a speed."""
 
+import copy
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 import torch
+from torchvision.models import DenseNet as TorchvisionDenseNet
 
-from densenets.bench import memory
+from densenets.bench import harness, memory, worker
 from densenets.bench.harness import (
     FP32_REFERENCE,
     BenchConfig,
     Workload,
+    _run_worker,
     baseline_of,
     contenders,
     paired_ratio,
@@ -21,6 +25,7 @@ from densenets.bench.memory import fit_growth
 from densenets.bench.reference import check_same_outputs, torchvision_twin
 from densenets.bench.report import to_markdown
 from densenets.bench.worker import run
+from densenets.deploy.quantize import int8_cpu_problem
 from densenets.models import create_model
 
 HAVE_ORT = bool(importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"))
@@ -58,79 +63,203 @@ def test_paired_ratio_and_baseline_choice():
     medians.update({"torchvision channels_last": 1.5, "torchvision torch.compile (freezing)": 0.9})
     # the fastest torchvision row at the same precision, any runtime
     assert baseline_of(ours, specs, medians) == "torchvision torch.compile (freezing)"
-    if HAVE_OV and HAVE_ORT:  # ours through a runtime is paired with torchvision through the same runtime
-        medians = {label: 1.0 for label in int8}
-        assert baseline_of("densenets through ONNX Runtime", int8, medians) == "torchvision through ONNX Runtime"
 
 
-def test_quick_harness_writes_like_for_like_tables(tmp_path):
-    # fp32 only here (each contender is a fresh process); bf16 settings: test_worker_settings_build_and_run
-    config = BenchConfig(device="cpu", reps=1, rounds=2, precisions=("fp32",), sections=("train", "infer"),
-                         quick=True, out_dir=str(tmp_path), log=False)  # fmt: skip
+def test_ours_through_a_runtime_is_paired_with_torchvision_through_it(monkeypatch):
+    # contenders() only writes specs: both runtimes are taken as installed whether they are or not
+    monkeypatch.setattr(harness, "onnxruntime_available", lambda device: True)
+    monkeypatch.setattr(harness, "openvino_available", lambda device, precision="fp32": True)
+    monkeypatch.setattr(harness, "default_backend", lambda precision, device="cpu": "openvino")
+    int8 = contenders(Workload("infer", "densenet_bc16_k4", 4, 32, "int8"), torch.device("cpu"))
+    ours = "densenets optimize_for_inference (OpenVINO)"
+    assert list(int8) == [ours, "densenets through ONNX Runtime", "torchvision through ONNX Runtime",
+                          "torchvision through OpenVINO", FP32_REFERENCE]  # fmt: skip
+    assert {label for label, spec in int8.items() if spec["precision"] == "int8"} == set(int8) - {FP32_REFERENCE}
+    medians = {label: 1.0 for label in int8}
+    medians.update({"torchvision through OpenVINO": 0.5, FP32_REFERENCE: 0.1})  # fp32: never int8's baseline
+    # through ONNX Runtime: torchvision through ONNX Runtime, though torchvision through OpenVINO is faster
+    assert baseline_of("densenets through ONNX Runtime", int8, medians) == "torchvision through ONNX Runtime"
+    assert baseline_of(ours, int8, medians) == "torchvision through OpenVINO"  # as a user runs it: the fastest
+    medians["torchvision through ONNX Runtime"] = 0.2
+    assert baseline_of(ours, int8, medians) == "torchvision through ONNX Runtime"
+
+
+def _installed_nothing(monkeypatch):
+    """Contenders as on a machine with neither ONNX Runtime nor OpenVINO: the same rows wherever the test runs."""
+    monkeypatch.setattr(harness, "onnxruntime_available", lambda device: False)
+    monkeypatch.setattr(harness, "openvino_available", lambda device, precision="fp32": False)
+    monkeypatch.setattr(harness, "default_backend", lambda precision, device="cpu": "torch")
+
+
+def test_harness_tables_from_injected_timings(tmp_path, monkeypatch):
+    """Medians, throughput, baselines and per-round ratios computed from known timings."""
+    _installed_nothing(monkeypatch)
+    monkeypatch.setattr(harness, "matmul_peak_gflops", lambda device, dtype: 100.0)
+    ours_infer = "densenets optimize_for_inference (PyTorch)"
+    seconds = {  # per round, by label
+        "densenets": [1.0, 2.0, 1.2],  # median 1.2 (mean 1.4)
+        "densenets, default allocator": [2.0, 2.0, 2.0],
+        "torchvision NCHW": [3.0, 3.0, 3.0],  # median 3: the fastest torchvision, so the baseline
+        "torchvision channels_last": [2.0, 4.0, 9.0],  # median 4
+        ours_infer: [0.5, 0.25, 1.0],
+        "torchvision channels_last infer": [1.0, 1.0, 1.0],
+    }
+    specs = {}
+    for task, (model, batch, size) in (("train", harness.workloads("train", True)[0]),
+                                       ("infer", harness.workloads("infer", True)[0])):  # fmt: skip
+        for label, spec in contenders(Workload(task, model, batch, size), torch.device("cpu"), True).items():
+            specs[json.dumps(spec, sort_keys=True)] = label + (
+                " infer" if task == "infer" and "torchvision" in label else ""
+            )
+    calls = []
+
+    def fake_worker(spec):
+        label = specs[json.dumps({k: v for k, v in spec.items() if k not in ("reps", "warmup", "ir_cache")},
+                                 sort_keys=True)]  # fmt: skip
+        calls.append(label)
+        return {"median_s": seconds[label][calls.count(label) - 1]}
+
+    monkeypatch.setattr(harness, "_run_worker", fake_worker)
+    config = BenchConfig(device="cpu", rounds=3, precisions=("fp32",), quick=True, out_dir=str(tmp_path), log=False)
     results = run_benchmarks(config)
-    train = {w["precision"]: w for w in results["train"]}
-    assert set(train) == {"fp32"}
-    labels = {r["impl"] for r in train["fp32"]["rows"]}
-    assert labels == {"densenets", "densenets, default allocator", "torchvision NCHW", "torchvision channels_last"}
-    infer = {w["precision"]: w for w in results["infer"]}
-    ours = f"densenets optimize_for_inference ({'OpenVINO' if HAVE_OV else 'PyTorch'})"  # the fastest installed
-    expected = {ours, "torchvision channels_last"}
-    if HAVE_ORT:
-        expected |= {"torchvision through ONNX Runtime"}
-    if HAVE_OV:
-        expected |= {"densenets through PyTorch", "torchvision through OpenVINO"}
-    assert {r["impl"] for r in infer["fp32"]["rows"]} == expected
-    for work in results["train"] + results["infer"]:
-        rows = {r["impl"]: r for r in work["rows"]}
-        for row in rows.values():
-            assert len(row["seconds_per_round"]) == 2 and row["images_per_s"] > 0
-            base = rows[row["baseline"]]
-            assert row["baseline"].startswith("torchvision")
-            # each round's ratio is that round's baseline time over the row's (a baseline may itself
-            # be paired with another row: the OpenVINO rows are, with torchvision through OpenVINO)
-            expected = [b / o for b, o in zip(base["seconds_per_round"], row["seconds_per_round"], strict=True)]
-            assert row["ratio"]["per_round"] == pytest.approx(expected)
-        h = work["headline"]
-        assert h["ours"] == ("densenets" if work["task"] == "train" else ours)
-        assert h["min"] <= h["median"] <= h["max"]
-        peers = [r for r in rows.values() if r["impl"].startswith("torchvision")]  # any runtime
-        assert h["baseline"] == min(peers, key=lambda r: r["seconds"])["impl"]
+    train = {r["impl"]: r for r in results["train"][0]["rows"]}
+    labels = list(train)
+    assert calls[:12] == labels + labels[1:] + labels[:1] + labels[2:] + labels[:2]  # rounds in rotated order
+    assert train["densenets"]["seconds"] == 1.2 and train["densenets"]["images_per_s"] == 8 / 1.2
+    assert all(row["baseline"] == "torchvision NCHW" for row in train.values())
+    ratio = train["densenets"]["ratio"]
+    assert ratio["per_round"] == pytest.approx([3.0, 1.5, 2.5])
+    assert (ratio["median"], ratio["min"], ratio["max"]) == pytest.approx((2.5, 1.5, 3.0))
+    assert train["torchvision channels_last"]["ratio"]["per_round"] == pytest.approx([1.5, 0.75, 1 / 3])
+    headline = results["train"][0]["headline"]
+    assert (headline["ours"], headline["baseline"]) == ("densenets", "torchvision NCHW")
+    assert headline["per_round"] == pytest.approx([3.0, 1.5, 2.5]) and headline["median"] == pytest.approx(2.5)
+    infer = results["infer"][0]
+    assert [r["impl"] for r in infer["rows"]] == [ours_infer, "torchvision channels_last"]
+    assert infer["headline"]["per_round"] == [2.0, 4.0, 1.0] and infer["headline"]["median"] == 2.0
+    assert infer["rows"][0]["images_per_s"] == 4 / 0.5
+    row = train["densenets"]
+    assert row["fraction_of_matmul_peak"] == pytest.approx(row["gflops_per_s"] / 100.0)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["environment"]["matmul_peak_gflops"]) == {"fp32"}
-    assert saved["environment"]["cpuinfo"]["model_name"] and saved["environment"]["cpuinfo"]["logical_cpus"] >= 1
+    assert saved["train"] == results["train"] and saved["infer"] == results["infer"]
     markdown = (tmp_path / "results.md").read_text()
     assert markdown == to_markdown(results)
     assert "Headline: **densenets" in markdown and "| torchvision channels_last | cl | tuned | fp32 |" in markdown
+
+
+def test_worker_times_each_call_after_the_warm_up(monkeypatch):
+    calls = []
+    monkeypatch.setattr(worker, "build", lambda spec: lambda: calls.append(1))
+    ticks = iter([0.0, 4.0, 10.0, 11.0, 20.0, 22.0])  # the timed calls take 4, 1 and 2 s
+    result = run({"device": "cpu", "reps": 3, "warmup": 2}, clock=lambda: next(ticks))
+    assert result == {"samples_s": [4.0, 1.0, 2.0], "median_s": 2.0}
+    assert len(calls) == 2 + 3  # the warm-up calls run, untimed
+
+
+def _capture_built(monkeypatch) -> dict:
+    """Record the model, input and autocast dtype the worker hands to its timed function."""
+    captured: dict = {}
+
+    def capture(real):
+        def wrapper(model, x, *args):
+            captured.update(model=model, x=x, amp=args[-1] if args else None)
+            return real(model, x, *args)
+
+        return wrapper
+
+    monkeypatch.setattr(worker, "training_step_fn", capture(worker.training_step_fn))
+    monkeypatch.setattr(worker, "inference_fn", capture(worker.inference_fn))
+    return captured
+
+
+def _ours(x: torch.Tensor) -> torch.Tensor:
+    """The worker's model (seed 0) as a plain module, in fp32: the outputs every form must give."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return create_model("densenet_bc16_k4").eval()(x.float().contiguous())
 
 
 @pytest.mark.parametrize("task", ["train", "infer"])
 @pytest.mark.parametrize("impl", ["densenets", "torchvision"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_worker_settings_build_and_run(task, impl, layout, precision):
+def test_worker_settings_build_what_they_name(monkeypatch, task, impl, layout, precision):
+    captured = _capture_built(monkeypatch)
     spec = {"task": task, "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu", "impl": impl,
             "layout": layout, "allocator": "default", "precision": precision, "form": "module", "reps": 1}  # fmt: skip
-    result = run(spec)
-    assert len(result["samples_s"]) == 1 and result["median_s"] > 0
+    step = worker.build(spec)
+    model, x = captured["model"], captured["x"]
+    assert isinstance(model, TorchvisionDenseNet) == (impl == "torchvision")
+    assert captured["amp"] == (torch.bfloat16 if precision == "bf16" else None)  # bf16: autocast, fp32: none
+    memory_format = torch.channels_last if layout == "cl" else torch.contiguous_format
+    assert x.is_contiguous(memory_format=memory_format)
+    assert model.features.conv0.weight.is_contiguous(memory_format=memory_format)
+    assert model.training == (task == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(model).eval()(x), _ours(x), rtol=1e-4, atol=1e-5)
+    before = [p.detach().clone() for p in model.parameters()]
+    step()
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert changed == (task == "train")  # a training step updates the weights; inference does not
 
 
-def test_worker_optimised_forms_and_bad_specs():
-    spec = {"task": "infer", "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu",
-            "impl": "densenets", "layout": "cl", "allocator": "tuned", "precision": "fp32", "reps": 1}  # fmt: skip
-    assert run({**spec, "form": "optimized"})["median_s"] > 0
-    if HAVE_ORT:
-        for impl in ("densenets", "torchvision"):
-            assert run({**spec, "impl": impl, "form": "onnxruntime"})["median_s"] > 0
-    if HAVE_OV:  # our graph variants through OpenVINO (what each exact reformulation buys there)
-        for graph in ("module", "folded", "conv_then_pool"):
-            assert run({**spec, "form": "openvino", "graph": graph, "precision": "int8"})["median_s"] > 0
+SPEC = {"task": "infer", "model": "densenet_bc16_k4", "batch": 2, "size": 16, "device": "cpu",
+        "impl": "densenets", "layout": "cl", "allocator": "tuned", "precision": "fp32", "reps": 1}  # fmt: skip
+
+
+def test_worker_optimised_form_and_bad_specs(monkeypatch):
+    from densenets.deploy.choice import default_backend
+
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "form": "optimized", "backend": "torch"})
+    assert type(captured["model"]).__name__ == "InferenceDenseNet"  # optimize_for_inference's PyTorch module
+    with torch.no_grad():
+        torch.testing.assert_close(captured["model"](captured["x"]), _ours(captured["x"]), rtol=1e-4, atol=1e-5)
+    worker.build({**SPEC, "form": "optimized"})  # no backend named: the one optimize_for_inference picks
+    modules = {"torch": "InferenceDenseNet", "openvino": "OpenVinoModule", "onnxruntime": "OnnxRuntimeModule"}
+    assert type(captured["model"]).__name__ == modules[default_backend("fp32")]
     for bad, match in (({"layout": "nhwc"}, "layout must be"), ({"impl": "timm"}, "impl must be"),
                        ({"form": "optimized", "impl": "torchvision"}, "our DenseNet only"),
                        ({"task": "train", "form": "optimized"}, "only the module form trains"),
                        ({"form": "openvino", "graph": "fused"}, "graph must be"),
                        ({"form": "compile", "precision": "int8"}, "fp32 or bf16")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
-            run({**spec, "form": "module", **bad})
+            run({**SPEC, "form": "module", **bad})
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnx and onnxruntime are not installed (densenets[export])")
+@pytest.mark.parametrize("impl", ["densenets", "torchvision"])
+def test_worker_onnxruntime_form_runs_either_model_with_its_outputs(monkeypatch, impl):
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "impl": impl, "layout": "nchw", "form": "onnxruntime"})
+    assert type(captured["model"]).__name__ == "OnnxRuntimeModule"
+    torch.testing.assert_close(captured["model"](captured["x"]), _ours(captured["x"]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_OV, reason="openvino and nncf are not installed (densenets[openvino])")
+@pytest.mark.parametrize("graph", ["module", "folded", "conv_then_pool"])
+def test_worker_openvino_graphs_are_exact_reformulations(monkeypatch, graph):
+    """Each graph variant timed through OpenVINO computes what our module does (fp32)."""
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "layout": "nchw", "form": "openvino", "graph": graph})
+    out = captured["model"](captured["x"])
+    torch.testing.assert_close(out, _ours(captured["x"]), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_OV, reason="openvino and nncf are not installed (densenets[openvino])")
+@pytest.mark.skipif(int8_cpu_problem() is not None, reason="int8 needs VNNI on this CPU")
+def test_worker_openvino_int8_stays_near_fp32(monkeypatch):
+    captured = _capture_built(monkeypatch)
+    worker.build({**SPEC, "layout": "nchw", "form": "openvino", "graph": "folded", "precision": "int8"})
+    expected = _ours(captured["x"])
+    error = (captured["model"](captured["x"]) - expected).abs().max().item()
+    assert error < 0.25 * expected.abs().max().item()
+
+
+def test_worker_process_prints_its_samples():
+    """The harness's side of a worker: a fresh process, its result read from the last line."""
+    result = _run_worker({**SPEC, "form": "module", "reps": 2, "warmup": 1})
+    assert len(result["samples_s"]) == 2 and result["median_s"] == statistics.median(result["samples_s"])
 
 
 def test_memory_probe_measures_each_default_path():
@@ -191,23 +320,51 @@ def test_default_layout_rule_follows_the_measurements():
     assert set(disagree) == LAYOUT_EXCEPTIONS
 
 
-def test_memory_target_times_ours_against_torchvisions_memory_efficient_mode(tmp_path):
-    config = BenchConfig(device="cpu", reps=1, rounds=1, sections=("memory-target",), quick=True,
-                         out_dir=str(tmp_path), log=False)  # fmt: skip
-    target = run_benchmarks(config)["memory"]["efficient_target"]
-    assert (target["model"], target["batch"]) == ("densenet_bc28_k4", 8) and "error" not in target
-    assert all(target[k] > 0 for k in ("peak_mib_normal", "peak_mib_efficient", "peak_mib_torchvision_efficient"))
-    rows = ("torchvision NCHW, memory-efficient", "torchvision channels_last, memory-efficient")
-    assert target["torchvision_row"] in rows
-    ratio = target["seconds_torchvision_efficient"] / target["seconds_efficient"]
-    assert target["vs_torchvision"]["per_round"] == [ratio]
-    assert "Against torchvision's memory-efficient mode" in (tmp_path / "results.md").read_text()
+def test_memory_target_from_injected_peaks_and_timings(monkeypatch):
+    _installed_nothing(monkeypatch)
+    peaks = {("densenets", False): 400, ("densenets", True): 100, ("torchvision", True): 160}  # MiB
+    monkeypatch.setattr(harness, "measure_step_memory", lambda name, impl, eff, *a: peaks[impl, eff] * 2**20)
+    timed = {}
+
+    def fake_rounds(specs, cfg, log):
+        timed.update(specs)
+        return {
+            "normal": [1.0, 1.2],
+            "memory-efficient": [1.5, 1.5],
+            "torchvision NCHW, memory-efficient": [3.0, 2.4],  # median 2.7
+            "torchvision channels_last, memory-efficient": [2.0, 3.0],
+        }  # median 2.5: the faster layout
+
+    monkeypatch.setattr(harness, "time_rounds", fake_rounds)
+    config = BenchConfig(device="cpu", quick=True, log=False)
+    target = harness.efficient_target(config, torch.device("cpu"), lambda *_: None)
+    assert (target["model"], target["batch"]) == ("densenet_bc28_k4", 8)
+    assert [spec.get("memory_efficient", False) for spec in timed.values()] == [False, True, True, True]
+    assert [spec["impl"] for spec in timed.values()] == ["densenets", "densenets", "torchvision", "torchvision"]
+    assert (target["peak_mib_normal"], target["peak_mib_efficient"], target["peak_mib_torchvision_efficient"]) == (
+        400, 100, 160)  # fmt: skip
+    assert target["memory_ratio"] == 0.25
+    assert (target["seconds_normal"], target["seconds_efficient"]) == (1.1, 1.5)
+    assert target["time_ratio"]["per_round"] == [1.5, 1.25]  # memory-efficient / normal
+    assert target["torchvision_row"] == "torchvision channels_last, memory-efficient"
+    assert target["seconds_torchvision_efficient"] == 2.5
+    assert target["vs_torchvision"]["per_round"] == pytest.approx([2.0 / 1.5, 3.0 / 1.5])
+    from densenets.bench import report
+
+    text = "\n".join(report.memory_table({"efficient_target": target}))
+    assert "25% of the normal mode's memory; step 1.50 s vs 1.10 s" in text
+    assert "Against torchvision's memory-efficient mode (torchvision channels_last, memory-efficient" in text
 
 
 def test_memory_target_failure_keeps_what_was_measured(monkeypatch):
-    from densenets.bench import harness, report
+    from densenets.bench import report
 
-    monkeypatch.setattr(harness, "measure_step_memory", lambda name, impl, eff, *a: (2 if eff else 5) * 2**20)
+    peaks = {("densenets", False): 5, ("densenets", True): 2, ("torchvision", True): 3}  # MiB
+
+    def measure(name, impl, efficient, *args):
+        return peaks[impl, efficient] * 2**20
+
+    monkeypatch.setattr(harness, "measure_step_memory", measure)
 
     def killed(*_):
         raise RuntimeError("benchmark worker failed: killed (out of memory?)")
@@ -215,9 +372,14 @@ def test_memory_target_failure_keeps_what_was_measured(monkeypatch):
     monkeypatch.setattr(harness, "time_rounds", killed)
     config = BenchConfig(device="cpu", memory_target="densenet_bc40_k12:16", log=False)
     target = harness.efficient_target(config, torch.device("cpu"), lambda *_: None)
-    assert target["peak_mib_normal"] == 5 and target["peak_mib_efficient"] == 2 and "out of memory" in target["error"]
+    assert (target["model"], target["batch"]) == ("densenet_bc40_k12", 16)
+    assert (target["peak_mib_normal"], target["peak_mib_efficient"], target["peak_mib_torchvision_efficient"]) == (
+        5, 2, 3)  # fmt: skip
+    assert target["memory_ratio"] == 0.4 and "out of memory" in target["error"]
+    assert not any(key.startswith("seconds") or key.endswith("ratio") and key != "memory_ratio" for key in target)
     text = "\n".join(report.memory_table({"efficient_target": target}))
-    assert "normal 5 MiB, memory-efficient 2 MiB" in text and "Not measured further" in text
+    assert "normal 5 MiB, memory-efficient 2 MiB, torchvision memory-efficient (NCHW) 3 MiB" in text
+    assert "Not measured further" in text and "Memory-efficient mode:" not in text
 
 
 @pytest.mark.parametrize("bad", ["densenet_bc40_k12", "densenet_bc40_k12:0", "resnet110:8", "densenet_nosuch:8"])

@@ -3,6 +3,7 @@
 import csv
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from densenets.engine.trainer import fit
 from densenets.models.weights import guess_name, infer_config
 
 from .fakedata import write_cifar10, write_image_folder
+from .pictures import CYCLE, colormap_colours, colours_drawn, figure_pixels, pixel_counts
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,13 @@ def test_eval_writes_metrics_and_confusion(trained_run, tmp_path, capsys):
     assert confusion.shape == (10, 10) and confusion.sum() == 40
     assert abs(confusion.diag().sum().item() / 40 * 100 - metrics["top1"]) < 1e-6
     assert len(metrics["per_class_accuracy"]) == 10
-    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+    # the figure draws each cell in the Blues colour of its row-normalised count: every colour
+    # covers about the same area per cell (the colour bar adds a few pixels, the counts' digits take some)
+    pixels = figure_pixels(tmp_path / "eval" / "confusion.png", (2 + 0.45 * 10, 1.6 + 0.45 * 10))
+    colours = colormap_colours("Blues", (confusion / confusion.sum(1, keepdim=True)).flatten())
+    expected = sorted(set(colours))
+    area = [n / colours.count(c) for c, n in zip(expected, pixel_counts(pixels, expected), strict=True)]
+    assert min(area) > 0.75 * max(area) and min(area) > 500, dict(zip(expected, area, strict=True))
     assert (tmp_path / "eval" / "confusion.csv").read_text().count("\n") == 11
 
 
@@ -150,15 +158,16 @@ def test_analyze_command_writes_heat_maps(trained_run, tmp_path, capsys):
     assert code == 0 and "denseblock1" in out
     data = json.loads((tmp_path / "a" / "feature_reuse.json").read_text())
     assert len(data) == 3 and data[-1]["targets"][-1] == "classifier"
-    for ext in ("png", "svg"):
-        assert (tmp_path / "a" / f"feature_reuse.{ext}").stat().st_size > 5000
+    figure_pixels(tmp_path / "a" / "feature_reuse.png", (4.2 * 3, 4.2))  # one heat map per dense block
+    svg = ElementTree.parse(tmp_path / "a" / "feature_reuse.svg").getroot()
+    assert len(svg.findall(".//{http://www.w3.org/2000/svg}image")) == 2 * 3  # a heat map and its colour bar each
 
 
 def test_plot_and_report(trained_run, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "plot", trained_run, "--out", tmp_path / "p")
     assert code == 0
-    for name in ("error_curves.png", "error_vs_params.png", "error_vs_flops.png"):
-        assert (tmp_path / "p" / name).stat().st_size > 5000
+    for name in ("error_curves.png", "error_vs_params.png", "error_vs_flops.png"):  # the one run in the first colour
+        assert colours_drawn(figure_pixels(tmp_path / "p" / name, (6.4, 4.2)), CYCLE) == CYCLE[:1], name
     code, out, _ = run_cli(capsys, "report", "--out", tmp_path / "report.md")
     assert code == 0 and "769,162 | 769,162" in out and "densenet264" in out and "(differs)" not in out
     assert (tmp_path / "report.md").read_text().count("\n| densenet") == 11

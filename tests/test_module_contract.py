@@ -101,7 +101,7 @@ def test_weight_parametrizations_are_honoured(kind):
 
 @pytest.mark.parametrize("spatial_dims", DIMS)
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_pickle_save_and_deepcopy_at_any_time(tmp_path, memory_efficient, spatial_dims):
+def test_pickle_save_and_deepcopy_at_any_time(memory_efficient, spatial_dims):
     """Copies work when built, between forward and backward (the graph alive), and after backward."""
     model, x = model_and_input(train=True, spatial_dims=spatial_dims)
     model.set_memory_efficient(memory_efficient)
@@ -109,9 +109,7 @@ def test_pickle_save_and_deepcopy_at_any_time(tmp_path, memory_efficient, spatia
     out = model(x)
     check_copies(model, x, "between forward and backward")
     out.sum().backward()
-    check_copies(model, x, "after backward")
-    torch.save(model, tmp_path / "model.pt")
-    assert (tmp_path / "model.pt").stat().st_size > 0
+    check_copies(model, x, "after backward")  # torch.save included: it reads the saved model back
 
 
 def check_copies(model: nn.Module, x: torch.Tensor, moment: str) -> None:

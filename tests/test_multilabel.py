@@ -21,6 +21,8 @@ from densenets.engine.multilabel import (
 )
 from densenets.errors import DataError
 
+from .pictures import CYCLE, colours_drawn, figure_pixels
+
 CLASSES = ["Atelectasis", "Cardiomegaly", "Edema"]
 
 
@@ -186,10 +188,36 @@ def test_thresholds_on_a_crafted_case():
     assert choose_thresholds(probs, np.ones_like(targets), "f1") == [0.5]
 
 
-def test_metrics_json_round_trip_of_nan():
-    m = multilabel_metrics(np.array([[0.2], [0.3]]), np.array([[1.0], [1.0]]))
-    assert math.isnan(m["auroc_macro"])
-    json.dumps(m)  # NaN is written as NaN by json; evaluation replaces it with null
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity (not JSON; json.dumps writes them by default)."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_undefined_auroc_is_null_in_metrics_json_and_left_out_of_the_means(tmp_path):
+    from densenets.engine.evaluation import multilabel_evaluation
+
+    probs = np.array([[0.9, 0.2, 0.7], [0.4, 0.8, 0.6], [0.6, 0.3, 0.1], [0.1, 0.7, 0.9]])
+    targets = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 0], [0, math.nan, 1]])  # class B: no negative
+    metrics = {**multilabel_metrics(probs, targets), "probs": probs, "targets": targets, "count": 4, "loss": 0.5}
+    head = {"data": "csv", "checkpoint": "best.pt"}
+    result = multilabel_evaluation(head, metrics, ["A", "B", "C"], {"thresholds": [0.5, 0.5, 0.5]}, tmp_path)
+    saved = _strict_json((tmp_path / "metrics.json").read_text())
+    assert saved["auroc"] == {"A": 1.0, "B": None, "C": 0.75} and saved["auroc_macro"] == 0.875  # (1 + 0.75) / 2
+    assert saved["average_precision"]["B"] is None and saved["known_labels"] == {"A": 4, "B": 3, "C": 4}
+    assert saved == _strict_json(json.dumps(result))
+    per_class = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert per_class[2].startswith("B,,")  # an empty cell, not "nan"
+    # every class undefined: null for the means too, and the ROC figure draws no curve
+    one_sided = np.ones_like(targets)
+    metrics = {**multilabel_metrics(probs, one_sided), "probs": probs, "targets": one_sided, "count": 4, "loss": 0.5}
+    multilabel_evaluation(head, metrics, ["A", "B", "C"], {}, tmp_path / "none")
+    saved = _strict_json((tmp_path / "none" / "metrics.json").read_text())
+    assert saved["auroc_macro"] is None and saved["auroc_micro"] is None and set(saved["auroc"].values()) == {None}
+    assert colours_drawn(figure_pixels(tmp_path / "none" / "roc.png", (6.4, 5.6)), CYCLE) == []
 
 
 def test_multilabel_accumulation_gives_the_same_step_as_one_batch():
@@ -271,7 +299,8 @@ def test_chexpert_style_csv_trains_evaluates_and_predicts_via_the_cli(tmp_path, 
     best = max(records, key=lambda r: r["val_auroc"])  # best.pt: the highest validation AUROC
     assert metrics["auroc_macro"] == pytest.approx(best["test_auroc"], abs=1e-6)
     assert list(metrics["thresholds"].values()) == pytest.approx(pre["thresholds"])
-    assert (tmp_path / "eval" / "roc.png").stat().st_size > 0
+    roc = figure_pixels(tmp_path / "eval" / "roc.png", (6.4, 5.6))
+    assert colours_drawn(roc, CYCLE) == CYCLE[:3]  # one ROC curve per class, each class with both labels
 
     csv_out = tmp_path / "pred.csv"
     assert main(["predict", str(run), str(data / "img" / "030.png"), str(data / "img"), "--csv", str(csv_out)]) == 0
@@ -280,9 +309,9 @@ def test_chexpert_style_csv_trains_evaluates_and_predicts_via_the_cli(tmp_path, 
     assert len(lines) == 1 + 1 + 32
 
     assert main(["plot", str(run), "--out", str(tmp_path / "plots")]) == 0
-    assert (tmp_path / "plots" / "auroc_curves.png").is_file() and not (
-        tmp_path / "plots" / "error_curves.png"
-    ).exists()
+    curves = figure_pixels(tmp_path / "plots" / "auroc_curves.png", (10, 4.2))
+    assert colours_drawn(curves, CYCLE) == CYCLE[:1]  # the one run's AUROC and loss curves
+    assert not (tmp_path / "plots" / "error_curves.png").exists()
     capsys.readouterr()
     assert main(["report", str(run)]) == 0
     assert f"densenet_bc16_k4 on csv: macro AUROC {best['test_auroc']:.3f}" in capsys.readouterr().out

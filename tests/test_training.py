@@ -98,11 +98,15 @@ def test_two_epochs_on_tiny_data_beat_chance(tmp_path):
     assert config["recipe"]["model"] == TINY_MODEL and config["model"]["num_classes"] == 10
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    for name in ("last.pt", "best.pt", "summary.json"):
-        assert (run / name).stat().st_size > 0
+    saved = json.loads((run / "summary.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert saved == result.summary
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["step"] == 40 and ckpt["epoch"] == 2
     assert {"model", "optimizer", "rng", "config"} <= set(ckpt)
+    best = torch.load(run / "best.pt", weights_only=True)
+    records = [json.loads(line) for line in lines]
+    assert best["model"].keys() == ckpt["model"].keys()  # no validation split: the epoch of the lowest test error
+    assert records[best["epoch"] - 1]["test_error"] == min(r["test_error"] for r in records)
 
 
 def test_run_can_be_repeated_from_its_config(tmp_path):

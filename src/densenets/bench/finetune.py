@@ -42,8 +42,10 @@ def probe(
     model: str,
     warmup: int = 1,
     threads: int = 0,
+    clock=time.perf_counter,
 ) -> dict:
-    """One setting in this process: ``warmup`` steps, then ``reps`` timed steps (``threads`` 0: torch's default)."""
+    """One setting in this process: ``warmup`` steps, then ``reps`` timed steps (``threads`` 0: torch's default;
+    ``clock``: seconds, replaceable in tests)."""
     from ..engine.loop import TrainState, train_step
     from ..engine.recipes import Recipe
     from ..engine.runtime import make_runtime, tune_cpu_allocator
@@ -69,10 +71,10 @@ def probe(
     exact = _reset_peak()
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = clock()
         loss, _ = train_step(state, x, y, runtime, 0.01, accum_steps=accum)
         loss.item()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     peak = _peak_rss_bytes()
     return {
         "seconds": statistics.median(times),
@@ -91,26 +93,24 @@ def run(args) -> dict:
         for i, s in enumerate(settings):
             spec = {**s, "batch": args.batch, "accum": args.accum, "reps": args.reps, "model": args.model,
                     "warmup": args.warmup, "threads": args.threads}  # fmt: skip
-            cmd = [sys.executable, "-m", "densenets.bench.finetune", "--probe", json.dumps(spec)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                why = "killed (out of memory?)" if done.returncode == -9 else done.stderr.strip()[-500:]
-                raise SystemExit(f"probe failed for {spec}: {why}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result = run_probe(spec)
             per_round[i].append(result)
             print(f"[finetune bench] round {r + 1}/{args.rounds} {_title(s)}: {result['seconds']:.2f} s/step, "
                   f"peak {result['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
     rows = []
     for i, s in enumerate(settings):
         base = next((j for j, b in enumerate(settings) if b["size"] == s["size"] and b["amp"] == "none"
-                     and not b["memory_efficient"]), i)  # fmt: skip
-        ratios = [b["seconds"] / o["seconds"] for b, o in zip(per_round[base], per_round[i], strict=True)]
+                     and not b["memory_efficient"]), None)  # fmt: skip
+        speedup = None  # no fp32 setting at this size was timed: no ratio, rather than one against itself
+        if base is not None:
+            ratios = [b["seconds"] / o["seconds"] for b, o in zip(per_round[base], per_round[i], strict=True)]
+            speedup = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
         seconds = statistics.median(r["seconds"] for r in per_round[i])
         rows.append({
             **s,
             "seconds_per_step": seconds,
             "images_per_s": args.batch / seconds,
-            "speedup_vs_fp32": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+            "speedup_vs_fp32": speedup,
             "peak_rss_gib": max(r["peak_rss_bytes"] for r in per_round[i]) / 2**30,
             "step_gib": max(r["step_bytes"] for r in per_round[i]) / 2**30,
             "rounds": per_round[i],
@@ -126,6 +126,16 @@ def run(args) -> dict:
         },
         "rows": rows,
     }
+
+
+def run_probe(spec: dict) -> dict:
+    """One setting's probe in a fresh process (no allocator pools or caches carried over)."""
+    cmd = [sys.executable, "-m", "densenets.bench.finetune", "--probe", json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        why = "killed (out of memory?)" if done.returncode == -9 else done.stderr.strip()[-500:]
+        raise SystemExit(f"probe failed for {spec}: {why}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def parse_setting(text: str) -> dict:
@@ -167,10 +177,11 @@ def to_markdown(results: dict) -> str:
     ]
     for r in results["rows"]:
         ratio = r["speedup_vs_fp32"]
+        versus = f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})" if ratio else "no fp32 row timed"
         lines.append(
             f"| {r['size']}x{r['size']} | {'bf16 autocast' if r['amp'] == 'bf16' else 'fp32'} | "
             f"{'yes' if r['memory_efficient'] else 'no'} | {r['seconds_per_step']:.2f} | {r['images_per_s']:.2f} | "
-            f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f}) | {r['peak_rss_gib']:.2f} | "
+            f"{versus} | {r['peak_rss_gib']:.2f} | "
             f"{r['step_gib']:.2f} |"
         )
     return "\n".join(lines)

@@ -162,8 +162,9 @@ def _conv_then_pool(self, x):
     return self.pool(self.conv(self.relu(self.norm(x))))
 
 
-def run(spec: dict) -> dict:
-    """Warm up, then time ``reps`` calls; returns every sample and their median (seconds)."""
+def run(spec: dict, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Warm up, then time ``reps`` calls; returns every sample and their median (seconds).
+    ``clock``: seconds, replaceable in tests."""
     fn = build(spec)
     device = torch.device(spec["device"])
     for _ in range(spec.get("warmup", 1)):
@@ -171,10 +172,10 @@ def run(spec: dict) -> dict:
     synchronize(device)
     samples = []
     for _ in range(spec["reps"]):
-        start = time.perf_counter()
+        start = clock()
         fn()
         synchronize(device)
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
     return {"samples_s": samples, "median_s": statistics.median(samples)}
 
 

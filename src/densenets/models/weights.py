@@ -57,6 +57,7 @@ def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: file is empty")
     if path.suffix == ".safetensors":
         return {"model": _read_safetensors(path)}
+    _check_container(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -75,6 +76,26 @@ def read_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return data
+
+
+def _check_container(path: Path) -> None:
+    """Refuse what is neither a zip file (``torch.save``) nor a pickle (older ``torch.save``,
+    ``pickle.dump``), and a zip file whose bytes fail their stored CRC-32: ``torch.load`` does not
+    check it, so a damaged weight would load as a different model without a word."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        if head[:1] not in (b"\x80", b"(", b"}", b"]"):  # a pickle's first opcode (protocol 2+, or 0/1)
+            raise CheckpointError(f"{path}: not a checkpoint (neither a PyTorch zip file nor a pickle)")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({first})") from exc
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupted checkpoint ({damaged} does not match its CRC-32 checksum)")
 
 
 def _unsafe_detail(exc: Exception) -> str:

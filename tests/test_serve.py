@@ -123,8 +123,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    s = Server(run_dir, "--max-batch", "8", "--max-wait-ms", "300", "--max-files", "4", "--max-body-mb", "1",
-               "--max-pixels", "1000000")  # fmt: skip
+    s = Server(run_dir, "--max-batch", "8", "--max-wait-ms", "300", "--batch-wait", "window", "--max-files", "4",
+               "--max-body-mb", "1", "--max-pixels", "1000000")  # fmt: skip
     yield s
     s.stop()
 
@@ -242,7 +242,8 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_healthy(server, images,
     answer = post(server, files(), **options)
     assert answer.status_code == status, answer.text
     assert words in json.dumps(answer.json()["detail"])
-    assert requests.get(server.url + "/healthz", timeout=10).json()["status"] == "ok"
+    health = requests.get(server.url + "/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["arriving"] == 0  # a refused request is no longer awaited
     assert post(server, [upload(images["rgb.png"])]).status_code == 200
 
 
@@ -288,7 +289,8 @@ def test_concurrent_requests_form_batches_and_get_their_own_answers(server, imag
 
 @pytest.fixture(scope="module")
 def guarded(run_dir):
-    s = Server(run_dir, "--api-key", KEY, "--max-queue", "2", "--max-batch", "16", "--max-wait-ms", "2000")
+    s = Server(run_dir, "--api-key", KEY, "--max-queue", "2", "--max-batch", "16", "--max-wait-ms", "2000",
+               "--batch-wait", "window")  # fmt: skip
     yield s
     s.stop()
 
@@ -387,6 +389,30 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(guarded, images):
     assert guarded.proc.wait(60) == 0
     (answer,) = answers
     assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"]
+
+
+# -- two worker processes -----------------------------------------------------------------------
+
+
+def test_two_workers_both_answer_count_metrics_and_exit_0_on_sigterm(run_dir, images):
+    s = Server(run_dir, "--workers", "2", "--max-wait-ms", "50")
+    try:
+        assert "2 worker processes" in next(line for line in s.lines if line.startswith("serving "))
+        expected = post(s, [upload(images["rgb.png"])]).json()["predictions"][0]["top_k"]
+        pids = set()
+        for _ in range(200):  # each request on a new connection: the kernel hands it to either worker
+            answer = post(s, [upload(images["rgb.png"])])
+            assert answer.status_code == 200 and answer.json()["predictions"][0]["top_k"] == expected
+            pids.add(requests.get(s.url + "/healthz", timeout=10).json()["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2 and s.proc.pid not in pids, "one process answered everything"
+        # /metrics is the answering worker's: every worker has answered /healthz (both pids seen)
+        assert s.metric('densenets_requests_total{method="GET",route="/healthz",status="200"}') >= 1
+    finally:
+        s.proc.send_signal(signal.SIGTERM)
+        code = s.proc.wait(60)
+    assert code == 0, "".join(s.lines)
 
 
 # -- the page, in a real browser ---------------------------------------------------------------

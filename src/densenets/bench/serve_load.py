@@ -54,27 +54,33 @@ def serve_section(quick: bool, log, requests_per_level: int | None = None) -> di
         offline = {"batch": 16, "images_per_s": 16 * reps / (time.perf_counter() - start)}
         log(f"serve: offline batch-16 {offline['images_per_s']:.1f} img/s ({name}, {size} px)")
         rows = []
-        for label, args in (("batched (max-batch 16, 10 ms)", ["--max-batch", "16", "--max-wait-ms", "10"]),
-                            ("unbatched (max-batch 1)", ["--max-batch", "1", "--max-wait-ms", "0"])):  # fmt: skip
-            with _server(weights, name, args) as port:
-                _load(port, image, 1, 2)  # warm-up
+        batched = ["--max-batch", "16", "--max-wait-ms", "10"]
+        # Two workers share the cores: each gets half of them, as one worker gets all (torch's default).
+        half = str(max(1, (os.cpu_count() or 2) // 2))
+        for label, args, threads in (("batched (max-batch 16, 10 ms)", batched, None),
+                                     ("unbatched (max-batch 1)", ["--max-batch", "1", "--max-wait-ms", "0"], None),
+                                     ("batched, 2 workers", [*batched, "--workers", "2"], half)):  # fmt: skip
+            with _server(weights, name, args, threads) as port:
+                _load(port, image, 4, 16)  # warm-up, on several connections: every worker answers some
                 for c in levels:
                     row = {"server": label, "concurrency": c, **_load(port, image, c, max(count, c))}
                     log(f"serve: {label}, concurrency {c}: {row['images_per_s']:.1f} img/s, "
                         f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")  # fmt: skip
                     rows.append(row)
     return {"model": name, "size": size, "offline": offline, "rows": rows,
-            "note": "one server process (1 worker); random weights; loopback; requests of one image each"}  # fmt: skip
+            "note": "1 worker process unless the row says 2 (each then on half the cores); adaptive batching; "
+                    "random weights; loopback; requests of one image each"}  # fmt: skip
 
 
 class _server:
-    def __init__(self, weights: Path, name: str, args: list[str]) -> None:
+    def __init__(self, weights: Path, name: str, args: list[str], threads: str | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "densenets", "serve", str(weights), "--model", name, "--port", str(self.port),
                "--max-queue", "1024", *args]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        env = os.environ.copy() if threads is None else {**os.environ, "OMP_NUM_THREADS": threads}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
     def __enter__(self) -> int:
         for _ in range(3000):

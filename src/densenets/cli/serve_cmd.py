@@ -16,8 +16,11 @@ def add_parser(sub) -> None:
                    help="as predict: auto runs fp32 on the model, bf16/int8 on the fastest installed")  # fmt: skip
     p.add_argument("--calibration", help="int8: folder of calibration images, or 'auto'")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each loading the model (default 1)")
     p.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more images")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more images, at most")
+    p.add_argument("--batch-wait", choices=("adaptive", "window"), default="adaptive",
+                   help="adaptive: wait only while more requests are on their way; window: always")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=256, help="images waiting at most; beyond, 503 + Retry-After")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit (413 beyond)")
     p.add_argument("--max-files", type=int, default=16, help="images per request at most")
@@ -37,8 +40,9 @@ def run_serve(args) -> int:
 
     serve(ServeConfig(
         source=args.source, host=args.host, port=args.port, model_name=args.model, backend=args.backend,
-        precision=args.precision, calibration=args.calibration, device=args.device, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+        precision=args.precision, calibration=args.calibration, device=args.device, workers=args.workers,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batch_wait=args.batch_wait, max_queue=args.max_queue,
+        max_body_mb=args.max_body_mb,
         max_files=args.max_files, max_pixels=args.max_pixels, api_key=args.api_key, no_auth=args.no_auth,
         cors_origins=tuple(args.cors_origin),
     ))  # fmt: skip

@@ -2,6 +2,8 @@
 the page at ``/``. FastAPI parses and validates every request; the answers come from
 :class:`.model.ServedModel` through the one batching worker."""
 
+import json
+import os
 import secrets
 import signal
 import time
@@ -30,7 +32,8 @@ ROUTES = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict", "/v1/explain"
 def create_app(config: ServeConfig, served: ServedModel) -> FastAPI:
     """The application serving ``served`` under ``config``'s limits (the batcher runs while it does)."""
     metrics = Metrics()
-    batcher = Batcher(served.predict, config.max_batch, config.max_wait_ms / 1000, config.max_queue, metrics.batch)
+    batcher = Batcher(served.predict, config.max_batch, config.max_wait_ms / 1000, config.max_queue, metrics.batch,
+                      config.batch_wait)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -71,8 +74,16 @@ def create_app(config: ServeConfig, served: ServedModel) -> FastAPI:
     @app.middleware("http")
     async def record(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
         path = request.url.path
+        # A prediction on its way: the batcher may wait for its images (the adaptive rule).
+        request.state.announced = request.method == "POST" and path == "/v1/predict"
+        if request.state.announced:
+            batcher.announce()
+        try:
+            response = await call_next(request)
+        finally:
+            if request.state.announced:  # never submitted: refused, undecodable, or the client left
+                batcher.withdraw()
         route = path if path in ROUTES else "/static" if path.startswith("/static/") else "other"
         metrics.request(request.method, route, response.status_code, time.perf_counter() - start)
         return response
@@ -97,7 +108,7 @@ def create_app(config: ServeConfig, served: ServedModel) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "queue_depth": batcher.depth}
+        return {"status": "ok", "queue_depth": batcher.depth, "arriving": batcher.arriving, "pid": os.getpid()}
 
     @app.get("/v1/model", dependencies=guarded)
     def model_info() -> dict:
@@ -105,12 +116,14 @@ def create_app(config: ServeConfig, served: ServedModel) -> FastAPI:
 
     @app.post("/v1/predict", dependencies=guarded)
     async def predict(
+        request: Request,
         file: Annotated[list[UploadFile], File(description="one or more images")],
         top_k: Annotated[int, Query(ge=1, le=config.max_top_k)] = 5,
     ) -> dict:
         tensors = await decoded(file)
+        announced, request.state.announced = request.state.announced, False
         try:
-            answers = await batcher.submit(tensors)
+            answers = await batcher.submit(tensors, announced)
         except QueueFull as exc:
             raise Refused(503, "queue_full", f"server busy: {exc}; retry later", {"Retry-After": "1"}) from None
         predictions = [{"filename": f.filename, **answer_json(a, top_k)} for f, a in zip(file, answers, strict=True)]
@@ -185,6 +198,19 @@ def describe(config: ServeConfig, served: ServedModel) -> dict:
     }  # fmt: skip
 
 
+CONFIG_ENV = "DENSENETS_SERVE_CONFIG"  # how ``serve --workers N`` hands its config to each worker process
+
+
+def app_from_env() -> FastAPI:
+    """The application of one worker process of ``serve --workers N`` (uvicorn's factory): the
+    config its parent checked, from :data:`CONFIG_ENV`; the worker loads the model itself."""
+    from .model import load_served
+
+    fields = json.loads(os.environ[CONFIG_ENV])
+    config = ServeConfig(**{**fields, "cors_origins": tuple(fields["cors_origins"])})
+    return create_app(config, load_served(config))
+
+
 def serve(config: ServeConfig) -> None:
     """Load, print one line saying what is served where, and answer until SIGINT/SIGTERM."""
     import uvicorn
@@ -192,15 +218,23 @@ def serve(config: ServeConfig) -> None:
     from .model import load_served
 
     config = config.checked()
-    served = load_served(config)
+    served = load_served(config)  # with --workers N too: a bad SOURCE fails here, once, before any worker starts
     for line in served.notes:
         print(line)
     auth = "API key required" if config.api_key else "no auth"
+    processes = f"{config.workers} worker processes, each" if config.workers > 1 else "one process"
     print(f"serving {served.name} ({served.weights}) on {served.backend}, {served.precision_note}, "
-          f"at http://{config.host}:{config.port} ({auth}; batches of up to {config.max_batch} "
-          f"within {config.max_wait_ms:g} ms)", flush=True)  # fmt: skip
+          f"at http://{config.host}:{config.port} ({auth}; {processes} batching up to {config.max_batch} "
+          f"within {config.max_wait_ms:g} ms, {config.batch_wait})", flush=True)  # fmt: skip
+    options = {"host": config.host, "port": config.port, "log_level": "warning", "timeout_graceful_shutdown": 30}
+    if config.workers > 1:
+        # uvicorn's supervisor spawns the workers from an import string; each loads the model and runs
+        # its own batcher. On SIGTERM it stops them (each drains what it has in flight) and returns.
+        del served
+        os.environ[CONFIG_ENV] = json.dumps(config.__dict__)
+        uvicorn.run("densenets.serve.app:app_from_env", factory=True, workers=config.workers, **options)
+        return
     # uvicorn drains in-flight requests on SIGTERM, then raises the signal again for the handler
     # it found: a no-op one makes a drained shutdown the clean exit (0) it is, not death by signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(create_app(config, served), host=config.host, port=config.port, log_level="warning",
-                timeout_graceful_shutdown=30)  # fmt: skip
+    uvicorn.run(create_app(config, served), **options)

@@ -21,8 +21,10 @@ class ServeConfig:
     precision: str = "fp32"
     calibration: str | None = None
     device: str = "cpu"
+    workers: int = 1  # uvicorn worker processes, each with the model and its own batcher
     max_batch: int = 16
     max_wait_ms: float = 10.0
+    batch_wait: str = "adaptive"  # adaptive: wait only while more images are on their way; window: always
     max_queue: int = 256  # images waiting for the worker; beyond it, 503 with Retry-After
     max_body_mb: float = 20.0
     max_files: int = 16
@@ -34,7 +36,7 @@ class ServeConfig:
 
     def checked(self) -> ServeConfig:
         """This config with the API key resolved (flag, then environment); raises on a bad combination."""
-        for name in ("max_batch", "max_queue", "max_files", "max_pixels", "max_top_k"):
+        for name in ("workers", "max_batch", "max_queue", "max_files", "max_pixels", "max_top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_wait_ms < 0 or self.max_body_mb <= 0:

@@ -25,7 +25,7 @@ from densenets.bench.memory import fit_growth
 from densenets.bench.reference import check_same_outputs, torchvision_twin
 from densenets.bench.report import to_markdown
 from densenets.bench.worker import run
-from densenets.deploy.quantize import int8_cpu_problem
+from densenets.deploy.calibration import int8_cpu_problem
 from densenets.models import create_model
 
 HAVE_ORT = bool(importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"))

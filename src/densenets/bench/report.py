@@ -138,7 +138,8 @@ def to_markdown(results: dict) -> str:
 def serve_table(serve: dict) -> list[str]:
     """``densenets serve`` under load: one row per server and concurrency, against offline batch inference."""
     offline = serve["offline"]["images_per_s"]
-    lines = [f"### densenets serve, {serve['model']} at {serve['size']} px ({serve['note']})", "",
+    backend = f", {serve['backend']} backend" if serve.get("backend") else ""
+    lines = [f"### densenets serve, {serve['model']} at {serve['size']} px{backend} ({serve['note']})", "",
              f"Offline batch-{serve['offline']['batch']} inference (the ceiling): {offline:.1f} images/s.", "",
              "| server | concurrency | images/s | of offline | p50 ms | p95 ms | p99 ms | failed |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -232,3 +232,78 @@ def test_training_on_volumes_from_2d_weights_inflates_them_and_says_so(tmp_path,
                  "--run-dir", str(run), "--no-progress", *args]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "2-D weights inflated to 3-D, inflate='center'" in out and "new classifier for 2 classes" in out
+
+
+# ---------------------------------------------------------------------------------------
+# Explain in 3-D: the heat map is a volume
+# ---------------------------------------------------------------------------------------
+
+
+def _tiny_volume_model():
+    torch.manual_seed(0)
+    model = create_model("densenet_bc16_k4", spatial_dims=3, in_channels=1, num_classes=5)
+    randomize_batchnorm(model)
+    with torch.no_grad():  # a classifier with some spread, so the maps are not flat
+        model.classifier.weight.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_cam_of_a_volume_is_the_classifier_weights_times_the_final_maps():
+    import torch.nn.functional as F
+
+    import densenets
+
+    model = _tiny_volume_model()
+    x = torch.randn(2, 1, 12, 16, 16, generator=torch.Generator().manual_seed(1))
+    features = model.forward_features(x)
+    assert features.dim() == 5
+    raw = torch.einsum("c,ncdhw->ndhw", model.classifier.weight[3], features).detach()
+    # the mean of CAM over the volume plus the bias is the logit: global pooling + linear
+    torch.testing.assert_close(raw.mean((1, 2, 3)) + model.classifier.bias[3], model(x)[:, 3].detach())
+
+    def scaled(m):  # ReLU, min-max, trilinear to the input, min-max (pytorch-grad-cam's order, in 3-D)
+        flat = m.flatten(1) - m.flatten(1).amin(1, keepdim=True)
+        return (flat / (flat.amax(1, keepdim=True) + 1e-7)).view_as(m)
+
+    expected = scaled(F.interpolate(scaled(raw.relu()[:, None]), size=(12, 16, 16), mode="trilinear"))[:, 0]
+    cam = densenets.explain(model, x, targets=3)
+    assert cam.shape == (2, 12, 16, 16) and cam.min() >= 0
+    torch.testing.assert_close(cam.amax((1, 2, 3)), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cam, expected)
+    # Grad-CAM at the final map is CAM (the head is global average pooling + linear), in 3-D too
+    torch.testing.assert_close(densenets.explain(model, x, targets=3, method="gradcam"), cam, atol=1e-5, rtol=0)
+
+
+def test_cli_explains_a_volume_with_three_slices_through_the_peak_and_the_map_as_npy(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from densenets.cli.main import main
+
+    data, run = write_volumes(tmp_path / "data", n=8), tmp_path / "run"
+    assert _train(data, run, "--volume-size", "8", "8", "8") == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    code = main(["explain", str(run), str(data / "v03.npy"), str(data / "v01.nii.gz"), "--out", str(out), "--json"])
+    records = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["overlay"] for r in records] == [str(out / "v03.png"), str(out / "v01.nii.png")]
+    for record in records:
+        heat = np.load(record["map"])
+        assert heat.shape == (1, 8, 8, 8) and heat.min() >= 0 and abs(heat.max() - 1) < 1e-5
+        with Image.open(record["overlay"]) as picture:
+            picture.load()  # decodes
+            width, height = picture.size
+        assert width == 432 and height == 168  # 5.4 x 2.1 inches at 80 dpi: 3 slices in one row
+
+
+def test_volume_slices_go_through_the_peak():
+    from densenets.interpret.slices import orthogonal_slices, peak
+
+    heat = torch.zeros(4, 5, 6)
+    heat[1, 3, 2] = 1
+    assert peak(heat) == (1, 3, 2)
+    axial, coronal, sagittal = orthogonal_slices(heat, peak(heat))
+    assert axial.shape == (5, 6) and coronal.shape == (4, 6) and sagittal.shape == (4, 5)
+    assert axial[3, 2] == coronal[1, 2] == sagittal[1, 3] == 1

@@ -1,5 +1,7 @@
 """DenseNets for volumes (issue 29): MONAI's DenseNet weights in and out, and 3-D from 2-D weights."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -307,3 +309,85 @@ def test_volume_slices_go_through_the_peak():
     axial, coronal, sagittal = orthogonal_slices(heat, peak(heat))
     assert axial.shape == (5, 6) and coronal.shape == (4, 6) and sagittal.shape == (4, 5)
     assert axial[3, 2] == coronal[1, 2] == sagittal[1, 3] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Export and fast inference in 3-D
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_volume_run_exports_to_onnx_and_openvino_checked_against_pytorch(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from densenets.cli.main import main
+    from densenets.engine.loading import load_model
+
+    data, run = write_volumes(tmp_path / "data", n=8), tmp_path / "run"
+    assert _train(data, run, "--volume-size", "8", "8", "8") == 0
+    capsys.readouterr()
+    model = load_model(run).model.eval()
+    x = torch.randn(3, 1, 12, 8, 16)  # another batch and size than the export's: dynamic depth, height, width
+    with torch.no_grad():
+        expected = model(x)
+
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "checked against PyTorch with onnxruntime" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    if not __import__("importlib").util.find_spec("openvino"):
+        pytest.skip("openvino is not installed (densenets[openvino])")
+    import openvino as ov
+
+    assert main(["export", str(run), "--format", "openvino", "--out", str(tmp_path / "m.xml")]) == 0
+    assert "checked against PyTorch with openvino (IR read back)" in capsys.readouterr().out
+    compiled = ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = torch.from_numpy(compiled(x.numpy())[compiled.output(0)].copy())
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def _fast_volume_paths():
+    from densenets.deploy import choice, quantize
+
+    paths = []
+    if choice.installed("openvino"):
+        paths.append(("openvino", "bf16"))
+    if choice.installed("openvino", "int8") and quantize.int8_cpu_problem() is None:
+        paths.append(("openvino", "int8"))
+    if choice.installed("onnxruntime", "int8") and quantize.int8_cpu_problem() is None:
+        paths.append(("onnxruntime", "int8"))
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision"),
+    [("openvino", "bf16"), ("openvino", "int8"), ("onnxruntime", "int8")],
+)
+def test_bf16_and_int8_run_a_volume_model_close_to_fp32(backend, precision):
+    if (backend, precision) not in _fast_volume_paths():
+        pytest.skip(f"{backend} {precision} is not available here (package missing, or int8 without VNNI)")
+    from densenets.deploy import optimize_for_inference
+
+    model = _tiny_volume_model()
+    g = torch.Generator().manual_seed(2)
+    calibration = torch.randn(16, 1, 12, 12, 12, generator=g) if precision == "int8" else None
+    fast = optimize_for_inference(model, backend=backend, precision=precision, calibration=calibration)
+    x = torch.randn(4, 1, 12, 12, 12, generator=g)
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    diff, scale = (got - expected).abs().max().item(), expected.abs().max().item()
+    assert diff <= {"bf16": 0.03, "int8": 0.1}[precision] * scale, (diff, scale)
+    if precision == "bf16" and "avx512_bf16" in Path("/proc/cpuinfo").read_text():
+        assert diff > 0  # it did run in bf16 (a CPU without bf16 instructions would run f32)
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 1, D, H, W\)"):
+        fast(torch.randn(1, 1, 12, 12))
+
+
+def test_the_torch_backend_refuses_a_volume_model_and_names_the_ones_that_run_it():
+    from densenets.deploy import optimize_for_inference
+
+    with pytest.raises(ValueError, match="spatial_dims=3 .*'openvino' \\(fp32, bf16, int8\\)"):
+        optimize_for_inference(_tiny_volume_model(), backend="torch", precision="bf16")

@@ -31,10 +31,25 @@ def plain_eval_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+def example_input(config, batch: int = 1, size=None, generator: torch.Generator | None = None) -> Tensor:
+    """A random input for a model of ``config``: (batch, C, *spatial), ``size`` an int (each side) or
+    one per spatial dim; default 224 for an ImageNet stem and 32 otherwise (a volume: 32 per side)."""
+    dims = getattr(config, "spatial_dims", 2)
+    size = size or (224 if config.stem == "imagenet" and dims == 2 else 32)
+    sides = (int(size),) * dims if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+    return torch.randn(batch, config.in_channels, *sides, generator=generator)
+
+
+def spatial_axes(dims: int) -> dict[int, str]:
+    """The dynamic axes of an input with ``dims`` spatial dims: batch, then length / height, width / depth too."""
+    names = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}[dims]
+    return {0: "batch", **{2 + i: name for i, name in enumerate(names)}}
+
+
 def onnx_bytes(model: DenseNet, example: Tensor, opset: int = 17) -> bytes:
-    """The model as an ONNX graph with dynamic batch, height and width."""
+    """The model as an ONNX graph with dynamic batch and spatial sizes (height and width; depth for a volume)."""
     buffer = io.BytesIO()
-    axes = {0: "batch", 2: "height", 3: "width"}
+    axes = spatial_axes(example.dim() - 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript-based exporter: no onnxscript needed
         torch.onnx.export(
@@ -42,6 +57,12 @@ def onnx_bytes(model: DenseNet, example: Tensor, opset: int = 17) -> bytes:
             dynamic_axes={"images": axes, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
         )  # fmt: skip
     return buffer.getvalue()
+
+
+def input_shape(runner: nn.Module) -> str:
+    """The input a runtime module takes, in words: (N, C, H, W) or (N, C, D, H, W)."""
+    spatial = {3: "L", 4: "H, W", 5: "D, H, W"}[runner.input_dims]
+    return f"(N, {runner.in_channels}, {spatial})"
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -68,7 +89,7 @@ class OnnxRuntimeModule(nn.Module):
             raise UserError(
                 "backend='onnxruntime' needs onnx and onnxruntime: pip install 'densenets[export]'"
             ) from exc
-        self.in_channels = int(example.shape[1])
+        self.in_channels, self.input_dims = int(example.shape[1]), example.dim()
         try:
             graph = onnx_bytes(module, example)
         except ImportError as exc:
@@ -92,8 +113,8 @@ class OnnxRuntimeModule(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dim() != self.input_dims or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape {input_shape(self)}, got {tuple(x.shape)}")
         if x.device.type != "cpu":
             raise ValueError(f"the onnxruntime backend runs on the CPU; got a tensor on {x.device}")
         images = x.detach().float().contiguous().numpy()
@@ -105,8 +126,7 @@ def onnxruntime_densenet(model: DenseNet, precision: str = "fp32", threads: int 
                          calibration: list[Tensor] | None = None) -> OnnxRuntimeModule:  # fmt: skip
     """``optimize_for_inference(model, backend="onnxruntime")``: our DenseNet through ONNX Runtime
     (for int8 with every BatchNorm that follows a conv folded into it first)."""
-    size = 224 if model.config.stem == "imagenet" else 32
-    example = torch.zeros(1, model.config.in_channels, size, size)
+    example = example_input(model.config)
     if precision == "int8":
         from .folding import folded_copy
 

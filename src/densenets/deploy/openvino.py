@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .onnx_runtime import input_shape
 
 INSTALL = "pip install 'densenets[openvino]'"
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the ops NNCF leaves in float run in f32
@@ -54,12 +55,13 @@ def no_cuda_notice():
 
 
 def convert(module: nn.Module, example: Tensor):
-    """``module`` (eval, fp32, CPU) as an ``openvino.Model`` with dynamic batch, height and width."""
+    """``module`` (eval, fp32, CPU) as an ``openvino.Model`` with dynamic batch and spatial sizes."""
     import openvino as ov
 
     with torch.no_grad(), warnings.catch_warnings(), no_cuda_notice():
         warnings.simplefilter("ignore", FutureWarning)  # convert_model traces with torch.jit.trace
-        model = ov.convert_model(module, example_input=example, input=[(-1, int(example.shape[1]), -1, -1)])
+        shape = (-1, int(example.shape[1]), *(-1,) * (example.dim() - 2))  # dynamic batch and spatial sizes
+        model = ov.convert_model(module, example_input=example, input=[shape])
     model.inputs[0].get_tensor().set_names({"images"})
     model.outputs[0].get_tensor().set_names({"logits"})
     return model
@@ -97,7 +99,7 @@ class OpenVinoModule(nn.Module):
         check_openvino(precision if ov_model is None else "fp32")  # a quantized model needs no NNCF to run
         import openvino as ov
 
-        self.in_channels = int(example.shape[1])
+        self.in_channels, self.input_dims = int(example.shape[1]), example.dim()
         self.precision = precision
         self.calibration = list(calibration or [])
         if ov_model is None:  # else an already converted (and for int8 quantized) model, e.g. read from an IR
@@ -130,8 +132,8 @@ class OpenVinoModule(nn.Module):
         return self.compiled[shape]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dim() != self.input_dims or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape {input_shape(self)}, got {tuple(x.shape)}")
         if x.device.type != "cpu":
             raise ValueError(f"the openvino backend runs on the CPU; got a tensor on {x.device}")
         compiled = self.compiled_for(tuple(x.shape))
@@ -154,10 +156,9 @@ def openvino_densenet(model: nn.Module, precision: str = "fp32", threads: int | 
 
     ``exportable`` is the eval fp32 module to convert (default: a plain copy of ``model``).
     """
-    from .onnx_runtime import plain_eval_copy
+    from .onnx_runtime import example_input, plain_eval_copy
 
-    size = 224 if model.config.stem == "imagenet" else 32
-    example = torch.zeros(1, model.config.in_channels, size, size)
+    example = example_input(model.config)
     runner = OpenVinoModule(exportable or plain_eval_copy(model), example, precision, threads, calibration)
     runner.config = model.config
     return runner

@@ -94,7 +94,8 @@ def optimize_for_inference(
         if model.config.spatial_dims != 2:  # its folded kernels are written for (N, C, H, W)
             raise ValueError(
                 f"the torch backend of optimize_for_inference runs 2-D DenseNets only; this one has "
-                f"spatial_dims={model.config.spatial_dims} (use backend='onnxruntime', or the module itself)"
+                f"spatial_dims={model.config.spatial_dims} (use backend='openvino' (fp32, bf16, int8) or "
+                "'onnxruntime' (fp32, int8), or the module itself)"
             )
         fast = InferenceDenseNet(model)
         fast = fast.to(torch.bfloat16) if precision == "bf16" else fast

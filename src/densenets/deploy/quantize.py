@@ -103,9 +103,12 @@ def calibration_batches(
 
 
 def _checked_images(images, in_channels: int) -> Tensor:
-    if not isinstance(images, Tensor) or images.dim() != 4:
+    if not isinstance(images, Tensor) or images.dim() not in (3, 4, 5):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise DataError(f"calibration images must be batches of shape (N, {in_channels}, H, W); got {shape}")
+        raise DataError(
+            f"calibration images must be batches of shape (N, {in_channels}, H, W) (volumes: (N, {in_channels}, "
+            f"D, H, W)); got {shape}"
+        )
     if images.shape[1] != in_channels:
         raise DataError(
             f"calibration images have {images.shape[1]} channels but the model takes {in_channels}: "

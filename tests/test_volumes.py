@@ -391,3 +391,53 @@ def test_the_torch_backend_refuses_a_volume_model_and_names_the_ones_that_run_it
 
     with pytest.raises(ValueError, match="spatial_dims=3 .*'openvino' \\(fp32, bf16, int8\\)"):
         optimize_for_inference(_tiny_volume_model(), backend="torch", precision="bf16")
+
+
+@pytest.mark.parametrize("mode", ["mean", "center"])
+def test_train_inflate_option_chooses_how_2d_weights_become_3d(tmp_path, capsys, mode):
+    from densenets.cli.main import main
+    from densenets.engine.loading import load_model
+
+    data, run = write_volumes(tmp_path / "data", n=8), tmp_path / "run"
+    args = [
+        "--model",
+        "densenet_bc40_k12",
+        "--pretrained",
+        "--volume-size",
+        "8",
+        "8",
+        "8",
+        "--inflate",
+        mode,
+        "--lr",
+        "1e-12",
+        "--epochs",
+        "1",
+    ]  # fmt: skip  (a step that leaves the convs as they started)
+    assert main(["train", "--data", "csv", "--data-dir", str(data), "--batch-size", "4", "--run-dir", str(run),
+                 "--no-progress", *args]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"2-D weights inflated to 3-D, inflate={mode!r}" in out and "(the default" not in out
+    w2 = create_model("densenet_bc40_k12", pretrained="cifar10").features.denseblock2.denselayer3.conv2.weight
+    w3 = load_model(run).model.features.denseblock2.denselayer3.conv2.weight.detach()
+    expected = [w2 / 3] * 3 if mode == "mean" else [torch.zeros_like(w2), w2, torch.zeros_like(w2)]
+    for d in range(3):
+        torch.testing.assert_close(w3[:, :, d], expected[d], atol=1e-6, rtol=0)
+
+
+def test_train_inflate_is_refused_where_there_is_nothing_to_inflate(tmp_path, capsys):
+    data = write_volumes(tmp_path / "data", n=8)
+    assert _train(data, tmp_path / "a", "--inflate", "mean") == 2
+    assert "inflate needs 2-D weights" in capsys.readouterr().err
+    assert _train(data, tmp_path / "b", "--inflate", "sideways", "--pretrained") == 2
+    assert "inflate must be one of center, mean" in capsys.readouterr().err
+    from densenets.cli.main import main
+
+    from .fakedata import write_image_folder
+
+    images = write_image_folder(tmp_path / "images", size=32)  # a 2-D model: nothing to inflate
+    assert main(["train", "--data", "imagefolder", "--data-dir", str(images), "--model", "densenet_bc40_k12",
+                 "--pretrained", "--inflate", "mean", "--epochs", "1", "--run-dir", str(tmp_path / "c"),
+                 "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "inflate='mean' turns 2-D weights into a 3-D model's; here the model is 2-D" in err, err

@@ -441,3 +441,61 @@ def test_train_inflate_is_refused_where_there_is_nothing_to_inflate(tmp_path, ca
                  "--no-progress"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "inflate='mean' turns 2-D weights into a 3-D model's; here the model is 2-D" in err, err
+
+
+# ---------------------------------------------------------------------------------------
+# The volume example: digits placed in noisy volumes (docs/make_volumes.py)
+# ---------------------------------------------------------------------------------------
+
+
+def test_make_volumes_writes_digits_at_a_depth_that_densenets_train_reads(tmp_path, capsys):
+    import csv
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from densenets.cli.main import main
+
+    script = Path(__file__).parents[1] / "docs" / "make_volumes.py"
+    data = tmp_path / "digits3d"
+    done = subprocess.run([sys.executable, str(script), str(data), "--count", "40", "--size", "6", "16", "16",
+                           "--noise", "0"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with (data / "labels.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and {r["split"] for r in rows} == {"train", "val", "test"}
+    digits = load_digits()
+    for row in rows[:5]:  # without noise each volume is one sklearn digit of its label, 2 slices thick, at some depth
+        volume = np.load(data / row["path"])
+        assert volume.shape == (6, 16, 16) and volume.dtype == np.float32
+        slices = np.flatnonzero(volume.reshape(6, -1).any(1))
+        assert len(slices) <= 2 and np.array_equal(volume[slices[0]], volume[slices[-1]])
+        plane = volume[slices[0]]
+        same_class = digits.images[digits.target == int(row["label"])] / 16.0
+        found = any(
+            np.allclose(plane[y : y + 8, x : x + 8], digit) and np.isclose(plane.sum(), digit.sum())
+            for y in range(9)
+            for x in range(9)
+            for digit in same_class
+        )
+        assert found, row
+
+    # noisy, as the example is run: the CLI reads it as a CSV of volumes and trains
+    done = subprocess.run([sys.executable, str(script), str(data), "--count", "40", "--size", "6", "16", "16"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    assert main(["train", "--data", "csv", "--data-dir", str(data), "--model", "densenet_bc16_k4", "--epochs", "1",
+                 "--batch-size", "8", "--run-dir", str(run), "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "z-scored" in out
+    assert json_of(run / "config.json")["model"]["spatial_dims"] == 3
+    assert json_of(run / "config.json")["data"]["preprocess"]["volume_size"] == [6, 16, 16]
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text())

@@ -499,3 +499,43 @@ def json_of(path):
     import json
 
     return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------
+# densenets bench --sections volumes (smoke: a tiny DenseNet, --quick)
+# ---------------------------------------------------------------------------------------
+
+
+def test_bench_volumes_section_times_ours_both_modes_and_monai_with_peak_memory():
+    from densenets.bench.harness import SECTIONS, BenchConfig
+    from densenets.bench.volumes import volumes_section, volumes_table
+
+    assert "volumes" in SECTIONS  # densenets bench --sections volumes
+    cfg = BenchConfig(rounds=1, reps=1, warmup=1, precisions=("fp32",), quick=True)  # 3 worker processes
+    section = volumes_section(cfg, torch.device("cpu"), lambda line: None)
+    rows = section["rows"]
+    assert [r["contender"] for r in rows] == ["densenets, normal", "densenets, memory-efficient", "MONAI DenseNet121"]
+    for r in rows:
+        assert r["size"] == 32 and len(r["seconds_per_round"]) == 1 and r["seconds"] > 0 and r["peak_mib"] > 0
+        assert len(r["speedup_vs_monai"]["per_round"]) == 1
+    assert rows[0]["time_vs_normal"]["median"] == 1.0 and rows[2]["speedup_vs_monai"]["median"] == 1.0
+    table = "\n".join(volumes_table(section))
+    assert "### Volumes: 3-D training steps against MONAI's DenseNet121" in table
+    assert table.count("| 32^3 b2 fp32 |") == 3
+
+
+def test_bench_volumes_refuses_to_time_a_monai_model_that_differs(monkeypatch):
+    from densenets.bench import volumes
+
+    built = volumes.build
+
+    def damaged(impl, quick, memory_efficient=False):
+        model = built(impl, quick, memory_efficient)
+        if impl == "monai":
+            with torch.no_grad():
+                model.class_layers.out.bias.add_(1.0)
+        return model
+
+    monkeypatch.setattr(volumes, "build", damaged)
+    with pytest.raises(RuntimeError, match="differs from ours by 1"):
+        volumes.check_same_outputs(True, torch.device("cpu"))

@@ -33,7 +33,7 @@ from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown
 from .timing import matmul_peak_gflops
 
-SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs", "serve")
+SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs", "serve", "volumes")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
 CANDIDATES = {"fp32": ("openvino", "torch"), "bf16": ("openvino", "torch"), "int8": ("openvino", "onnxruntime")}
@@ -446,4 +446,8 @@ def _run_sections(cfg: BenchConfig, device: torch.device, out_dir: Path, log) ->
         from .serve_load import serve_section
 
         save("serve", serve_section(cfg.quick, log))
+    if "volumes" in cfg.sections:
+        from .volumes import volumes_section
+
+        save("volumes", volumes_section(cfg, device, log))
     return results

@@ -539,3 +539,21 @@ def test_bench_volumes_refuses_to_time_a_monai_model_that_differs(monkeypatch):
     monkeypatch.setattr(volumes, "build", damaged)
     with pytest.raises(RuntimeError, match="differs from ours by 1"):
         volumes.check_same_outputs(True, torch.device("cpu"))
+
+
+def test_a_volume_run_predicts_in_bf16_and_exports_int8_calibrated_on_its_own_volumes(tmp_path, capsys):
+    if ("openvino", "int8") not in _fast_volume_paths():
+        pytest.skip("needs openvino and nncf, and a CPU with VNNI for int8")
+    from densenets.cli.main import main
+
+    data, run = write_volumes(tmp_path / "data", n=8), tmp_path / "run"
+    assert _train(data, run, "--volume-size", "8", "8", "8") == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), str(data / "v03.npy"), "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "bf16 (approximate" in out and "OpenVINO" in out
+    # --calibration auto reads the run's training volumes (it read them as 2-D images and stopped in a traceback)
+    code = main(["export", str(run), "--format", "openvino", "--int8", "--calibration", "auto",
+                 "--out", str(tmp_path / "m.int8.xml")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "calibrated on 4 images" in out and "top-1 agrees with fp32 PyTorch" in out

@@ -72,11 +72,18 @@ def auto_calibration_set(loaded: LoadedModel):
     if not recipe.get("data"):
         raise UserError("--calibration auto needs a run that records its data set; pass --calibration DIR of images")
     name = recipe["data"].removesuffix("+")  # "cifar10+" -> "cifar10": the same images, not augmented
-    bundle = build_data(DataSpec(name=name, data_dir=recipe.get("data_dir", "data"),
-                                 image_size=loaded.preprocess.get("crop")))  # fmt: skip
-    train = (
-        bundle.train if bundle.augment == "none" else with_transform(bundle.train, eval_transform(loaded.preprocess))
-    )
+    p = loaded.preprocess
+    volumes = {"volume_size": tuple(p["volume_size"]), "labels": recipe.get("labels"),
+               "intensity_window": tuple(p["intensity_window"]) if p.get("intensity_window") else None,
+               } if p.get("volume_size") else {}  # fmt: skip
+    bundle = build_data(DataSpec(name=name, data_dir=recipe.get("data_dir", "data"), image_size=p.get("crop"),
+                                 **volumes))  # fmt: skip
+    if volumes:  # the training volumes without their flips and crops
+        from ..data.volumes import VolumeTransform
+
+        train = with_transform(bundle.train, VolumeTransform(p))
+    else:
+        train = bundle.train if bundle.augment == "none" else with_transform(bundle.train, eval_transform(p))
     step = max(1, len(train) // CALIBRATION_IMAGES)  # spread over the whole set (it is ordered by class for some)
     return Subset(train, range(0, len(train), step)[:CALIBRATION_IMAGES])
 

@@ -557,3 +557,14 @@ def test_a_volume_run_predicts_in_bf16_and_exports_int8_calibrated_on_its_own_vo
                  "--out", str(tmp_path / "m.int8.xml")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "calibrated on 4 images" in out and "top-1 agrees with fp32 PyTorch" in out
+
+
+def test_bf16_through_pytorch_is_refused_for_a_volume_model_in_one_line(tmp_path, capsys):
+    from densenets.cli.main import main
+
+    data, run = write_volumes(tmp_path / "data", n=8), tmp_path / "run"
+    assert _train(data, run, "--volume-size", "8", "8", "8") == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), str(data / "v03.npy"), "--precision", "bf16", "--backend", "torch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "runs 2-D models only and this one is 3-D: pass --backend openvino" in err

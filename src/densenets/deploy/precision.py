@@ -101,6 +101,10 @@ def with_precision(loaded: LoadedModel, precision: str, calibration: str | None 
         raise UserError("--calibration is for --precision int8 only")
     if chosen is None:
         return loaded.model, {**info, "note": note(precision, None, False)}
+    dims = getattr(loaded.model.config, "spatial_dims", 2)
+    if chosen == "torch" and dims != 2:  # its folded kernels are written for images
+        raise UserError(f"--precision {precision} through PyTorch runs 2-D models only and this one is {dims}-D: "
+                        "pass --backend openvino (onnxruntime for int8) on the CPU, or --precision fp32")  # fmt: skip
     if chosen in CPU_ONLY:
         loaded.model = loaded.model.cpu()
     batches, count = None, 0

@@ -568,3 +568,15 @@ def test_bf16_through_pytorch_is_refused_for_a_volume_model_in_one_line(tmp_path
     assert main(["predict", str(run), str(data / "v03.npy"), "--precision", "bf16", "--backend", "torch"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "runs 2-D models only and this one is 3-D: pass --backend openvino" in err
+
+
+def test_calibration_batches_must_have_the_models_spatial_dims():
+    from densenets.deploy import optimize_for_inference
+    from densenets.deploy.quantize import int8_cpu_problem
+    from densenets.errors import DataError
+
+    if int8_cpu_problem():
+        pytest.skip("int8 needs VNNI on this CPU")
+    with pytest.raises(DataError, match=r"shape \(N, 1, D, H, W\); got \(4, 1, 12, 12\)"):
+        optimize_for_inference(_tiny_volume_model(), backend="onnxruntime", precision="int8",
+                               calibration=torch.rand(4, 1, 12, 12))  # fmt: skip

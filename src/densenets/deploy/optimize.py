@@ -87,7 +87,8 @@ def optimize_for_inference(
 
         check_int8_ready(backend)
         c = model.config
-        batches = calibration_batches(calibration, c.in_channels, c.num_classes, preprocess)
+        batches = calibration_batches(calibration, c.in_channels, c.num_classes, preprocess,
+                                      spatial_dims=getattr(c, "spatial_dims", 2))  # fmt: skip
     elif calibration is not None:
         raise ValueError(f"calibration is for precision='int8' only; got it with precision={precision!r}")
     if backend == "torch":

@@ -115,7 +115,8 @@ def with_precision(loaded: LoadedModel, precision: str, calibration: str | None 
         c = loaded.model.config
         auto = calibration in (None, "auto")
         source = DataLoader(auto_calibration_set(loaded), batch_size=32) if auto else calibration
-        batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names)
+        batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names,
+                                      spatial_dims=getattr(c, "spatial_dims", 2))  # fmt: skip
         count = sum(len(b) for b in batches)
     module = optimize_for_inference(loaded.model, backend=chosen, precision=precision, calibration=batches)
     info["note"] = note(precision, chosen, backend == "auto", count)

@@ -31,9 +31,9 @@ from .machine import cpu_info, peak_warnings, physical_peak_gflops
 from .memory import fit_growth, measure_step_memory, plot_memory
 from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown
-from .timing import matmul_peak_gflops
+from .timing import matmul_peak_gflops, paired_ratio
 
-SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs", "serve")
+SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs", "serve", "volumes")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
 CANDIDATES = {"fp32": ("openvino", "torch"), "bf16": ("openvino", "torch"), "int8": ("openvino", "onnxruntime")}
@@ -173,12 +173,6 @@ def time_rounds(specs: dict[str, dict], cfg: BenchConfig, log) -> dict[str, list
             per_round[label].append(result["median_s"])
         log(f"  round {r + 1}/{cfg.rounds} done")
     return per_round
-
-
-def paired_ratio(baseline: list[float], ours: list[float]) -> dict:
-    """baseline time / our time, round by round: the median and its min-max spread."""
-    ratios = [b / o for b, o in zip(baseline, ours, strict=True)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_round": ratios}
 
 
 def measure_workload(work: Workload, cfg: BenchConfig, device: torch.device, peaks: dict, log) -> dict:
@@ -446,4 +440,8 @@ def _run_sections(cfg: BenchConfig, device: torch.device, out_dir: Path, log) ->
         from .serve_load import serve_section
 
         save("serve", serve_section(cfg.quick, log))
+    if "volumes" in cfg.sections:
+        from .volumes import volumes_section
+
+        save("volumes", volumes_section(cfg, device, log))
     return results

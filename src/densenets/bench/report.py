@@ -132,6 +132,10 @@ def to_markdown(results: dict) -> str:
         lines.append("")
     if "serve" in results:
         lines += serve_table(results["serve"])
+    if "volumes" in results:
+        from .volumes import volumes_table
+
+        lines += volumes_table(results["volumes"])
     return "\n".join(lines)
 
 

@@ -88,3 +88,9 @@ def inference_fn(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | Non
             model(x)
 
     return forward
+
+
+def paired_ratio(baseline: list[float], ours: list[float]) -> dict:
+    """baseline time / our time, round by round: the median and its min-max spread."""
+    ratios = [b / o for b, o in zip(baseline, ours, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "per_round": ratios}

@@ -1,4 +1,4 @@
-"""``densenets explain``: CAM / Grad-CAM overlays of image files."""
+"""``densenets explain``: CAM / Grad-CAM overlays of image files (or volumes, for a 3-D model)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ NO_GRADIENTS_SUFFIXES = (".onnx", ".xml", ".engine")  # ONNX, OpenVINO IR, Tenso
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="CAM / Grad-CAM heat maps of image files, drawn over the images")
     p.add_argument("checkpoint", help="run folder, checkpoint, torchvision weights, exported .json or named weights")
-    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or quoted patterns")
-    p.add_argument("--out", required=True, help="folder for one overlay PNG per image")
+    p.add_argument("images", nargs="+", help="image or volume files, folders (searched recursively), quoted patterns")
+    p.add_argument("--out", required=True, help="folder for one overlay PNG per image (volumes: 3 slices, map as .npy)")
     p.add_argument("--class", dest="class_name", help="explain this class (default: the prediction)")
     p.add_argument("--method", choices=("cam", "gradcam"), default="cam")
     p.add_argument("--layer", help="gradcam: the layer (default: the final feature map, features.relu5 in a DenseNet)")

@@ -76,6 +76,7 @@ def calibration_batches(
     class_names: list[str] | None = None,
     limit: int = CALIBRATION_IMAGES,
     batch_size: int = 16,
+    spatial_dims: int = 2,
 ) -> list[Tensor]:
     """Calibration images as CPU float batches (N, C, H, W), at most ``limit`` images.
 
@@ -92,7 +93,7 @@ def calibration_batches(
     batches, count = [], 0
     for item in calibration:
         images, labels = (item, None) if isinstance(item, Tensor) else (item[0], item[1] if len(item) > 1 else None)
-        images = _checked_images(images, in_channels)
+        images = _checked_images(images, in_channels, spatial_dims)
         known = labels is not None and num_classes and isinstance(labels, Tensor) and labels.numel()
         if known and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(
@@ -108,10 +109,11 @@ def calibration_batches(
     return batches
 
 
-def _checked_images(images, in_channels: int) -> Tensor:
-    if not isinstance(images, Tensor) or images.dim() != 4:
+def _checked_images(images, in_channels: int, spatial_dims: int = 2) -> Tensor:
+    if not isinstance(images, Tensor) or images.dim() != 2 + spatial_dims:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise DataError(f"calibration images must be batches of shape (N, {in_channels}, H, W); got {shape}")
+        sides = {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims]
+        raise DataError(f"calibration images must be batches of shape (N, {in_channels}, {sides}); got {shape}")
     if images.shape[1] != in_channels:
         raise DataError(
             f"calibration images have {images.shape[1]} channels but the model takes {in_channels}: "

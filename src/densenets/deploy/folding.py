@@ -19,15 +19,15 @@ from ..models.densenet import DenseLayer, DenseNet
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """``bn(conv(x))`` as one conv: its ``(weight, bias)`` (new fp32 tensors)."""
     scale, shift = batchnorm_scale_shift(bn)
-    weight = conv.weight.detach() * scale.view(-1, 1, 1, 1)
+    weight = conv.weight.detach() * scale.view(-1, *(1,) * (conv.weight.dim() - 1))  # any spatial dims
     bias = shift if conv.bias is None else shift + conv.bias.detach() * scale
     return weight, bias
 
 
 def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new ``nn.Conv2d`` (with bias) equal to ``bn(conv(x))`` in eval mode."""
+    """A new conv of ``conv``'s kind (1-, 2- or 3-D, with bias) equal to ``bn(conv(x))`` in eval mode."""
     weight, bias = fold_conv_bn(conv, bn)
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    folded = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        conv.dilation, conv.groups, bias=True)  # fmt: skip
     with torch.no_grad():
         folded.weight.copy_(weight)

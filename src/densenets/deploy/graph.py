@@ -24,17 +24,32 @@ def plain_eval_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def example_input(model: nn.Module) -> Tensor:
-    """One zero image batch (1, C, H, W) at the stem's native size (224 for ImageNet stems, else 32),
-    for tracing: the exported graphs take any batch and image size."""
-    size = 224 if model.config.stem == "imagenet" else 32
-    return torch.zeros(1, model.config.in_channels, size, size)
+def example_input(config, batch: int = 1, size=None, generator: torch.Generator | None = None) -> Tensor:
+    """A random input for a model of ``config``: (batch, C, *spatial), for tracing and checks (the
+    exported graphs take any batch and spatial size). ``size``: an int (each side) or one per
+    spatial dim; default 224 for an ImageNet-stem image model, else 32 (a volume: 32 per side)."""
+    dims = getattr(config, "spatial_dims", 2)
+    size = size or (224 if config.stem == "imagenet" and dims == 2 else 32)
+    sides = (int(size),) * dims if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+    return torch.randn(batch, config.in_channels, *sides, generator=generator)
+
+
+def spatial_axes(dims: int) -> dict[int, str]:
+    """The dynamic axes of an input with ``dims`` spatial dims: batch, then length / height, width / depth too."""
+    names = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}[dims]
+    return {0: "batch", **{2 + i: name for i, name in enumerate(names)}}
+
+
+def input_shape(runner: nn.Module) -> str:
+    """The input a runtime module takes, in words: (N, C, H, W) or (N, C, D, H, W)."""
+    spatial = {3: "L", 4: "H, W", 5: "D, H, W"}[runner.input_dims]
+    return f"(N, {runner.in_channels}, {spatial})"
 
 
 def onnx_bytes(model: nn.Module, example: Tensor, opset: int = 17) -> bytes:
-    """The model as an ONNX graph with dynamic batch, height and width."""
+    """The model as an ONNX graph with dynamic batch and spatial sizes (height and width; depth for a volume)."""
     buffer = io.BytesIO()
-    axes = {0: "batch", 2: "height", 3: "width"}
+    axes = spatial_axes(example.dim() - 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript-based exporter: no onnxscript needed
         torch.onnx.export(

@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..models.densenet import DenseNet
 from .calibration import check_int8_ready
 from .folding import folded_copy
-from .graph import example_input, onnx_bytes, plain_eval_copy
+from .graph import example_input, input_shape, onnx_bytes, plain_eval_copy
 from .quantize import quantize_onnx
 
 
@@ -43,7 +43,7 @@ class OnnxRuntimeModule(nn.Module):
             raise UserError(
                 "backend='onnxruntime' needs onnx and onnxruntime: pip install 'densenets[export]'"
             ) from exc
-        self.in_channels = int(example.shape[1])
+        self.in_channels, self.input_dims = int(example.shape[1]), example.dim()
         try:
             graph = onnx_bytes(module, example)
         except ImportError as exc:
@@ -65,8 +65,8 @@ class OnnxRuntimeModule(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dim() != self.input_dims or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape {input_shape(self)}, got {tuple(x.shape)}")
         if x.device.type != "cpu":
             raise ValueError(f"the onnxruntime backend runs on the CPU; got a tensor on {x.device}")
         images = x.detach().float().contiguous().numpy()
@@ -81,6 +81,6 @@ def onnxruntime_densenet(model: nn.Module, precision: str = "fp32", threads: int
     ONNX Runtime's own pre-processing fuses the ResNets' conv-BN pairs)."""
     fold = precision == "int8" and isinstance(model, DenseNet)
     exportable = folded_copy(model) if fold else plain_eval_copy(model)
-    runner = OnnxRuntimeModule(exportable, example_input(model), precision, threads, calibration)
+    runner = OnnxRuntimeModule(exportable, example_input(model.config), precision, threads, calibration)
     runner.config = model.config
     return runner

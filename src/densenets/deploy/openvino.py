@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .graph import example_input, plain_eval_copy
+from .graph import example_input, input_shape, plain_eval_copy
 
 INSTALL = "pip install 'densenets[openvino]'"
 PROGRESS = re.compile(r"━|\d+% +\d+/\d+")  # a rich progress bar: "Statistics collection ━━━ 100% 8/8 • ..."
@@ -62,7 +62,8 @@ def convert(module: nn.Module, example: Tensor):
 
     with torch.no_grad(), warnings.catch_warnings(), no_cuda_notice():
         warnings.simplefilter("ignore", FutureWarning)  # convert_model traces with torch.jit.trace
-        model = ov.convert_model(module, example_input=example, input=[(-1, int(example.shape[1]), -1, -1)])
+        shape = (-1, int(example.shape[1]), *(-1,) * (example.dim() - 2))  # dynamic batch and spatial sizes
+        model = ov.convert_model(module, example_input=example, input=[shape])
     model.inputs[0].get_tensor().set_names({"images"})
     model.outputs[0].get_tensor().set_names({"logits"})
     return model
@@ -124,7 +125,7 @@ class OpenVinoModule(nn.Module):
         check_openvino(precision if ov_model is None else "fp32")  # a quantized model needs no NNCF to run
         import openvino as ov
 
-        self.in_channels = int(example.shape[1])
+        self.in_channels, self.input_dims = int(example.shape[1]), example.dim()
         self.precision = precision
         self.calibration = list(calibration or [])
         if ov_model is None:  # else an already converted (and for int8 quantized) model, e.g. read from an IR
@@ -157,8 +158,8 @@ class OpenVinoModule(nn.Module):
         return self.compiled[shape]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dim() != self.input_dims or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape {input_shape(self)}, got {tuple(x.shape)}")
         if x.device.type != "cpu":
             raise ValueError(f"the openvino backend runs on the CPU; got a tensor on {x.device}")
         compiled = self.compiled_for(tuple(x.shape))
@@ -181,7 +182,7 @@ def openvino_densenet(model: nn.Module, precision: str = "fp32", threads: int | 
 
     ``exportable`` is the eval fp32 module to convert (default: a plain copy of ``model``).
     """
-    example = example_input(model)
+    example = example_input(model.config)
     runner = OpenVinoModule(exportable or plain_eval_copy(model), example, precision, threads, calibration)
     runner.config = model.config
     return runner

@@ -94,10 +94,15 @@ def optimize_for_inference(
         if unchecked:
             warnings.warn(unchecked, UncheckedCpuWarning, stacklevel=2)
         c = model.config
-        batches = calibration_batches(calibration, c.in_channels, c.num_classes, preprocess)
+        batches = calibration_batches(calibration, c.in_channels, c.num_classes, preprocess,
+                                      spatial_dims=getattr(c, "spatial_dims", 2))  # fmt: skip
     elif calibration is not None:
         raise ValueError(f"calibration is for precision='int8' only; got it with precision={precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dims = getattr(model.config, "spatial_dims", 2)
+    if backend == "torch" and dims != 2 and precision == "bf16":  # torch's CPU 3-D pooling has no bf16 kernel
+        raise ValueError(f"the torch backend runs bf16 for 2-D models only; this one has spatial_dims={dims} "
+                         "(use backend='openvino')")  # fmt: skip
     if backend == "torch" and isinstance(model, DenseNet) and model.config.spatial_dims == 2:
         fast = InferenceDenseNet(model).to(dtype)  # its folded kernels are written for (N, C, H, W)
     elif backend == "torch":  # the baselines, and 1-D / 3-D DenseNets: an eval copy, nothing folded

@@ -80,9 +80,14 @@ def auto_calibration_set(loaded: LoadedModel):
     loaded.notes += [n for n in notes if n not in loaded.notes]  # printed with the model's notes
     # "cifar10+" -> "cifar10": the same images and split, not augmented
     bundle = build_data(replace(spec, name=spec.name.removesuffix("+")))
-    train = (
-        bundle.train if bundle.augment == "none" else with_transform(bundle.train, eval_transform(loaded.preprocess))
-    )
+    if loaded.preprocess.get("volume_size"):  # the training volumes without their flips and crops
+        from ..data.volumes import VolumeTransform
+
+        train = with_transform(bundle.train, VolumeTransform(loaded.preprocess))
+    elif bundle.augment == "none":
+        train = bundle.train
+    else:
+        train = with_transform(bundle.train, eval_transform(loaded.preprocess))
     step = max(1, len(train) // CALIBRATION_IMAGES)  # spread over the whole set (it is ordered by class for some)
     return Subset(train, range(0, len(train), step)[:CALIBRATION_IMAGES])
 
@@ -100,6 +105,10 @@ def with_precision(loaded: LoadedModel, precision: str, calibration: str | None 
         raise UserError("--calibration is for --precision int8 only")
     if chosen is None:
         return loaded.model, {**info, "note": note(precision, None, False)}
+    dims = getattr(loaded.model.config, "spatial_dims", 2)
+    if chosen == "torch" and dims != 2 and precision == "bf16":  # torch's CPU 3-D pooling has no bf16 kernel
+        raise UserError(f"--precision {precision} through PyTorch runs 2-D models only and this one is {dims}-D: "
+                        "pass --backend openvino on the CPU, or --precision fp32")  # fmt: skip
     # The caller's model stays where and as it is: every backend builds from a copy (the CPU
     # runtimes export a CPU copy; the torch path copies on the model's device).
     batches, count, unchecked = None, 0, None
@@ -110,7 +119,8 @@ def with_precision(loaded: LoadedModel, precision: str, calibration: str | None 
         c = loaded.model.config
         auto = calibration in (None, "auto")
         source = DataLoader(auto_calibration_set(loaded), batch_size=32) if auto else calibration
-        batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names)
+        batches = calibration_batches(source, c.in_channels, c.num_classes, loaded.preprocess, loaded.class_names,
+                                      spatial_dims=getattr(c, "spatial_dims", 2))  # fmt: skip
         count = sum(len(b) for b in batches)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UncheckedCpuWarning)  # said in the note below instead

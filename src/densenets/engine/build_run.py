@@ -325,9 +325,11 @@ def _make_model(
     if recipe.memory_efficient:
         model.set_memory_efficient(True)  # DenseNets only: a baseline refuses in one line
     if recipe.weights and load_weights:
-        _init_from_weights(model, recipe.weights, runtime.dist.is_main, recipe.data in ("imagefolder", "csv"))
+        _init_from_weights(
+            model, recipe.weights, runtime.dist.is_main, recipe.data in ("imagefolder", "csv"), recipe.inflate
+        )
     elif entry is not None and load_weights:
-        _init_from_pretrained(model, entry, runtime.dist.is_main, class_names)
+        _init_from_pretrained(model, entry, runtime.dist.is_main, class_names, recipe.inflate)
     if recipe.sync_bn and runtime.device.type != "cuda":
         raise ConfigError(
             "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); CPU ranks use per-rank BN statistics"
@@ -342,7 +344,9 @@ def _make_model(
     return model
 
 
-def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: bool = False) -> None:
+def _init_from_weights(
+    model: nn.Module, path: str, verbose: bool, user_images: bool = False, inflate: str | None = None
+) -> None:
     """Start from pretrained weights; a classifier for another number of classes is re-initialised,
     a 3-channel stem for grey images adapted (models.channels: with the normalisation the file's
     run recorded, else timm's plain sum)."""
@@ -350,7 +354,7 @@ def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: 
     recorded = preprocessing_record(data) or {}  # a file without a record: the data's own normalisation
     mean, std = recorded.get("mean"), recorded.get("std")
     state, new_mean, new_std, adapted = adapt_state_channels(state_dict_from(data), model, mean, std)
-    state = _inflate(state, model, verbose)
+    state = _inflate(state, model, verbose, inflate)
     if verbose and user_images and mean is not None:  # the data read with it: _start_preprocess
         print(f"{path}: normalised as its run was: mean {_rounded(new_mean)}, std {_rounded(new_std)}", flush=True)
     if adapted and verbose:
@@ -363,14 +367,18 @@ def _init_from_weights(model: nn.Module, path: str, verbose: bool, user_images: 
 
 
 def _init_from_pretrained(
-    model: nn.Module, entry: PretrainedEntry, verbose: bool, class_names: list[str] | None = None
+    model: nn.Module,
+    entry: PretrainedEntry,
+    verbose: bool,
+    class_names: list[str] | None = None,
+    inflate: str | None = None,
 ) -> None:
     """Start from named weights; the classifier is new unless the data's classes are the weights'
     (the same names in the same order; ImageNet's 1000 classes by number)."""
     theirs = list(entry.categories) if entry.categories != "imagenet" else None
     other_classes = theirs is not None and class_names is not None and list(class_names) != theirs
     state, mean, std, adapted = adapt_state_channels(fetch_pretrained(entry), model, entry.mean, entry.std)
-    state = _inflate(state, model, verbose)
+    state = _inflate(state, model, verbose, inflate)
     replaced = load_backbone(model, state, entry.file_name, new_head=other_classes)
     size = (model.config.in_channels, *entry.input_size[1:])
     model.pretrained_cfg = {
@@ -386,13 +394,19 @@ def _init_from_pretrained(
                   f"{list(entry.std)} (see densenets.models.channels)", flush=True)  # fmt: skip
 
 
-def _inflate(state: dict, model: nn.Module, verbose: bool) -> dict:
-    """2-D weights for a 3-D model (volumes): inflated by the default rule, said in one line."""
+def _inflate(state: dict, model: nn.Module, verbose: bool, mode: str | None = None) -> dict:
+    """2-D weights for a 3-D model (volumes): inflated by ``mode`` (None: the default rule), said in one line."""
     if not needs_inflation(state, model):
+        if mode is not None:
+            dims = getattr(model.config, "spatial_dims", 2)
+            raise ConfigError(
+                f"inflate={mode!r} turns 2-D weights into a 3-D model's; here the model is {dims}-D and the "
+                "weights hold no 2-D kernels it lacks: leave out inflate"
+            )
         return state
     if verbose:
-        print(describe_inflation(DEFAULT_INFLATION, chosen=False), flush=True)
-    return inflate_state_dict(state, model, DEFAULT_INFLATION)
+        print(describe_inflation(mode or DEFAULT_INFLATION, chosen=mode is not None), flush=True)
+    return inflate_state_dict(state, model, mode or DEFAULT_INFLATION)
 
 
 def _rounded(values: list[float]) -> list[float]:

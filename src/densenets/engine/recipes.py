@@ -52,6 +52,7 @@ class Recipe:
         None  # csv of volumes: clip to LOW HIGH, scale to [0, 1] (None: z-score)
     )
     spatial_dims: int | None = None  # the model's: None follows the data (3 for volumes), else must match it
+    inflate: str | None = None  # 2-D weights (pretrained, weights) into a 3-D model: center | mean (None: center)
     # optimiser and schedule (paper: SGD, Nesterov 0.9, no dampening, wd 1e-4)
     epochs: int = 30
     batch_size: int = 64  # global: split over the ranks of a distributed run
@@ -130,6 +131,13 @@ class Recipe:
             len(self.intensity_window) != 2 or not self.intensity_window[0] < self.intensity_window[1]
         ):
             raise ConfigError(f"intensity_window takes LOW HIGH with LOW < HIGH, got {list(self.intensity_window)}")
+        if self.inflate is not None:
+            from ..models.inflate import INFLATIONS
+
+            if self.inflate not in INFLATIONS:
+                raise ConfigError(f"inflate must be one of {', '.join(INFLATIONS)}; got {self.inflate!r}")
+            if not (self.pretrained or self.weights):
+                raise ConfigError("inflate needs 2-D weights to inflate into the 3-D model: pretrained or weights")
         if self.spatial_dims not in (None, 1, 2, 3):
             raise ConfigError(f"spatial_dims must be 1, 2 or 3, got {self.spatial_dims!r}")
         if self.init not in ("fan_out", "fan_in"):
@@ -250,6 +258,7 @@ AUTO_MEANING = {
     "volume_size": "the volumes' own size (all alike)",
     "intensity_window": "a z-score per volume",
     "spatial_dims": "the data's: 3 for a CSV of volumes, else 2",
+    "inflate": "center (each 2-D kernel in the middle depth slice); mean: I3D's repeat over depth",
 }
 
 

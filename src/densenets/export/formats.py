@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data.recorded import data_record
-from ..deploy.graph import onnx_bytes
+from ..deploy.graph import example_input, onnx_bytes
 from ..deploy.graph import plain_eval_copy as _exportable
 from ..engine.loading import load_model, loaded_notes
 from ..errors import UserError
@@ -20,14 +20,19 @@ FORMATS = ("onnx", "torchscript", "safetensors", "openvino")
 OPENVINO_FORMAT = "densenets-openvino/1"  # the JSON beside an exported OpenVINO IR
 
 
-def _example(model: nn.Module, input_size: int | None, batch: int = 2) -> torch.Tensor:
-    size = input_size or (224 if model.config.stem == "imagenet" else 32)
-    return torch.randn(batch, model.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+def _example(model: nn.Module, input_size, batch: int = 2) -> torch.Tensor:
+    """A seeded random input: ``input_size`` one side (an int) or (D, H, W) for a volume."""
+    return example_input(model.config, batch, input_size, torch.Generator().manual_seed(0))
+
+
+def input_size_of(loaded: LoadedModel):
+    """What a loaded model was trained on: a volume's (D, H, W) or an image's crop side (None if unknown)."""
+    return loaded.preprocess.get("volume_size") or loaded.preprocess.get("crop")
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = None, in_channels: int | None = None,
                 opset: int = 17, verify: bool = True) -> dict:  # fmt: skip
-    """Write ``path`` (.onnx) with dynamic batch and image size; returns the parity check."""
+    """Write ``path`` (.onnx) with dynamic batch and image (or volume) size; returns the parity check."""
     model = _exportable(model)
     x = _example(model, input_size)
     path = Path(path)
@@ -92,7 +97,7 @@ def export_safetensors(loaded: LoadedModel, path: str | Path) -> dict:
     json_path = path.with_suffix(".json")
     json_path.write_text(json.dumps(meta, indent=2))
     reloaded = load_model(json_path)
-    check = _example(loaded.model, loaded.preprocess.get("crop"), batch=2)
+    check = _example(loaded.model, input_size_of(loaded), batch=2)
     original = _exportable(loaded.model)
     with torch.no_grad():
         parity = _compare(_exportable(reloaded.model)(check), original(check), "reloaded safetensors")
@@ -162,7 +167,7 @@ def export_openvino(loaded: LoadedModel, path: str | Path, int8: bool, calibrati
 
     result = {"path": str(xml), "config": str(json_path), "format": "openvino", "precision": precision}
     if not int8:
-        check = _example(model, loaded.preprocess.get("crop"), batch=3)
+        check = _example(model, input_size_of(loaded), batch=3)
         with torch.no_grad():
             return {**result, **_compare(run(check), model(check), "openvino (IR read back)")}
     agree = total = 0
@@ -202,7 +207,7 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
     if calibration and not int8:
         raise UserError("--calibration is for --int8 exports only; add --int8")
     loaded = load_model(checkpoint, model_name)
-    size = input_size or loaded.preprocess.get("crop")
+    size = input_size or input_size_of(loaded)
     suffix = {
         "onnx": ".int8.onnx" if int8 else ".onnx",
         "torchscript": ".torchscript.pt",

@@ -1,5 +1,8 @@
 """``densenets explain``: heat maps of image files drawn over the images, one PNG per file.
 
+A 3-D model's inputs are volumes (``.npy``, NIfTI): each map is a volume, saved as ``.npy``
+(T, D, H, W) next to a PNG of three orthogonal slices through its peak (:mod:`.slices`).
+
 Which classes are explained: ``class_name`` if given; for a multi-label model every class at
 or above its operating point (the thresholds saved with it); otherwise the ``top_k`` most
 probable. Unreadable files are skipped and named, as ``densenets predict`` does.
@@ -9,12 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..engine.prediction import multilabel_thresholds, read_images
 from ..errors import ConfigError
 from ..models.weights import LoadedModel
 from .maps import METHODS, explain
+from .slices import draw_volume_overlay
 
 
 def explain_files(
@@ -27,8 +32,9 @@ def explain_files(
     layer: str | None = None,
 ) -> list[dict]:
     """One record per path: ``{"file", "overlay", "method", "explained": [{"class", "index",
-    "probability"}], "note"}``, or ``{"file", "error"}`` for a file that cannot be read."""
-    from ..data.transforms import image_transform
+    "probability"}], "note"}`` (and ``"map"``, the .npy of a volume's maps), or ``{"file", "error"}``
+    for a file that cannot be read."""
+    from ..engine.prediction import input_reader
 
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -43,7 +49,8 @@ def explain_files(
     device = next(model.parameters()).device
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records, ready = read_images(paths, image_transform(loaded.preprocess))
+    reader, transform = input_reader(loaded.preprocess)
+    records, ready = read_images(paths, transform, reader)
     used: set[str] = set()
     for index, tensor in ready:
         x = tensor[None].to(device)
@@ -51,11 +58,16 @@ def explain_files(
             logits = model(x).float()[0]
         probs = logits.sigmoid() if thresholds else logits.softmax(0)
         chosen, note = choose_classes(probs, names, class_name, top_k, thresholds)
-        maps = explain(model, x, targets=chosen, method=method, layer=layer)[0]  # (T, H, W)
+        maps = explain(model, x, targets=chosen, method=method, layer=layer)[0]  # (T, H, W) or (T, D, H, W)
         explained = [{"class": names[c], "index": c, "probability": float(probs[c])} for c in chosen]
         overlay = out_dir / _unique_name(Path(records[index]["file"]).stem, used)
         label = method if layer is None else f"{method} {layer.removeprefix('features.')}"
-        draw_overlay(display_image(tensor, loaded.preprocess), maps, explained, overlay, label, bool(thresholds))
+        if maps.dim() == 4:  # a volume
+            np.save(overlay.with_suffix(".npy"), maps.float().cpu().numpy())
+            draw_volume_overlay(tensor.cpu(), maps.cpu(), explained, overlay, label, bool(thresholds))
+            records[index]["map"] = str(overlay.with_suffix(".npy"))
+        else:
+            draw_overlay(display_image(tensor, loaded.preprocess), maps, explained, overlay, label, bool(thresholds))
         records[index].update(overlay=str(overlay), method=method, explained=explained, note=note)
     return records
 

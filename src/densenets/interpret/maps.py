@@ -5,8 +5,8 @@ module), every parameter's ``.grad`` and ``requires_grad``, and its hooks. Grad-
 layer through one forward hook that is removed before returning, and takes gradients with
 ``torch.autograd.grad`` with respect to that layer's output only, so nothing accumulates in
 ``.grad``. The maps are normalised as pytorch-grad-cam does (ReLU, min-max to [0, 1], bilinear
-resize to the input, min-max again); on a layer that is not rewritten in place afterwards they equal its
-``GradCAM`` and captum's ``LayerGradCam`` (tested).
+resize to the input, min-max again; trilinear for a volume); on a layer that is not rewritten in
+place afterwards they equal its ``GradCAM`` and captum's ``LayerGradCam`` (tested).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def explain(
 
     Args:
         model: One of our models (DenseNets and the ResNet baselines).
-        images: ``(N, C, H, W)``, preprocessed as the model expects.
+        images: ``(N, C, H, W)``, preprocessed as the model expects, or volumes ``(N, C, D, H, W)``
+            for a 3-D model: each ``H, W`` below is then ``D, H, W``.
         targets: ``None`` (each image's top prediction) or one class (index or name):
             maps ``(N, H, W)``; a sequence of T classes explained on every image:
             ``(N, T, H, W)``; a tensor ``(N,)`` of one class per image: ``(N, H, W)``, or
@@ -57,7 +58,7 @@ def explain(
         The maps, scaled as pytorch-grad-cam scales them.
 
     Raises:
-        ConfigError: An unknown method, class or layer, images that are not 4-D, or a call
+        ConfigError: An unknown method, class or layer, images that are not 4-D (or 5-D), or a call
             under ``torch.inference_mode()``.
 
     Example:
@@ -67,8 +68,11 @@ def explain(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        raise ConfigError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    if not isinstance(images, Tensor) or images.dim() not in (4, 5):
+        raise ConfigError(
+            "images must be a (N, C, H, W) tensor (or (N, C, D, H, W) volumes), "
+            f"got {getattr(images, 'shape', type(images))}"
+        )
     if torch.is_inference_mode_enabled():
         raise ConfigError("explain needs autograd; it was called under torch.inference_mode()")
     with _as_found(model), torch.enable_grad():
@@ -82,21 +86,24 @@ def explain(
         chosen, squeeze = _targets(targets, scores, class_names or _class_names(model))
         dtype = torch.promote_types(activations.dtype, torch.float32)  # bf16 maps are summed in fp32
         maps = torch.stack([weights_for(chosen[:, t]) for t in range(chosen.shape[1])], 1)  # (N, T, C)
-        cams = torch.einsum("ntc,nchw->nthw", maps.to(dtype), activations.to(dtype))
-    cams = normalise(cams, images.shape[-2:])
+        cams = torch.einsum("ntc,nc...->nt...", maps.to(dtype), activations.to(dtype))
+    cams = normalise(cams, images.shape[2:])
     return cams[:, 0] if squeeze else cams
 
 
 def normalise(cams: Tensor, size: Sequence[int]) -> Tensor:
     """(N, T, h, w) raw maps -> ReLU, min-max to [0, 1], bilinear resize to ``size``, min-max again.
 
+    (N, T, d, h, w) maps of a volume are resized trilinearly to a 3-long ``size``.
+
     pytorch-grad-cam's order, kept so the maps equal its own: the first scaling's 1e-7 guard
     is not negligible for maps whose raw range is small (inner layers, ~1e-3).
     """
     cams = F.relu(cams.detach().to(torch.promote_types(cams.dtype, torch.float32)))
     n, t = cams.shape[:2]
-    cams = _min_max(cams.reshape(n * t, 1, *cams.shape[-2:]))
-    cams = _min_max(F.interpolate(cams, size=tuple(size), mode="bilinear"))
+    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
+    cams = _min_max(cams.reshape(n * t, 1, *cams.shape[2:]))
+    cams = _min_max(F.interpolate(cams, size=tuple(size), mode=mode))
     return cams.reshape(n, t, *size)
 
 
@@ -128,7 +135,7 @@ def _gradcam(model: nn.Module, images: Tensor, module: nn.Module):
         # Images are independent in eval mode, so one backward of the summed scores serves all.
         score = scores.gather(1, t[:, None]).sum()
         (grad,) = torch.autograd.grad(score, activations, retain_graph=True)
-        return grad.mean((2, 3))  # (N, C): alpha_c of Grad-CAM
+        return grad.flatten(2).mean(2)  # (N, C): alpha_c of Grad-CAM, the mean over h, w (and d)
 
     return scores.detach(), activations.detach(), weights_for
 
@@ -136,10 +143,11 @@ def _gradcam(model: nn.Module, images: Tensor, module: nn.Module):
 def _forward(model: nn.Module, images: Tensor, module: nn.Module) -> tuple[Tensor, Tensor]:
     """The model's scores, and ``module``'s output as a leaf that the scores' graph starts from."""
     captured: list[Tensor] = []
+    shape = "(N, C, h, w)" if images.dim() == 4 else "(N, C, d, h, w)"
 
     def hook(_module, _inputs, output):
-        if not isinstance(output, Tensor) or output.dim() != 4:
-            raise ConfigError(f"a heat map needs a layer with a (N, C, h, w) output, got {type(output).__name__}")
+        if not isinstance(output, Tensor) or output.dim() != images.dim():
+            raise ConfigError(f"a heat map needs a layer with a {shape} output, got {getattr(output, 'shape', output)}")
         if torch.is_inference(output):
             raise ConfigError(f"the layer's output carries no gradients: {NO_GRADIENTS}")
         # A fresh leaf: gradients stop here (nothing upstream, no parameter .grad), and the

@@ -288,6 +288,8 @@ def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, 
     the smoothed targets, the test loss against the labels: the line says so."""
     smoothing = run.recipe.label_smoothing
     smoothed = f" (smoothed {smoothing:g}, not comparable with test)" if smoothing else ""
+    # "*best" marks an epoch validation chose; when it cannot rank epochs each one is only the latest
+    is_best = is_best and run.state.best.get("selected_on") == "val"
     if "test_auroc" in record:
         n = len(run.data.class_names)
         val_text = f"  val macro AUROC {macro(record, 'val', n)}" if "val_auroc" in record else ""

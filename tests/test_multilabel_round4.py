@@ -195,10 +195,14 @@ def test_eval_in_bf16_counts_changed_validation_decisions_and_rechooses_threshol
     metrics = strict_json((out_dir / "metrics.json").read_text())
     assert metrics["precision"] == "bf16"  # the numeric precision, not overwritten by per-class PPV
     assert set(metrics["ppv"]) == set(CLASSES)
-    assert metrics["precision"] == "bf16"  # the numeric precision, not overwritten by per-class PPV
-    assert set(metrics["ppv"]) == set(CLASSES)
     assert metrics["precision_val_images"] == 8
     changed = metrics["precision_positives_changed"]
     assert f"bf16: at the saved thresholds (chosen on fp32 outputs) {changed} validation decisions change" in out
     assert set(metrics["precision_thresholds"]) == set(CLASSES)
     assert "re-chosen on the validation split for bf16" in out
+    # predict at bf16 says the same of the run's own validation split (it rebuilds the split)
+    image = sorted(data.rglob("*.png"))[0]
+    assert main(["predict", str(run), str(image), "--precision", "bf16", "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert f"bf16: at the saved thresholds (chosen on fp32 outputs) {changed} validation decisions change" in out
+    assert "predict uses the saved ones" in out

@@ -105,13 +105,9 @@ def format_multilabel(result: dict) -> str:
         f"{'class':<16} {'AUROC':>6} {'AP':>6} {'prev.':>6} {'thresh.':>7} {'sens.':>6} {'spec.':>6} {'F1':>6}",
     ]
     if "precision_thresholds" in result:
-        shown = ", ".join(f"{n} {t:.3f}" for n, t in result["precision_thresholds"].items())
-        lines.insert(2, (
-            f"{result['thresholds_for']}: at the saved thresholds (chosen on fp32 outputs) "
-            f"{result['precision_positives_changed']} validation decisions change "
-            f"({result['precision_images_changed']} of {result['precision_val_images']} images); thresholds "
-            f"re-chosen on the validation split for {result['thresholds_for']}: {shown} (metrics.json "
-            "precision_thresholds; the figures here use the saved ones)"))  # fmt: skip
+        lines.insert(
+            2, precision_line(result, "metrics.json precision_thresholds; the figures here use the saved ones")
+        )
     for name in result["class_names"]:
         lines.append(
             f"{name[:16]:<16} {cell(result['auroc'][name]):>6} {cell(result['average_precision'][name]):>6} "
@@ -120,6 +116,17 @@ def format_multilabel(result: dict) -> str:
             f"{cell(result['f1'][name]):>6}"
         )
     return "\n".join(lines)
+
+
+def precision_line(check: dict, where: str) -> str:
+    """What bf16/int8 changes at the fp32-chosen thresholds, and the thresholds re-chosen for it."""
+    shown = ", ".join(f"{n} {t:.3f}" for n, t in check["precision_thresholds"].items())
+    return (
+        f"{check['thresholds_for']}: at the saved thresholds (chosen on fp32 outputs) "
+        f"{check['precision_positives_changed']} validation decisions change "
+        f"({check['precision_images_changed']} of {check['precision_val_images']} images); thresholds "
+        f"re-chosen on the validation split for {check['thresholds_for']}: {shown} ({where})"
+    )
 
 
 def run_predict(args) -> int:
@@ -143,9 +150,18 @@ def run_predict(args) -> int:
     loaded = load_model(args.checkpoint, args.model, device=device)
     for line in loaded_notes(loaded):  # stderr under --json: stdout stays one JSON document
         print(line, file=sys.stderr if args.json else sys.stdout)
+    exact = loaded.model
     loaded.model, precision = with_precision(loaded, args.precision, args.calibration, args.backend, device.type)
     if not args.json and precision["backend"] != "module":
         print(f"precision: {precision['note']}")
+    if multilabel_thresholds(loaded) is not None:  # thresholds were chosen on fp32 outputs: what changes here
+        from ..engine.evaluation import validation_precision_check
+
+        fast, loaded.model = loaded.model, exact
+        check = validation_precision_check(loaded, fast, args.precision, precision["device"])
+        loaded.model = fast
+        if check is not None:
+            print(precision_line(check, "predict uses the saved ones"), file=sys.stderr if args.json else sys.stdout)
     records = predict_images(loaded, expand_image_paths(args.images), args.top_k, args.batch_size)
     failed = sum("error" in r for r in records)
     multilabel = multilabel_thresholds(loaded)

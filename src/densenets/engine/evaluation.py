@@ -118,10 +118,7 @@ def evaluate_checkpoint(
         head = {"checkpoint": str(loaded.source), "checkpoint_choice": reason, "notes": loaded.notes, "data": data,
                 "ten_crop": ten_crop, "precision": precision, "precision_note": precision_info["note"]}  # fmt: skip
         if precision != "fp32" and bundle.val is not None:  # thresholds were chosen on fp32 outputs
-            val = bundle.val if same_preprocessing(bundle.preprocess, preprocess) else (
-                with_transform(bundle.val, image_transform(preprocess)))  # fmt: skip
-            rule = recipe.get("threshold", "f1")
-            head.update(precision_thresholds(loaded, model, val, runtime, names, rule), thresholds_for=precision)
+            head.update(precision_check(loaded, model, bundle, runtime, names, precision))
         return multilabel_evaluation(head, metrics, names, loaded.preprocess, out_dir)
     result = {
         "checkpoint": str(loaded.source),
@@ -230,6 +227,31 @@ def multilabel_evaluation(head: dict, metrics: dict, names: list[str], preproces
     if out_dir is not None:
         save_multilabel_evaluation(result, probs, targets, Path(out_dir))
     return result
+
+
+def precision_check(loaded: LoadedModel, fast, bundle, runtime, names: list[str], precision: str) -> dict:
+    """:func:`precision_thresholds` on ``bundle``'s validation split, read as the model reads its input."""
+    val = bundle.val
+    if not same_preprocessing(bundle.preprocess, loaded.preprocess):
+        val = with_transform(val, image_transform(loaded.preprocess))
+    rule = loaded.run_config.get("recipe", {}).get("threshold", "f1")
+    return {**precision_thresholds(loaded, fast, val, runtime, names, rule), "thresholds_for": precision}
+
+
+def validation_precision_check(loaded: LoadedModel, fast, precision: str, device: str) -> dict | None:
+    """For ``predict`` at bf16/int8 of a multi-label run: :func:`precision_check` on the run's own
+    validation split (rebuilt from its record); None when there is nothing to check against (fp32,
+    single-label, a model without its run's data record, a run without validation rows)."""
+    if precision == "fp32" or not loaded.preprocess.get("multilabel"):
+        return None
+    if not loaded.run_config.get("recipe", {}).get("data"):
+        return None
+    bundle = build_data(recorded_spec(loaded.run_config, loaded.preprocess)[0])
+    if bundle.val is None:
+        return None
+    runtime = make_runtime(Recipe(device=device, amp="none"))
+    names = loaded.class_names if len(loaded.class_names) == bundle.num_classes else bundle.class_names
+    return precision_check(loaded, fast, bundle, runtime, names, precision)
 
 
 def precision_thresholds(loaded: LoadedModel, fast, val, runtime, names: list[str], rule: str) -> dict:

@@ -148,6 +148,7 @@ def test_a_csv_of_volumes_trains_evaluates_and_predicts_via_the_cli(tmp_path, ca
     assert _train(data, run, "--volume-size", "8", "8", "8", "--intensity-window", "-1000", "400") == 0
     out = capsys.readouterr().out
     assert "clipped to [-1000, 400] and scaled to [0, 1]" in out and "resized to 8x8x8 (as asked)" in out
+    assert "input size" not in out  # the images' stem-default note does not apply to volumes (it said "8 px")
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["spatial_dims"] == 3 and config["data"]["preprocess"]["volume_size"] == [8, 8, 8]
 

@@ -239,7 +239,7 @@ def _load_data(recipe: Recipe, entry: PretrainedEntry | None, start: dict | None
     elif start is not None:
         spec = replace(spec, mean=tuple(start["mean"]), std=tuple(start["std"]))
     data = build_data(spec)
-    if why:
+    if why and data.spatial_dims == 2:  # volumes keep their own size (--volume-size), said in their note
         data.notes.insert(0, f"input size {data.image_size} px: {why}; --image-size to change")
     return data
 

@@ -101,4 +101,5 @@ if len(sys.argv) > 2:
               "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
               "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__,
               "threads": torch.get_num_threads()}  # fmt: skip
+    Path(sys.argv[2]).parent.mkdir(parents=True, exist_ok=True)
     Path(sys.argv[2]).write_text(json.dumps(record, indent=1) + "\n")

@@ -100,7 +100,16 @@ class _Transition(nn.Module):
         return F.conv2d(F.avg_pool2d(t, 2), self.w)
 
 
-class InferenceDenseNet(nn.Module):
+class _EvalOnly(nn.Module):
+    """A module that stays in eval mode: ``train(True)`` is refused in one line."""
+
+    def train(self, mode: bool = True) -> _EvalOnly:
+        if mode:
+            raise RuntimeError("an optimize_for_inference model is eval-only; train the original module")
+        return super().train(False)
+
+
+class InferenceDenseNet(_EvalOnly):
     """Eval-only DenseNet from :func:`optimize_for_inference`; same outputs as the source model."""
 
     def __init__(self, model: DenseNet) -> None:
@@ -130,11 +139,6 @@ class InferenceDenseNet(nn.Module):
         self.num_features = model.num_features
         self.train(False)
 
-    def train(self, mode: bool = True) -> InferenceDenseNet:
-        if mode:
-            raise RuntimeError("an optimize_for_inference model is eval-only; train the original module")
-        return super().train(False)
-
     @torch.inference_mode()
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last).to(self.stem_w.dtype)
@@ -149,8 +153,9 @@ class InferenceDenseNet(nn.Module):
         return self.classifier(t.view(N, H * W, C).mean(1)).float()
 
 
-class InferenceCopy(nn.Module):
-    """Eval-only copy of a network without a folded form here (the ResNet baselines) in ``dtype``:
+class InferenceCopy(_EvalOnly):
+    """Eval-only copy of a network without a folded form here (the ResNet baselines, 1-D and 3-D
+    DenseNets) in ``dtype``:
     bf16 weights and activations, fp32 logits, like :class:`InferenceDenseNet` at bf16."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
@@ -159,11 +164,6 @@ class InferenceCopy(nn.Module):
         self.config = model.config
         self.dtype = dtype
         self.train(False)
-
-    def train(self, mode: bool = True) -> InferenceCopy:
-        if mode:
-            raise RuntimeError("an optimize_for_inference model is eval-only; train the original module")
-        return super().train(False)
 
     @torch.inference_mode()
     def forward(self, x: Tensor) -> Tensor:

@@ -217,8 +217,7 @@ def evaluate(
         if tta != "none":
             images = tta_views(images, tta)  # (N, V, C, H, W): averaged as crops are
         if cost is not None:
-            views = images.dim() == _spatial_dims(model) + 3  # crops or TTA views, not a batch of volumes
-            cost.eval_batch(model, images.flatten(0, 1) if views else images)
+            cost.eval_batch(model, images.flatten(0, 1) if _has_views(model, images) else images)
         logits = _logits(model, images, runtime)
         if targets.is_floating_point():
             multilabel_batches.append((logits.cpu(), targets.cpu()))
@@ -267,7 +266,7 @@ def _multilabel_result(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict
 
 
 def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    crops = images.dim() == _spatial_dims(model) + 3  # (N, crops, C, H, W): ten-crop testing of images
+    crops = _has_views(model, images)
     if crops:
         n, c = images.shape[:2]
         images = images.flatten(0, 1)
@@ -279,6 +278,11 @@ def _logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.T
         # the argmax; their mean ranks classes the same and keeps the loss on the usual scale.
         logits = logits.view(n, c, -1).mean(1)
     return logits
+
+
+def _has_views(model: nn.Module, images: torch.Tensor) -> bool:
+    """(N, V, C, *spatial): ten crops or TTA views of each image, not a batch of volumes."""
+    return images.dim() == _spatial_dims(model) + 3
 
 
 def _spatial_dims(model: nn.Module) -> int:

@@ -1,20 +1,32 @@
-"""The fast recipe's parts: the linear (triangular) schedule and test-time augmentation."""
+"""The fast recipe's parts: the linear (triangular) schedule, test-time augmentation, progressive
+resizing and the whitened stem."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from densenets.cli.main import main
+from densenets.data import DataSpec, build_data
+from densenets.data.loaders import make_train_loader
+from densenets.data.resident import progressive_size
+from densenets.engine import runtime as runtime_module
 from densenets.engine.loop import evaluate
-from densenets.engine.recipes import Recipe
+from densenets.engine.recipes import RECIPES, Recipe
+from densenets.engine.reporting import progressive_line
 from densenets.engine.runtime import make_runtime
 from densenets.engine.schedule import lr_at
 from densenets.engine.trainer import fit
 from densenets.engine.tta import tta_views
 from densenets.errors import ConfigError
 from densenets.models import create_model
+from densenets.models.whiten import whiten_stem
 
 from .fakedata import write_cifar10
 from .test_training import TINY_MODEL, tiny_recipe
@@ -73,3 +85,131 @@ def test_a_run_with_tta_reports_the_final_figure_with_and_without_it(tmp_path, c
     out = capsys.readouterr().out
     assert f"final test error {saved['final_test_error']:.2f}%" in out
     assert f"final test error with flip test-time augmentation {saved['final_test_error_tta']:.2f}%" in out
+
+
+def test_progressive_sizes_share_the_epochs_in_equal_parts():
+    sizes = (16, 16, 20, 24, 28, 32)
+    assert [progressive_size(e, 12, sizes) for e in range(12)] == [16] * 4 + [20] * 2 + [24] * 2 + [28] * 2 + [32] * 2
+    assert [progressive_size(e, 5, (16, 32)) for e in range(5)] == [16, 16, 16, 32, 32]
+    assert progressive_size(3, 12, None) is None
+    line = progressive_line(sizes, 12)
+    assert "epochs 1-4 at 16 px, 5-6 at 20 px, 7-8 at 24 px, 9-10 at 28 px, 11-12 at 32 px" in line
+
+
+def test_a_progressive_run_trains_each_epoch_at_its_size_and_counts_each_shape(tmp_path, capsys):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=30)
+    fit(tiny_recipe(tmp_path / "data", epochs=2, train_sizes=(16, 32)), tmp_path / "run", show_progress=False)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    shapes = saved["train_flops_by_shape"]
+    assert set(shapes) == {"20x3x16x16 float32, amp none, 1 chunk", "20x3x32x32 float32, amp none, 1 chunk"}
+    small, full = (shapes[k] for k in sorted(shapes))
+    assert small["steps"] == full["steps"] == 2
+    assert small["flops_per_step"] < full["flops_per_step"] / 3  # a quarter of the pixels
+    assert "progressive resizing: epochs 1 at 16 px, 2 at 32 px" in capsys.readouterr().out
+
+
+def test_resident_batches_come_at_the_epochs_size(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=10)
+    data = build_data(DataSpec(name="cifar10+", data_dir=str(tmp_path / "data")))
+    loader = make_train_loader(data, "resident", 20, 0, torch.device("cpu"), train_sizes=(16, 32), epochs=2)
+    for epoch, size in ((0, 16), (1, 32)):
+        loader.start_epoch(epoch, 0)
+        images, _ = next(iter(loader))
+        assert images.shape == (20, 3, size, size)
+    with pytest.raises(ConfigError, match="needs the resident loader"):
+        make_train_loader(data, "workers", 20, 0, torch.device("cpu"), train_sizes=(16, 32), epochs=2)
+    with pytest.raises(ConfigError, match=r"must end at the input size .*32 px"):
+        make_train_loader(data, "resident", 20, 0, torch.device("cpu"), train_sizes=(16, 24), epochs=2)
+
+
+def test_bad_train_sizes_and_whitening_over_weights_are_refused():
+    with pytest.raises(ConfigError, match="train_sizes takes 1 to epochs"):
+        Recipe(epochs=4, train_sizes=(4, 32))
+    with pytest.raises(ConfigError, match=r"train_sizes takes 1 to epochs \(1\)"):
+        Recipe(epochs=1, train_sizes=(16, 32))
+    with pytest.raises(ConfigError, match="whiten_stem initialises a network from random weights"):
+        Recipe(whiten_stem=True, pretrained=True)
+
+
+def correlated_images(n: int = 64, size: int = 12) -> torch.Tensor:
+    """Images whose neighbouring pixels and channels are strongly correlated, as natural ones are."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.avg_pool2d(torch.randn(n, 1, size + 2, size + 2, generator=g), 3, 1)
+    return torch.cat([base, 0.8 * base + 0.2 * torch.randn(n, 1, size, size, generator=g), -base], 1)
+
+
+def test_the_whitened_stem_gives_the_training_patches_unit_uncorrelated_outputs():
+    torch.manual_seed(0)
+    model = create_model(TINY_MODEL)  # stem: 3x3 conv, 3 -> 8 maps
+    images = correlated_images()
+
+    def output_covariance():
+        out = torch.nn.functional.conv2d(images, model.features.conv0.weight.detach())  # no padding: patches only
+        flat = out.transpose(0, 1).reshape(8, -1)
+        return torch.cov(flat)
+
+    assert not torch.allclose(output_covariance()[:4, :4], torch.eye(4), atol=0.1)  # the default start is not white
+    line = whiten_stem(model, images, eps=1e-8)
+    cov = output_covariance()
+    assert torch.allclose(cov[:4, :4], torch.eye(4), atol=1e-3)
+    weight = model.features.conv0.weight
+    assert torch.equal(weight[4:], -weight[:4])  # pairs of opposite sign
+    assert line.startswith("stem: conv0's 8 of 8 filters whiten 3x3 patches (top 4 principal directions")
+    with pytest.raises(ConfigError, match="needs a 2-D DenseNet"):
+        whiten_stem(create_model(TINY_MODEL, spatial_dims=3), images)
+
+
+def test_a_run_with_a_whitened_stem_says_so_and_records_it(tmp_path, capsys):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=30)
+    fit(tiny_recipe(tmp_path / "data", epochs=1, whiten_stem=True), tmp_path / "run", show_progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"]["whiten_stem"] is True
+    assert "stem: conv0's 8 of 8 filters whiten 3x3 patches" in capsys.readouterr().out
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_said(tmp_path, monkeypatch):
+    without, with_bf16 = tmp_path / "old", tmp_path / "new"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert runtime_module.cpu_has_native_bf16(str(without)) is False
+    assert runtime_module.cpu_has_native_bf16(str(with_bf16)) is True
+    assert runtime_module.cpu_has_native_bf16(str(tmp_path / "missing")) is None
+    runtime = make_runtime(Recipe(device="cpu", amp="bf16"))
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: False)
+    assert "emulated, usually slower than fp32" in runtime_module.bf16_cpu_note(runtime)
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: True)
+    assert runtime_module.bf16_cpu_note(runtime) is None
+    assert runtime_module.bf16_cpu_note(make_runtime(Recipe(device="cpu"))) is None
+
+
+def test_the_fast_recipe_is_a_named_recipe_every_field_overridable(tmp_path, capsys):
+    main(["train", "--recipe", "fast", "--data-dir", str(tmp_path), "--dry-run"])
+    shown = json.loads(capsys.readouterr().out)
+    fast = RECIPES["fast"]
+    assert shown["model"] == fast.model and shown["data"] == "cifar10+" and shown["train_sizes"][-1] == 32
+    assert shown["whiten_stem"] is True and shown["tta"] == "flip-translate" and shown["schedule"] == "linear"
+    main(["train", "--recipe", "fast", "--data-dir", str(tmp_path), "--model", "densenet_bc100_k12"]
+         + ["--epochs", "30", "--no-whiten-stem", "--train-sizes", "32", "--dry-run"])  # fmt: skip
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["model"], shown["epochs"], shown["whiten_stem"], shown["train_sizes"]) == (
+        "densenet_bc100_k12",
+        30,
+        False,
+        [32],
+    )
+
+
+def test_the_gpu_script_runs_the_fast_recipe_in_smoke_mode_on_the_cpu(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    script = Path(__file__).resolve().parents[1] / "docs" / "fast" / "gpu_fast.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run(
+        ["bash", str(script), "--smoke", str(tmp_path / "data"), str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "out" / "fast-bc100"
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["whiten_stem"] is True and config["recipe"]["train_sizes"][-1] == 32
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_flops"] > 0 and summary["steps"] == 4

@@ -1,9 +1,9 @@
 """Training-step throughput of candidate networks for the fast recipe, on this machine.
 
-    python docs/fast/probe_step.py OUT.json [--models densenet_bc40_k12,...] [--batch 256] [--steps 6]
+    python docs/fast/probe_step.py OUT.json [--models densenet_bc40_k12,...] [--batch 256] [--steps 6] [--sizes 32]
 
 Times the engine's own training step (``engine.loop.train_step``: forward, loss, backward, SGD
-with Nesterov momentum) on random 32x32 batches, fp32 and bf16 autocast, in the engine's layout
+with Nesterov momentum) on random batches (32x32, or each of --sizes), fp32 and bf16 autocast, in the engine's layout
 for the precision, after two warm-up steps; prints images/s, the step's FLOPs counted by
 ``torch.utils.flop_counter`` and the FLOP rate they reach, and writes them with the CPU read
 from /proc/cpuinfo. A probe, not a benchmark against peers: it only ranks our candidates.
@@ -28,13 +28,13 @@ from densenets.engine.runtime import make_runtime, tune_cpu_allocator
 from densenets.models import create_model
 
 
-def probe(name: str, batch: int, amp: str, steps: int) -> dict:
+def probe(name: str, batch: int, amp: str, steps: int, size: int = 32) -> dict:
     recipe = Recipe(model=name, data="cifar10+", amp=amp, batch_size=batch, device="cpu")
     runtime = make_runtime(recipe)
     model = create_model(name).to(memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     state = TrainState(model.train(), optimizer)
-    images = runtime.to_device(torch.randn(batch, 3, 32, 32))
+    images = runtime.to_device(torch.randn(batch, 3, size, size))
     targets = torch.randint(0, 10, (batch,))
     flops = count_train_step(model, images, targets, runtime, recipe)
     times = []
@@ -45,7 +45,7 @@ def probe(name: str, batch: int, amp: str, steps: int) -> dict:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     return {
-        "model": name, "batch": batch, "amp": amp, "channels_last": runtime.channels_last,
+        "model": name, "batch": batch, "size": size, "amp": amp, "channels_last": runtime.channels_last,
         "step_s": seconds, "images_per_s": batch / seconds, "step_flops": flops,
         "gflops_per_s": flops / seconds / 1e9, "epoch_s_50k": 50_000 / (batch / seconds),
     }  # fmt: skip
@@ -58,14 +58,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--amps", default="none,bf16")
+    parser.add_argument("--sizes", default="32", help="image sizes, comma-separated (progressive resizing)")
     args = parser.parse_args()
     tune_cpu_allocator()
     rows = []
     for name in args.models.split(","):
-        for amp in args.amps.split(","):
-            row = probe(name, args.batch, amp, args.steps)
+        for amp, size in [(a, int(s)) for a in args.amps.split(",") for s in args.sizes.split(",")]:
+            row = probe(name, args.batch, amp, args.steps, size)
             rows.append(row)
-            print(f"{name:20s} {amp:5s} b{args.batch}  {row['images_per_s']:7.1f} img/s  "
+            print(f"{name:20s} {amp:5s} b{args.batch} {size}px  {row['images_per_s']:7.1f} img/s  "
                   f"{row['step_flops'] / args.batch / 1e9:.3f} GFLOP/img  {row['gflops_per_s']:6.1f} GFLOP/s  "
                   f"epoch {row['epoch_s_50k']:6.1f} s", flush=True)  # fmt: skip
     record = {"cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError
 from .datasets import DataBundle
 from .determinism import derive_seed
-from .resident import ResidentLoader
+from .resident import ResidentLoader, progressive_size
 from .samplers import ResumableSampler
 
 LOADERS = ("workers", "resident")
@@ -49,13 +49,15 @@ class TrainLoader:
     sampler: ResumableSampler
     seed: int
     rank: int
+    sizes: tuple[int, ...] | None = None  # progressive resizing (resident loader only)
+    epochs: int = 1
 
     def start_epoch(self, epoch: int, skip: int) -> None:
         """Order and augmentation of ``epoch``; the first ``skip`` samples were already trained on."""
         self.sampler.set_epoch(epoch)
         self.sampler.set_skip(skip)
         if self.kind == "resident":
-            self.batches.set_epoch(epoch)
+            self.batches.set_epoch(epoch, progressive_size(epoch, self.epochs, self.sizes))
             return
         if hasattr(self.batches.dataset, "set_epoch"):
             self.batches.dataset.set_epoch(epoch)
@@ -80,10 +82,23 @@ def make_train_loader(
     drop_last: bool = True,
     channels_last: bool = True,
     worker_init_fn=None,
+    train_sizes: tuple[int, ...] | None = None,
+    epochs: int = 1,
 ) -> TrainLoader:
-    """The training loader ``kind`` for one rank of a (possibly distributed) run."""
+    """The training loader ``kind`` for one rank of a (possibly distributed) run.
+
+    ``train_sizes`` (progressive resizing over ``epochs``) needs the resident loader, and its
+    last size must be the data's input size.
+    """
     if kind not in LOADERS:
         raise ConfigError(f"loader must be one of {', '.join(LOADERS)}; got {kind!r}")
+    if train_sizes and kind != "resident":
+        raise ConfigError("train_sizes (progressive resizing) needs the resident loader (CIFAR / SVHN in memory)")
+    if train_sizes and train_sizes[-1] != data.image_size:
+        raise ConfigError(
+            f"train_sizes must end at the input size the model is evaluated at ({data.image_size} px), "
+            f"got {list(train_sizes)}"
+        )
     sampler = ResumableSampler(
         data.train, num_replicas=world_size, rank=rank, seed=derive_seed(seed, "order") % 2**31, drop_last=False
     )
@@ -104,4 +119,4 @@ def make_train_loader(
             generator=torch.Generator(),
             worker_init_fn=worker_init_fn if workers else None,
         )
-    return TrainLoader(kind, batches, sampler, seed, rank)
+    return TrainLoader(kind, batches, sampler, seed, rank, train_sizes, epochs)

@@ -6,6 +6,9 @@ in a few tensor operations, with no decoding, no per-image Python and no worker 
 
 The augmentation is the paper's (zero-pad 4, random 32x32 crop, horizontal flip) in the
 authors' order: normalise first, then pad with zeros, so the border is the mean colour.
+With progressive resizing (recipe ``train_sizes``) each augmented batch is then resized to
+the epoch's size (bilinear, antialiased), so early epochs cost fewer FLOPs.
+
 Its random numbers are drawn per sample index from a generator seeded by (seed, epoch):
 the crop and flip of sample i in epoch e do not depend on the batch it lands in, on the
 device, or on how many batches a resumed run skips, so exact resume holds.
@@ -77,6 +80,24 @@ def augment_batch(
     return x[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def progressive_size(epoch: int, epochs: int, sizes: tuple[int, ...] | None) -> int | None:
+    """The training image size of ``epoch`` (0-based) when ``sizes`` share the ``epochs`` in equal parts.
+
+    ``None`` without progressive resizing. Part ``i`` covers epochs ``[i * epochs / n, (i + 1) * epochs / n)``.
+    """
+    if not sizes:
+        return None
+    return sizes[min(len(sizes) - 1, epoch * len(sizes) // epochs)]
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), bilinear and antialiased, keeping channels-last strides."""
+    if x.shape[-2:] == (size, size):
+        return x
+    out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 class ResidentLoader:
     """Iterates (images, labels) batches like the training ``DataLoader``, made on ``device``.
 
@@ -108,9 +129,10 @@ class ResidentLoader:
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
         self.augment, self.seed, self.channels_last = augment, seed, channels_last
         self.epoch = 0
+        self.size: int | None = None  # progressive resizing: this epoch's image size (None: the images' own)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, size: int | None = None) -> None:
+        self.epoch, self.size = epoch, size
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -138,4 +160,6 @@ class ResidentLoader:
                 None if offsets is None else offsets[index],
                 None if flips is None else flips[index],
             )
+            if self.size is not None:
+                x = resize_batch(x, self.size)
             yield (x if self.channels_last else x.contiguous()), self.labels[index]

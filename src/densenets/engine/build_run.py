@@ -14,6 +14,7 @@ from .._version import __version__
 from ..data import DataBundle, DataSpec, build_data
 from ..data.csv_labels import multilabel_targets
 from ..data.determinism import derive_seed
+from ..data.resident import augment_batch, uint8_arrays
 from ..data.volumes import minimum_size
 from ..errors import ConfigError, DataError, TrainingDiverged, UserError
 from ..models import build_model, config_from_dict, get_config
@@ -23,6 +24,7 @@ from ..models.inflate import DEFAULT_INFLATION, describe_inflation, inflate_stat
 from ..models.pretrained import PretrainedEntry, default_pretrained_cfg, get_weights_entry
 from ..models.registry import ModelConfig
 from ..models.weights import classifier_prefix, load_backbone, preprocessing_record
+from ..models.whiten import whiten_stem
 from .checkpoint import (
     FORMAT,
     capture_rng,
@@ -159,6 +161,8 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
         recipe=recipe, model_config=model_config, runtime=runtime, entry=entry, load_weights=not resume,
         class_names=data.class_names,
     )  # fmt: skip
+    if recipe.whiten_stem and not resume:
+        data.notes = [*data.notes, _whiten_stem(model, recipe, data)]
     optimizer = _make_optimizer(recipe, model)
     model = _wrap_model(model, recipe=recipe, runtime=runtime)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.needs_grad_scaler else None
@@ -407,6 +411,25 @@ def _inflate(state: dict, model: nn.Module, verbose: bool, mode: str | None = No
     if verbose:
         print(describe_inflation(mode or DEFAULT_INFLATION, chosen=mode is not None), flush=True)
     return inflate_state_dict(state, model, mode or DEFAULT_INFLATION)
+
+
+WHITEN_IMAGES = 5000  # training images whose patches set the whitened stem
+
+
+def _whiten_stem(model: nn.Module, recipe: Recipe, data: DataBundle) -> str:
+    """Set the stem from up to WHITEN_IMAGES training images, normalised as the network sees them
+    (the same images on every rank: drawn from the run's seed)."""
+    if data.spatial_dims != 2:
+        raise ConfigError("whiten_stem is for 2-D images")
+    g = torch.Generator().manual_seed(derive_seed(recipe.seed, "whiten"))
+    pick = torch.randperm(len(data.train), generator=g)[:WHITEN_IMAGES]
+    try:
+        images, _ = uint8_arrays(data.train)
+        mean, std = (torch.tensor(data.preprocess[k], dtype=torch.float32) for k in ("mean", "std"))
+        x = augment_batch(images[pick], mean, std).contiguous()
+    except ConfigError:  # not in memory: the training transform's tensors
+        x = torch.stack([data.train[int(i)][0] for i in pick[:1000]])
+    return whiten_stem(model, x.to(next(model.parameters()).device))
 
 
 def _rounded(values: list[float]) -> list[float]:

@@ -75,6 +75,9 @@ class Recipe:
     augment: str | None = None  # none | crop | crop-flip | imagenet (None: chosen by the data set and image size)
     dropout: float | None = None  # None: 0.2 without augmentation, 0 with (the paper's rule)
     init: str = "fan_out"
+    whiten_stem: bool = False  # initialise the first conv as a patch-whitening filter bank from training images
+    train_sizes: tuple[int, ...] | None = None  # progressive resizing: train at these sizes over equal parts of
+    # the epochs (e.g. 16 24 32), the last one the input size; the resident loader resizes each batch
     # execution
     seed: int = 0
     loader: str | None = None  # workers | resident (None: resident for in-memory CIFAR/SVHN, else workers)
@@ -115,6 +118,8 @@ class Recipe:
             raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if self.pretrained and self.weights:
             raise ConfigError("give either pretrained (named weights) or weights (a file), not both")
+        if self.whiten_stem and (self.pretrained or self.weights):
+            raise ConfigError("whiten_stem initialises a network from random weights, not from pretrained/weights")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
         if self.loader not in (None, "workers", "resident"):
@@ -138,6 +143,14 @@ class Recipe:
                 raise ConfigError(f"inflate must be one of {', '.join(INFLATIONS)}; got {self.inflate!r}")
             if not (self.pretrained or self.weights):
                 raise ConfigError("inflate needs 2-D weights to inflate into the 3-D model: pretrained or weights")
+        if self.train_sizes is not None:
+            sizes = self.train_sizes
+            if not sizes or any(int(v) != v or v < 8 for v in sizes) or len(sizes) > self.epochs:
+                raise ConfigError(
+                    f"train_sizes takes 1 to epochs ({self.epochs}) image sizes of at least 8 px, got {list(sizes)}"
+                    + (" (fewer epochs: fewer sizes, e.g. --train-sizes 16 32)" if len(sizes) > self.epochs else "")
+                )
+            object.__setattr__(self, "train_sizes", tuple(int(v) for v in sizes))
         if self.spatial_dims not in (None, 1, 2, 3):
             raise ConfigError(f"spatial_dims must be 1, 2 or 3, got {self.spatial_dims!r}")
         if self.init not in ("fan_out", "fan_in"):
@@ -204,6 +217,23 @@ RECIPES: dict[str, Recipe] = {
     "svhn": Recipe(model="densenet_bc100_k12", data="svhn", epochs=40, batch_size=64, val_split=6000),
     # ImageNet: batch 256, 90 epochs, lr divided by 10 at epochs 30 and 60.
     "imagenet": Recipe(model="densenet121", data="imagenet", epochs=90, batch_size=256, lr_milestones=(1 / 3, 2 / 3)),
+    # Few FLOPs to CIFAR accuracy on one CPU (docs/fast-training.md): the settings chosen on a
+    # validation split; every field can be overridden, --model any DenseNet of the family.
+    "fast": Recipe(
+        model="densenet_bc40_k12",
+        data="cifar10+",
+        epochs=12,
+        batch_size=256,
+        lr=0.4,
+        schedule="linear",
+        warmup_epochs=1.0,
+        weight_decay=5e-4,
+        label_smoothing=0.2,
+        amp="bf16",
+        train_sizes=(16, 16, 20, 24, 28, 32),
+        whiten_stem=True,
+        tta="flip-translate",
+    ),  # fmt: skip
     # The bundled real data set: DenseNet-BC-40 (k=12) on 16x16 digits, minutes on a laptop CPU.
     "digits": Recipe(model="densenet_bc40_k12", data="digits+", epochs=20, batch_size=64),
     # A user's own folder of class sub-folders: the ImageNet preprocessing, a shorter schedule.
@@ -258,6 +288,7 @@ AUTO_MEANING = {
     "volume_size": "the volumes' own size (all alike)",
     "intensity_window": "a z-score per volume",
     "spatial_dims": "the data's: 3 for a CSV of volumes, else 2",
+    "train_sizes": "every epoch at the input size",
     "inflate": "center (each 2-D kernel in the middle depth slice); mean: I3D's repeat over depth",
 }
 
@@ -304,7 +335,7 @@ def base_recipe(name: str | None = None, data: str | None = None, pretrained: bo
     """The named recipe, or the one the data set implies.
 
     Args:
-        name: ``cifar``, ``svhn``, ``imagenet``, ``digits``, ``imagefolder`` or ``finetune``;
+        name: ``cifar``, ``fast``, ``svhn``, ``imagenet``, ``digits``, ``imagefolder`` or ``finetune``;
             ``None``: the data set's (digits when neither is given; ``finetune`` for an image
             folder or a labels CSV with pretrained weights).
         data: The data set name, which replaces the recipe's.

@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 
 from ..data.csv_labels import multilabel_targets
+from ..data.resident import progressive_size
 from .build_run import Run
 from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
 from .loop import TrainState, evaluate
 from .multilabel import one_sided_classes
 from .runlog import is_better, read_metrics, reported_result, unranked_reason, validation_score
+from .runtime import bf16_cpu_note
 
 
 def describe_run(run: Run, params: int) -> None:
@@ -26,6 +28,26 @@ def describe_run(run: Run, params: int) -> None:
     )
     run.log(f"run folder: {run.run_dir}")
     describe_data(run)
+    if r.train_sizes:
+        run.log(progressive_line(r.train_sizes, r.epochs))
+    if note := bf16_cpu_note(run.runtime):
+        run.log(note)
+
+
+def progressive_line(sizes: tuple[int, ...], epochs: int) -> str:
+    """``progressive resizing: epochs 1-4 at 16 px, 5-8 at 24 px, 9-12 at 32 px (...)``."""
+    parts: list[tuple[int, int, int]] = []  # (first, last, size), 1-based epochs
+    for epoch in range(epochs):
+        size = progressive_size(epoch, epochs, sizes)
+        if parts and parts[-1][2] == size:
+            parts[-1] = (parts[-1][0], epoch + 1, size)
+        else:
+            parts.append((epoch + 1, epoch + 1, size))
+    shown = ", ".join(f"{a}-{b} at {s} px" if a != b else f"{a} at {s} px" for a, b, s in parts)
+    return (
+        f"progressive resizing: epochs {shown} (each augmented batch resized, bilinear antialiased; "
+        f"evaluation at {sizes[-1]} px)"
+    )
 
 
 def describe_data(run: Run) -> None:

@@ -47,6 +47,28 @@ def amp_dtype(name: str) -> torch.dtype | None:
     return AMP_DTYPES[name]
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); ``None`` when it cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None:
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def bf16_cpu_note(runtime: Runtime) -> str | None:
+    """A line when bf16 autocast runs on a CPU without native bf16 (emulated: slower than fp32)."""
+    if runtime.amp_dtype is not torch.bfloat16 or runtime.device.type != "cpu" or cpu_has_native_bf16() is not False:
+        return None
+    return (
+        "warning: bf16 autocast on a CPU without AVX-512 BF16 or AMX: emulated, usually slower than fp32 "
+        "(--amp none trains in fp32)"
+    )
+
+
 def resolve_device(name: str = "auto", dist: DistInfo | None = None) -> torch.device:
     """``auto``: CUDA (this rank's local GPU) when available, else CPU; makes a CUDA device current."""
     dist = dist or DistInfo()

@@ -87,6 +87,8 @@ def _loaders(run: Run) -> tuple[TrainLoader, DataLoader, DataLoader | None]:
         drop_last=run.drop_last,
         channels_last=run.runtime.channels_last,
         worker_init_fn=ignore_sigint,
+        train_sizes=r.train_sizes,
+        epochs=r.epochs,
     )
     pin = run.runtime.device.type == "cuda"
     workers = r.workers if r.workers is not None else default_workers(run.runtime.device.type)

@@ -5,12 +5,13 @@ builds ``densenet121`` with ``spatial_dims=3`` (one channel, two classes), runs 
 training step (SGD with Nesterov momentum, ``densenets.bench.timing.training_step_fn``) once to
 warm up, then measures three further steps:
 
-1. the peak resident size of one step over the size before it (VmHWM, as ``bench --sections
-   volumes`` measures, but after the warm-up: the momentum buffers are in the base here);
+1. the peak resident size (VmHWM) of one step over the size before it, and over the size before
+   the warm-up step (``bench --sections volumes``'s figure); the latter again in a process that
+   keeps glibc's default allocator settings (no ``tune_cpu_allocator``);
 2. what autograd keeps for backward at the end of forward, by region (stem, each block's first
    half -- concat, BN1, ReLU1, conv1's input -- and second half -- conv1's output, BN2, ReLU2 --,
    each transition, the head), counting each storage once and no parameter;
-3. the allocator's own peak during the step (torch.profiler's memory events), and whether it
+3. the CPU allocator's own peak during the step (torch.profiler's allocation events), and whether it
    falls in forward, backward or the optimizer step.
 
     PYTHONPATH=src python docs/volume_memory.py [--size 96] [--batch 2] [--precision fp32|bf16] [--out DIR]
@@ -55,6 +56,7 @@ def saved_by_region(model, step) -> dict[str, int]:
 
     stack, saved = [""], {}
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
     def leave(module, args, output) -> None:  # returns None: the output stays the module's
         stack.pop()
 
@@ -95,26 +97,29 @@ def saved_by_region(model, step) -> dict[str, int]:
 
 
 def allocator_peak(step) -> dict:
-    """The allocator's peak over one step (bytes above its start) and the phase it falls in."""
-    import torch
+    """The CPU allocator's peak over one step (bytes above its start) and the phase it falls in."""
+    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(phases=True)
-    events = prof.events()
-    marked = ("forward", "backward", "optimizer")
-    phases = {e.name: (e.time_range.start, e.time_range.end) for e in events if e.name in marked}
-    live, peak, at = 0, 0, 0
-    for e in sorted((e for e in events if e.name == "[memory]"), key=lambda e: e.time_range.start):
-        live += e.cpu_memory_usage
-        if live > peak:
-            peak, at = live, e.time_range.start
-    phase = next((name for name, (start, end) in phases.items() if start <= at <= end), "between phases")
-    del torch
-    return {"bytes": peak, "phase": phase}
+    allocations, phases, stack = [], {}, list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            fields = event.extra_fields
+            allocations.append((event.start_time_ns, fields.total_allocated, fields.alloc_size))
+        elif event.name in ("forward", "backward", "optimizer"):
+            phases[event.name] = (event.start_time_ns, event.end_time_ns)
+    allocations.sort()
+    start = allocations[0][1] - allocations[0][2]  # allocated before the step's first allocation
+    at, total, _ = max(allocations, key=lambda a: a[1])
+    phase = next((name for name, (begin, end) in phases.items() if begin <= at <= end), "between phases")
+    return {"bytes": total - start, "phase": phase}
 
 
-def worker(level: str, size: int, batch: int, precision: str) -> dict:
+def worker(level: str, size: int, batch: int, precision: str, tuned: bool = True) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -122,7 +127,8 @@ def worker(level: str, size: int, batch: int, precision: str) -> dict:
     from densenets.bench.memory import _peak_rss_bytes, _reset_peak, _rss_bytes
     from densenets.engine.runtime import tune_cpu_allocator
 
-    tune_cpu_allocator()  # as the bench and densenets train do
+    if tuned:
+        tune_cpu_allocator()  # as the bench and densenets train do
     torch.manual_seed(0)
     model = create_model("densenet121", spatial_dims=3, in_channels=1, num_classes=2)
     model.set_memory_efficient(LEVELS[level])
@@ -144,14 +150,18 @@ def worker(level: str, size: int, batch: int, precision: str) -> dict:
             with record_function("optimizer") if phases else _nothing():
                 optimizer.step()
 
-    step()
+    before = _rss_bytes()
+    step()  # warm-up
     base = _rss_bytes()
     _reset_peak()
     step()
-    rss_peak = _peak_rss_bytes() - base
+    rss_peak, bench_peak = _peak_rss_bytes() - base, _peak_rss_bytes() - before  # the bench: over the warm-up's start
+    if not tuned:
+        return {"level": level, "bench_rss_peak_bytes": bench_peak}
     saved = saved_by_region(model, step)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"level": level, "rss_peak_bytes": rss_peak, "saved_bytes": saved, "parameter_bytes": params,
+    return {"level": level, "rss_peak_bytes": rss_peak, "bench_rss_peak_bytes": bench_peak, "saved_bytes": saved,
+            "parameter_bytes": params,
             "allocator_peak": allocator_peak(step)}  # fmt: skip
 
 
@@ -174,7 +184,11 @@ def table(results: list[dict], size: int, batch: int, precision: str) -> list[st
         ("parameters (gradients as much again, momentum too)", [r["parameter_bytes"] / MIB for r in results]),
         ("allocator peak of the step over its start", [r["allocator_peak"]["bytes"] / MIB for r in results]),
         ("resident peak of the step over the size before it", [r["rss_peak_bytes"] / MIB for r in results]),
-    ]
+        ("resident peak over the size before the warm-up step (the bench's figure)",
+         [r["bench_rss_peak_bytes"] / MIB for r in results]),
+        ("the same, glibc's default allocator settings (no tune_cpu_allocator)",
+         [r["default_allocator"]["bench_rss_peak_bytes"] / MIB for r in results]),
+    ]  # fmt: skip
     for label, values in rows:
         lines.append(f"| {label} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
     lines.append("| phase of the allocator peak | " + " | ".join(r["allocator_peak"]["phase"] for r in results) + " |")
@@ -189,18 +203,22 @@ def main() -> None:
     parser.add_argument("--levels", default="off,concat,full")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--default-allocator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.size, args.batch, args.precision)))
+        print(json.dumps(worker(args.worker, args.size, args.batch, args.precision, not args.default_allocator)))
         return
     results = []
     for level in args.levels.split(","):
-        cmd = [sys.executable, __file__, "--worker", level, "--size", str(args.size), "--batch", str(args.batch),
-               "--precision", args.precision]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"level {level}: {done.stderr.strip()[-2000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        runs = []
+        for extra in ([], ["--default-allocator"]):
+            cmd = [sys.executable, __file__, "--worker", level, "--size", str(args.size), "--batch", str(args.batch),
+                   "--precision", args.precision, *extra]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"level {level}: {done.stderr.strip()[-2000:]}")
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append({**runs[0], "default_allocator": runs[1]})
     from densenets.bench.machine import cpu_info
 
     c = cpu_info()

@@ -103,10 +103,11 @@ def _tiny(**kw) -> DenseNetConfig:
         dict(bottleneck=False, compression=1.0, spatial_dims=1),
     ],
 )
-def test_memory_efficient_matches_normal_mode(settings):
+@pytest.mark.parametrize("level", [True, "full"])
+def test_memory_efficient_matches_normal_mode(settings, level):
     torch.manual_seed(1)
     normal = DenseNet(_tiny(**settings))
-    efficient = DenseNet(_tiny(**settings), memory_efficient=True)
+    efficient = DenseNet(_tiny(**settings), memory_efficient=level)
     efficient.load_state_dict(normal.state_dict())
     size = 32 if settings.get("stem") == "imagenet" else 8
     x = torch.randn(4, 3, *(size,) * settings.get("spatial_dims", 2))
@@ -151,6 +152,82 @@ def test_memory_efficient_mode_really_checkpoints():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x)
     assert efficient_saved < sum(saved)
+
+
+def _saved_numel(model: DenseNet, x: torch.Tensor) -> int:
+    """Elements autograd keeps for backward after one training forward (parameters excluded)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            saved[t.data_ptr()] = t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.train()(x)
+    return sum(saved.values())
+
+
+def test_full_memory_level_keeps_less_than_the_concat_level_in_3d():
+    # At the full level a 3-D DenseNet keeps its layers' inputs, not their 1x1 outputs (nor the
+    # transitions' and the stem's BN-ReLU outputs): less than the concat level, which keeps less
+    # than the normal mode.
+    config = _tiny(stem="imagenet", bottleneck=True, compression=0.5, spatial_dims=3)
+    model, x = DenseNet(config), torch.randn(2, 3, 16, 16, 16)
+    kept = {}
+    for level in (False, True, "full"):
+        model.set_memory_efficient(level)
+        assert model.memory_level == level
+        kept[level] = _saved_numel(model, x)
+    assert kept["full"] < kept[True] < kept[False]
+    # what the full level still keeps beyond the blocks' own maps is small: no 1x1 output
+    inner = config.bn_size * config.growth_rate
+    one_inner_map = 2 * inner * 4**3  # a first block's 1x1 output: batch 2, 4^3 voxels after the stem
+    assert kept[True] - kept["full"] >= config.block_sizes[0] * one_inner_map
+
+
+def test_full_memory_level_runs_conv1_twice_and_conv2_once():
+    torch.manual_seed(0)
+    model = DenseNet(_tiny(bottleneck=True, compression=0.5), memory_efficient="full")
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda *_: hooks.append(1))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+    ran = {e.key: e.count for e in prof.key_averages()}
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    layers = sum(model.config.block_sizes)
+    assert ran["aten::convolution"] == convs + layers  # each 1x1 conv once more, in backward
+    assert len(hooks) == convs  # ... without firing its hooks again
+    assert ran["aten::convolution_backward"] == convs
+
+
+def test_full_memory_level_trains_under_bf16_autocast_in_3d():
+    # conv1 is rebuilt in backward under the forward's autocast state (else: a bf16 input against
+    # fp32 weights). Gradients are not compared: this torch's bf16 3-D backward differs between
+    # two runs of the normal mode itself.
+    torch.manual_seed(3)
+    config = _tiny(stem="imagenet", bottleneck=True, compression=0.5, spatial_dims=3)
+    normal, full = DenseNet(config), DenseNet(config, memory_efficient="full")
+    full.load_state_dict(normal.state_dict())
+    x, target = torch.randn(2, 3, 16, 16, 16), torch.randint(0, 5, (2,))
+    losses = []
+    for model in (normal, full):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), target)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0])
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in full.parameters())
+
+
+def test_memory_level_is_checked():
+    with pytest.raises(ConfigError, match="false, true or 'full'"):
+        DenseNet(_tiny(), memory_efficient="yes")
+    with pytest.raises(ConfigError, match="false, true or 'full'"):
+        DenseNet(_tiny()).set_memory_efficient(1)
 
 
 def test_memory_efficient_mode_runs_each_convolution_once():

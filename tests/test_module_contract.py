@@ -100,7 +100,7 @@ def test_weight_parametrizations_are_honoured(kind):
 
 
 @pytest.mark.parametrize("spatial_dims", DIMS)
-@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("memory_efficient", [False, True, "full"])
 def test_pickle_save_and_deepcopy_at_any_time(memory_efficient, spatial_dims):
     """Copies work when built, between forward and backward (the graph alive), and after backward."""
     model, x = model_and_input(train=True, spatial_dims=spatial_dims)

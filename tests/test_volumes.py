@@ -522,14 +522,64 @@ def test_bench_volumes_section_times_ours_both_modes_and_monai_with_peak_memory(
     cfg = BenchConfig(rounds=1, reps=1, warmup=1, precisions=("fp32",), quick=True)  # 3 worker processes
     section = volumes_section(cfg, torch.device("cpu"), lambda line: None)
     rows = section["rows"]
-    assert [r["contender"] for r in rows] == ["densenets, normal", "densenets, memory-efficient", "MONAI DenseNet121"]
+    assert [r["contender"] for r in rows] == ["densenets, normal", "densenets, memory-efficient",
+                                             "densenets, memory-efficient full", "MONAI DenseNet121"]  # fmt: skip
     for r in rows:
         assert r["size"] == 32 and len(r["seconds_per_round"]) == 1 and r["seconds"] > 0 and r["peak_mib"] > 0
         assert len(r["speedup_vs_monai"]["per_round"]) == 1
-    assert rows[0]["time_vs_normal"]["median"] == 1.0 and rows[2]["speedup_vs_monai"]["median"] == 1.0
+    assert rows[0]["time_vs_normal"]["median"] == 1.0 and rows[3]["speedup_vs_monai"]["median"] == 1.0
     table = "\n".join(volumes_table(section))
     assert "### Volumes: 3-D training steps against MONAI's DenseNet121" in table
-    assert table.count("| 32^3 b2 fp32 |") == 3
+    assert table.count("| 32^3 b2 fp32 |") == 4
+
+
+def test_bench_volumes_only_runs_the_named_contenders():
+    from densenets.bench.harness import BenchConfig
+    from densenets.bench.volumes import volumes_section, volumes_table
+
+    only = ("32^3, batch 2, fp32: densenets, normal", "32^3, batch 2, fp32: densenets, memory-efficient full")
+    cfg = BenchConfig(rounds=1, reps=1, warmup=0, precisions=("fp32",), quick=True, only=only)
+    rows = volumes_section(cfg, torch.device("cpu"), lambda line: None)["rows"]
+    assert [r["contender"] for r in rows] == ["densenets, normal", "densenets, memory-efficient full"]
+    assert rows[1]["memory_vs_normal"] > 0 and rows[1]["speedup_vs_monai"] is None  # MONAI did not run
+    assert "| MONAI not run |" in "\n".join(volumes_table({"rows": rows, "note": "x"}))
+
+
+def test_bench_volumes_openvino_checks_then_times_ours_against_monai_through_the_same_runtime():
+    pytest.importorskip("openvino")
+    from densenets.bench.harness import SECTIONS, BenchConfig
+    from densenets.bench.volumes_openvino import CONTENDERS, volumes_openvino_section, volumes_openvino_table
+
+    assert "volumes-openvino" in SECTIONS
+    cfg = BenchConfig(rounds=2, reps=1, precisions=("fp32",), quick=True)
+    section = volumes_openvino_section(cfg, lambda line: None)
+    rows = section["rows"]
+    assert [(r["batch"], r["contender"]) for r in rows] == [(b, c) for b in (1, 2) for c in CONTENDERS]
+    for r in rows:
+        assert len(r["speedup_vs_monai"]["per_round"]) == 2 and r["seconds"] > 0
+        assert r["checked"]["monai_vs_ours_openvino"] <= 1e-4  # the outputs were compared before timing
+    assert "OpenVINO " in section["note"] and "threads" in section["note"]
+    assert "\n".join(volumes_openvino_table(section)).count("| 32^3 b1 fp32 |") == 2
+
+
+def test_bench_volumes_openvino_refuses_to_time_a_monai_model_that_differs(monkeypatch):
+    pytest.importorskip("openvino")
+    from densenets.bench import volumes, volumes_openvino
+
+    built = volumes.build
+
+    def damaged(impl, quick, memory_efficient=False):
+        model = built(impl, quick, memory_efficient)
+        if impl == "monai":
+            with torch.no_grad():
+                model.class_layers.out.bias.add_(1.0)
+        return model
+
+    monkeypatch.setattr(volumes, "build", damaged)
+    x = torch.randn(1, 1, 32, 32, 32)
+    runners = volumes_openvino._compiled(True, "fp32", x)
+    with pytest.raises(RuntimeError, match="outputs differ beyond 0.0001 of their scale"):
+        volumes_openvino.check_outputs(runners, x, "fp32")
 
 
 def test_bench_volumes_refuses_to_time_a_monai_model_that_differs(monkeypatch):

@@ -33,7 +33,8 @@ from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown
 from .timing import matmul_peak_gflops, paired_ratio
 
-SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs", "serve", "volumes")
+SECTIONS = ("train", "infer", "memory", "memory-target", "levers", "openvino-graphs", "serve", "volumes",
+            "volumes-openvino")  # fmt: skip
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: no matmul peak
 FP32_REFERENCE = "torchvision channels_last, fp32"
 CANDIDATES = {"fp32": ("openvino", "torch"), "bf16": ("openvino", "torch"), "int8": ("openvino", "onnxruntime")}
@@ -444,4 +445,8 @@ def _run_sections(cfg: BenchConfig, device: torch.device, out_dir: Path, log) ->
         from .volumes import volumes_section
 
         save("volumes", volumes_section(cfg, device, log))
+    if "volumes-openvino" in cfg.sections:
+        from .volumes_openvino import volumes_openvino_section
+
+        save("volumes_openvino", volumes_openvino_section(cfg, log))
     return results

@@ -136,6 +136,10 @@ def to_markdown(results: dict) -> str:
         from .volumes import volumes_table
 
         lines += volumes_table(results["volumes"])
+    if "volumes_openvino" in results:
+        from .volumes_openvino import volumes_openvino_table
+
+        lines += volumes_openvino_table(results["volumes_openvino"])
     return "\n".join(lines)
 
 

@@ -1,13 +1,16 @@
 """``densenets bench --sections volumes``: 3-D DenseNet-121 training steps against MONAI's DenseNet121.
 
 For each volume size (96^3 and 128^3, batch 2, one input channel, two classes) and precision
-(fp32; bf16 under autocast), three contenders run one training step (forward, backward, SGD with
+(fp32; bf16 under autocast), four contenders run one training step (forward, backward, SGD with
 Nesterov momentum and weight decay, as the engine runs it) in fresh processes, alternated round
-by round: ours in the normal mode, ours memory-efficient, and MONAI's ``DenseNet121`` with the
-same weights (its outputs checked equal to ours first). Both take NCDHW tensors and get the same
+by round: ours in the normal mode, ours memory-efficient (``set_memory_efficient(True)``: concat-
+BN-ReLU recomputed), ours at the ``"full"`` level, and MONAI's ``DenseNet121`` with the same
+weights (its outputs checked equal to ours first). Both take NCDHW tensors and get the same
 allocator setting. Each process also records the peak memory of one step after a warm-up step
 (CUDA: ``max_memory_allocated`` over what was allocated before it; CPU: the peak resident size
-over the size before it). MONAI has no memory-efficient mode, so it has one row.
+over the size before it). MONAI has no memory-efficient mode, so it has one row. ``--only TEXT``
+keeps the workloads whose title contains TEXT, or single contenders: ``--only "128^3, batch 2,
+fp32: densenets, normal"`` (a ratio whose reference did not run says so).
 
 ``--quick`` runs a tiny DenseNet (growth 4, blocks (2, 2)) at 32^3 on both sides: it checks the
 harness, it measures nothing useful. Run as a worker: ``python -m densenets.bench.volumes SPEC``.
@@ -26,14 +29,15 @@ import torch
 SIZES = (96, 128)
 BATCH = 2
 TINY = {"growth_rate": 4, "block_sizes": (2, 2), "init_channels": 8}  # --quick
-CONTENDERS = {  # label -> (impl, memory_efficient)
+CONTENDERS = {  # label -> (impl, memory_efficient level)
     "densenets, normal": ("densenets", False),
     "densenets, memory-efficient": ("densenets", True),
+    "densenets, memory-efficient full": ("densenets", "full"),
     "MONAI DenseNet121": ("monai", False),
 }
 
 
-def build(impl: str, quick: bool, memory_efficient: bool = False) -> torch.nn.Module:
+def build(impl: str, quick: bool, memory_efficient: bool | str = False) -> torch.nn.Module:
     """Our 3-D DenseNet-121 (or the tiny one) or MONAI's with the same weights (seed 0)."""
     from ..models import create_model
 
@@ -135,12 +139,12 @@ def volumes_section(cfg, device: torch.device, log) -> dict:
     for size in sizes:
         for precision in [p for p in cfg.precisions if p in ("fp32", "bf16")] or ["fp32"]:
             title = f"volumes {'tiny DenseNet' if cfg.quick else 'densenet121'} {size}^3, batch {BATCH}, {precision}"
-            if cfg.only and not any(o in title for o in cfg.only):
+            labels = [c for c in CONTENDERS if not cfg.only or any(o in f"{title}: {c}" for o in cfg.only)]
+            if not labels:
                 continue
-            log(f"{title}: {len(CONTENDERS)} contenders x {cfg.rounds} rounds")
-            times: dict[str, list[float]] = {label: [] for label in CONTENDERS}
-            peaks: dict[str, list[int]] = {label: [] for label in CONTENDERS}
-            labels = list(CONTENDERS)
+            log(f"{title}: {len(labels)} contenders x {cfg.rounds} rounds")
+            times: dict[str, list[float]] = {label: [] for label in labels}
+            peaks: dict[str, list[int]] = {label: [] for label in labels}
             for r in range(cfg.rounds):
                 for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
                     impl, efficient = CONTENDERS[label]
@@ -150,15 +154,16 @@ def volumes_section(cfg, device: torch.device, log) -> dict:
                     result = _spawn(spec)
                     times[label].append(result["median_s"])
                     peaks[label].append(result["peak_bytes"])
-            normal = "densenets, normal"
+            normal, monai = "densenets, normal", "MONAI DenseNet121"
             for label in labels:
                 rows.append({
                     "title": title, "size": size, "batch": BATCH, "precision": precision, "contender": label,
                     "seconds": statistics.median(times[label]), "seconds_per_round": times[label],
                     "peak_mib": max(peaks[label]) / 2**20,
-                    "memory_vs_normal": max(peaks[label]) / max(max(peaks[normal]), 1),
-                    "time_vs_normal": paired_ratio(times[label], times[normal]),  # > 1: slower than normal
-                    "speedup_vs_monai": paired_ratio(times["MONAI DenseNet121"], times[label]),
+                    "memory_vs_normal": max(peaks[label]) / max(max(peaks[normal]), 1) if normal in peaks else None,
+                    # > 1: slower than normal
+                    "time_vs_normal": paired_ratio(times[label], times[normal]) if normal in times else None,
+                    "speedup_vs_monai": paired_ratio(times[monai], times[label]) if monai in times else None,
                 })  # fmt: skip
     note = "tiny DenseNet at 32^3 (--quick): checks the harness only" if cfg.quick else "DenseNet-121, batch 2"
     return {"rows": rows, "note": note}
@@ -170,10 +175,12 @@ def volumes_table(section: dict) -> list[str]:
              "| workload | contender | s/step | peak MiB | memory / normal | time / normal | speed-up vs MONAI |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in section["rows"]:
-        t, s = r["time_vs_normal"], r["speedup_vs_monai"]
+        t, s, m = r["time_vs_normal"], r["speedup_vs_monai"], r["memory_vs_normal"]
+        time_vs = "normal not run" if t is None else f"{t['median']:.2f} ({t['min']:.2f}-{t['max']:.2f})"
+        speedup = "MONAI not run" if s is None else f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+        memory = "normal not run" if m is None else f"{m:.2f}"
         lines.append(f"| {r['size']}^3 b{r['batch']} {r['precision']} | {r['contender']} | {r['seconds']:.3f} | "
-                     f"{r['peak_mib']:.0f} | {r['memory_vs_normal']:.2f} | {t['median']:.2f} | "
-                     f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}) |")  # fmt: skip
+                     f"{r['peak_mib']:.0f} | {memory} | {time_vs} | {speedup} |")  # fmt: skip
     return [*lines, ""]
 
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from .configs import ArchitectureConfig, check_choice, check_fraction, check_num_classes, check_positive_int
 from .layers import init_weights, make_classifier
 from .pretrained import default_pretrained_cfg
-from .recompute import first_conv_recomputed
+from .recompute import dense_layer_recomputed, first_conv_recomputed, norm_relu_recomputed
 
 Stem = Literal["cifar", "imagenet"]
 DropoutPlacement = Literal["paper", "torchvision"]
@@ -32,6 +32,17 @@ _STEMS = ("cifar", "imagenet")
 _PLACEMENTS = ("paper", "torchvision")
 _INITS = ("fan_out", "fan_in")
 SPATIAL_DIMS = (1, 2, 3)
+# set_memory_efficient's levels: False (off), True (concat-BN-ReLU recomputed, Pleiss et al.),
+# "full" (each dense layer but its 3x3 conv, the transitions' and the stem's BN-ReLU).
+MemoryLevel = bool | Literal["full"]
+MEMORY_LEVELS = (False, True, "full")
+
+
+def check_memory_level(level: object) -> MemoryLevel:
+    """``level`` if it is one of :data:`MEMORY_LEVELS` (1 and 0 are not booleans here)."""
+    if isinstance(level, bool) or level == "full":
+        return level
+    raise ConfigError(f"memory_efficient must be false, true or 'full', got {level!r}")
 
 
 def conv(spatial_dims: int) -> type[nn.Module]:
@@ -134,7 +145,7 @@ class DenseLayer(nn.Module):
         bottleneck: bool = True,
         dropout: float = 0.0,
         dropout_placement: DropoutPlacement = "paper",
-        memory_efficient: bool = False,
+        memory_efficient: MemoryLevel = False,
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
@@ -158,6 +169,11 @@ class DenseLayer(nn.Module):
     def forward(self, features: list[Tensor]) -> Tensor:
         """(N, C, H, W) concatenated-so-far maps -> the k new maps."""
         if self.memory_efficient and self.training and any(f.requires_grad for f in features):
+            dropout_between = self.dropout > 0 and self.dropout_after_conv1  # its mask cannot be rebuilt
+            if self.memory_efficient == "full" and self.bottleneck and not dropout_between:
+                # Keep only the inputs; all but conv2 is rebuilt in backward (conv1 runs twice).
+                modules = (self.norm1, self.relu1, self.conv1, self.norm2, self.relu2, self.conv2)
+                return self._drop(dense_layer_recomputed(features, *modules))
             # Keep only the inputs; concat -> BN -> ReLU is recomputed in backward, conv1 is not.
             out = first_conv_recomputed(features, self.norm1, self.relu1, self.conv1)
         else:
@@ -216,6 +232,7 @@ class Transition(nn.Sequential):
         if dropout > 0:
             self.drop = nn.Dropout(dropout)
         self.pool = avg_pool(spatial_dims)(kernel_size=2, stride=2)
+        self.memory_efficient: MemoryLevel = False  # "full": BN-ReLU rebuilt in backward from the input
 
     @property
     def pools_first(self) -> bool:
@@ -224,7 +241,11 @@ class Transition(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C * compression, H / 2, W / 2)."""
-        x = self.relu(self.norm(x))
+        if getattr(self, "memory_efficient", False) == "full" and self.training and x.requires_grad:
+            return norm_relu_recomputed(x, self.norm, self.relu, self._after_activation)
+        return self._after_activation(self.relu(self.norm(x)))
+
+    def _after_activation(self, x: Tensor) -> Tensor:
         if not self.pools_first:
             return self.pool(self.drop(self.conv(x)))
         return self.conv(self.pool(x))
@@ -249,8 +270,7 @@ class DenseNet(nn.Module):
 
     def __init__(self, config: DenseNetConfig, memory_efficient: bool = False) -> None:
         super().__init__()
-        if not isinstance(memory_efficient, bool):
-            raise ConfigError(f"memory_efficient must be true or false, got {memory_efficient!r}")
+        check_memory_level(memory_efficient)
         self.config = config
         self.pretrained_cfg: dict = default_pretrained_cfg(config)
         c = config
@@ -306,6 +326,7 @@ class DenseNet(nn.Module):
         self.num_features = channels
         self.classifier: nn.Module = self._make_classifier(c.num_classes)
         self._init_weights(c.init)
+        self.set_memory_efficient(memory_efficient)
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         return make_classifier(self.num_features, num_classes)
@@ -318,7 +339,15 @@ class DenseNet(nn.Module):
 
         (N, C_in, D, H, W) -> (N, num_features, d, h, w) in 3-D, (N, C_in, L) -> (N, num_features, l) in 1-D.
         """
-        return self.features(x)
+        f = self.features
+        if not (getattr(self, "_recompute_stem", False) and self.training):
+            return f(x)
+        x = f.conv0(x)  # "full" memory level, ImageNet stem: its BN-ReLU is rebuilt in backward
+        x = norm_relu_recomputed(x, f.norm0, f.relu0, f.pool0) if x.requires_grad else f.pool0(f.relu0(f.norm0(x)))
+        for name, module in f.named_children():
+            if name not in ("conv0", "norm0", "relu0", "pool0"):
+                x = module(x)
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global average pool, then the classifier unless ``pre_logits``."""
@@ -351,16 +380,31 @@ class DenseNet(nn.Module):
         self.config = replace(self.config, num_classes=num_classes)
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
-    def set_memory_efficient(self, enabled: bool = True) -> None:
-        """Switch recompute-in-backward of concat-BN-ReLU in the dense layers on or off."""
+    def set_memory_efficient(self, enabled: MemoryLevel = True) -> None:
+        """Switch recomputation in the backward pass on (``True``, ``"full"``) or off (``False``).
+
+        ``True`` recomputes each dense layer's concat-BN-ReLU (Pleiss et al.; every conv runs
+        once). ``"full"`` also rebuilds the rest of the layer but its 3x3 conv (the 1x1 conv runs
+        a second time in backward), the transitions' BN-ReLU and the ImageNet stem's BN-ReLU from
+        their inputs: for volumes, where the layers' 1x1 outputs dominate. A layer with dropout
+        between its two convs (``dropout_placement="paper"``) stays at the ``True`` level. The
+        gradients are the same at every level (tested).
+        """
+        level = check_memory_level(enabled)
         for m in self.modules():
-            if isinstance(m, DenseLayer):
-                m.memory_efficient = enabled
+            if isinstance(m, (DenseLayer, Transition)):
+                m.memory_efficient = level if isinstance(m, DenseLayer) or level == "full" else False
+        self._recompute_stem = level == "full" and self.config.stem == "imagenet"
 
     @property
     def memory_efficient(self) -> bool:
         """Whether the dense layers recompute their first half in the backward pass."""
         return any(m.memory_efficient for m in self.modules() if isinstance(m, DenseLayer))
+
+    @property
+    def memory_level(self) -> MemoryLevel:
+        """The level ``set_memory_efficient`` was given: False, True or ``"full"``."""
+        return next((m.memory_efficient for m in self.modules() if isinstance(m, DenseLayer)), False)
 
 
 # ---------------------------------------------------------------------------------------

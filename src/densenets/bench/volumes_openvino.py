@@ -1,0 +1,132 @@
+"""``densenets bench --sections volumes-openvino``: 3-D DenseNet-121 inference through OpenVINO,
+ours against MONAI's ``DenseNet121`` through OpenVINO.
+
+Like for like: both models hold the same weights (seed 0; MONAI's loaded from ours) and go
+through the same code in one worker process -- ``deploy.openvino.OpenVinoModule``: OpenVINO's
+``convert_model`` of the eval fp32 module, one static compile per input shape, the same compile
+settings (the precision hint, ``LATENCY``, torch's thread count) -- so the same OpenVINO version
+and threads. Before anything is timed, each compiled model's outputs are checked: fp32 against
+its PyTorch module and ours against MONAI's (1e-4 of the logits' scale), bf16 within 10% of the
+scale of fp32 PyTorch (both figures go in the report). Then, for each volume size, batch (1 and
+4) and precision (fp32, bf16), rounds alternate the two contenders' order; in each round a
+contender makes one untimed call and ``max(reps, 5)`` timed calls (their median). The speed-up
+is MONAI's time over ours, paired round by round (median, min-max).
+
+``--quick`` runs a tiny DenseNet at 32^3 (batch 1 and 2): it checks the harness only.
+Run as a worker: ``python -m densenets.bench.volumes_openvino SPEC``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SIZE, BATCHES = 96, (1, 4)
+CONTENDERS = ("densenets through OpenVINO", "MONAI DenseNet121 through OpenVINO")
+
+
+def _compiled(quick: bool, precision: str, example: torch.Tensor) -> dict:
+    """Ours and MONAI's (same weights) as OpenVINO modules, and their eval PyTorch modules."""
+    from ..deploy.graph import plain_eval_copy
+    from ..deploy.openvino import OpenVinoModule
+    from .volumes import build
+
+    modules = {CONTENDERS[0]: plain_eval_copy(build("densenets", quick)), CONTENDERS[1]: build("monai", quick).eval()}
+    return {label: (module, OpenVinoModule(module, example, precision)) for label, module in modules.items()}
+
+
+def check_outputs(runners: dict, x: torch.Tensor, precision: str) -> dict:
+    """Largest differences, relative to the fp32 logits' scale; raises if the models are not the same."""
+    with torch.no_grad():
+        reference = runners[CONTENDERS[0]][0](x)
+        monai_torch = runners[CONTENDERS[1]][0](x)
+        outputs = {label: runner(x) for label, (_, runner) in runners.items()}
+    scale = max(1.0, reference.abs().max().item())
+    diffs = {"monai_vs_ours_pytorch": (monai_torch - reference).abs().max().item() / scale}
+    for label, out in outputs.items():
+        diffs[f"{label} vs fp32 PyTorch"] = (out - reference).abs().max().item() / scale
+    diffs["monai_vs_ours_openvino"] = (outputs[CONTENDERS[1]] - outputs[CONTENDERS[0]]).abs().max().item() / scale
+    limit = 1e-4 if precision == "fp32" else 0.1
+    if max(diffs.values()) > limit or diffs["monai_vs_ours_pytorch"] > 1e-4:
+        raise RuntimeError(f"OpenVINO {precision}: outputs differ beyond {limit:g} of their scale {diffs}: not timed")
+    return diffs
+
+
+def run_worker(spec: dict) -> dict:
+    """Every workload of the section in this process: checks, then alternated timed rounds."""
+    size, reps, workloads = spec["size"], max(spec["reps"], 5), []
+    for precision in spec["precisions"]:
+        for batch in spec["batches"]:
+            x = torch.randn(batch, 1, size, size, size, generator=torch.Generator().manual_seed(batch))
+            runners = _compiled(spec["quick"], precision, x)
+            diffs = check_outputs(runners, x, precision)
+            times: dict[str, list[float]] = {label: [] for label in CONTENDERS}
+            for r in range(spec["rounds"]):
+                for label in CONTENDERS[r % 2 :] + CONTENDERS[: r % 2]:
+                    runner = runners[label][1]
+                    runner(x)  # untimed
+                    calls = []
+                    for _ in range(reps):
+                        start = time.perf_counter()
+                        runner(x)
+                        calls.append(time.perf_counter() - start)
+                    times[label].append(statistics.median(calls))
+            workloads.append({"size": size, "batch": batch, "precision": precision, "times": times, "diffs": diffs})
+    import openvino
+
+    return {"workloads": workloads, "openvino": openvino.__version__, "threads": torch.get_num_threads(),
+            "timed_calls_per_round": reps}  # fmt: skip
+
+
+def volumes_openvino_section(cfg, log) -> dict:
+    """Rows: per size, batch and precision, ours and MONAI's through OpenVINO, with the paired speed-up."""
+    from ..deploy.openvino import check_openvino
+    from .timing import paired_ratio
+
+    check_openvino()
+    precisions = [p for p in cfg.precisions if p in ("fp32", "bf16")] or ["fp32"]
+    spec = {"quick": cfg.quick, "size": 32 if cfg.quick else SIZE, "batches": (1, 2) if cfg.quick else BATCHES,
+            "precisions": precisions, "rounds": cfg.rounds, "reps": cfg.reps}  # fmt: skip
+    log(f"volumes-openvino: {len(CONTENDERS)} contenders x {cfg.rounds} rounds, sizes {spec['size']}^3, "
+        f"batches {spec['batches']}, {', '.join(precisions)}")  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "densenets.bench.volumes_openvino", json.dumps(spec)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"bench volumes-openvino worker failed: {done.stderr.strip()[-800:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = []
+    for w in result["workloads"]:
+        monai = w["times"][CONTENDERS[1]]
+        for label in CONTENDERS:
+            rows.append({
+                "size": w["size"], "batch": w["batch"], "precision": w["precision"], "contender": label,
+                "seconds": statistics.median(w["times"][label]), "seconds_per_round": w["times"][label],
+                "speedup_vs_monai": paired_ratio(monai, w["times"][label]), "checked": w["diffs"],
+            })  # fmt: skip
+    model = "tiny DenseNet (--quick): checks the harness only" if cfg.quick else "DenseNet-121"
+    note = (f"{model}, OpenVINO {result['openvino']}, {result['threads']} threads, LATENCY hint, "
+            f"{result['timed_calls_per_round']} timed calls per contender per round")  # fmt: skip
+    return {"rows": rows, "note": note}
+
+
+def volumes_openvino_table(section: dict) -> list[str]:
+    """Markdown: one row per size, batch, precision and contender."""
+    lines = [f"### Volumes: 3-D inference through OpenVINO against MONAI's DenseNet121 ({section['note']})", "",
+             "| workload | contender | ms/call | volumes/s | speed-up vs MONAI | max diff / scale vs fp32 PyTorch |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in section["rows"]:
+        s = r["speedup_vs_monai"]
+        diff = r["checked"][f"{r['contender']} vs fp32 PyTorch"]
+        lines.append(f"| {r['size']}^3 b{r['batch']} {r['precision']} | {r['contender']} | {1000 * r['seconds']:.1f} | "
+                     f"{r['batch'] / r['seconds']:.2f} | {s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}) | "
+                     f"{diff:.1e} |")  # fmt: skip
+    return [*lines, ""]
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_worker(json.loads(sys.argv[1]))))

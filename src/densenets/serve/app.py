@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from .batching import Batcher, QueueFull
 from .config import ServeConfig
+from .decoding import Decoder
 from .limits import BodyLimit, Refused, decode_upload
 from .metrics import Metrics
 from .model import ServedModel
@@ -34,16 +35,18 @@ def create_app(config: ServeConfig, served: ServedModel) -> FastAPI:
     metrics = Metrics()
     batcher = Batcher(served.predict, config.max_batch, config.max_wait_ms / 1000, config.max_queue, metrics.batch,
                       config.batch_wait)  # fmt: skip
+    decoder = Decoder()  # one thread decodes and preprocesses every upload (see .decoding)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
         yield
         batcher.stop()  # after uvicorn has answered what was in flight
+        decoder.stop()
 
     app = FastAPI(title="densenets serve", version=__version__, lifespan=lifespan,
                   description=f"{served.name} on {served.backend}, {served.precision_note}")  # fmt: skip
-    app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.batcher, app.state.metrics, app.state.decoder = batcher, metrics, decoder
     bearer = HTTPBearer(auto_error=False)
 
     def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
@@ -103,7 +106,7 @@ def create_app(config: ServeConfig, served: ServedModel) -> FastAPI:
         tensors = []
         for f in files:
             data = await f.read()
-            tensors.append(await run_in_threadpool(decode_upload, served.decode, f.filename, data, config.max_pixels))
+            tensors.append(await decoder.run(decode_upload, served.decode, f.filename, data, config.max_pixels))
         return tensors
 
     @app.get("/healthz")

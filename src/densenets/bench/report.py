@@ -147,8 +147,11 @@ def serve_table(serve: dict) -> list[str]:
     """``densenets serve`` under load: one row per server and concurrency, against offline batch inference."""
     offline = serve["offline"]["images_per_s"]
     backend = f", {serve['backend']} backend" if serve.get("backend") else ""
+    one = serve["offline"].get("batch1_images_per_s")  # runs before serve2 did not time it
+    single = (f" One image at a time: {one:.1f} images/s, so batching can gain at most {offline / one:.2f}x "
+              "over an unbatched server with no overhead." if one else "")  # fmt: skip
     lines = [f"### densenets serve, {serve['model']} at {serve['size']} px{backend} ({serve['note']})", "",
-             f"Offline batch-{serve['offline']['batch']} inference (the ceiling): {offline:.1f} images/s.", "",
+             f"Offline batch-{serve['offline']['batch']} inference (the ceiling): {offline:.1f} images/s.{single}", "",
              "| server | concurrency | images/s | of offline | p50 ms | p95 ms | p99 ms | failed |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in serve["rows"]:

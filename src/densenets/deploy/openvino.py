@@ -11,7 +11,7 @@ One compiled model is kept per input shape: OpenVINO's CPU kernels are fastest o
 shapes, and a new shape (another batch size, the last partial batch) costs one compile.
 ``dynamic_batch = True`` (what ``densenets serve`` sets, whose batches take every size up to
 ``--max-batch``) compiles once per image size with the batch dimension left dynamic: on the
-2-core Zen 4 of docs/bench-cpu/serve2 DenseNet-121 (224 px, fp32) compiled in 0.12 s and ran
+2-core Zen 4 of docs/bench-cpu/serve2/openvino-shapes.txt DenseNet-121 (224 px, fp32) compiled in 0.12 s and ran
 batches of 1, 15 and 16 at 27.5 to 27.9 ms per image against 27.3 to 27.5 static, where every
 static shape cost 0.21 to 0.25 s to compile and about 140 MB of resident memory (15 shapes: +2.1 GB).
 """

@@ -44,6 +44,8 @@ class _Rebuild:
         self.features, self.norm, self.relu = features, norm, relu
         self.conv, self.norm2, self.relu2 = conv, norm2, relu2
         device = features[0].device.type
+        if device == "meta":  # the FLOP count's shape-only copy: torch has no autocast state for meta
+            device = "cpu"
         self.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         self.cache: dict[str, Tensor] = {}
         self.pending = {"concat": 0, "activated": 0, "inner": 0, "inner_activated": 0}

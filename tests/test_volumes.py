@@ -562,27 +562,8 @@ def test_bench_volumes_openvino_checks_then_times_ours_against_monai_through_the
     assert "\n".join(volumes_openvino_table(section)).count("| 32^3 b1 fp32 |") == 2
 
 
-def test_bench_volumes_openvino_refuses_to_time_a_monai_model_that_differs(monkeypatch):
-    pytest.importorskip("openvino")
-    from densenets.bench import volumes, volumes_openvino
-
-    built = volumes.build
-
-    def damaged(impl, quick, memory_efficient=False):
-        model = built(impl, quick, memory_efficient)
-        if impl == "monai":
-            with torch.no_grad():
-                model.class_layers.out.bias.add_(1.0)
-        return model
-
-    monkeypatch.setattr(volumes, "build", damaged)
-    x = torch.randn(1, 1, 32, 32, 32)
-    runners = volumes_openvino._compiled(True, "fp32", x)
-    with pytest.raises(RuntimeError, match="outputs differ beyond 0.0001 of their scale"):
-        volumes_openvino.check_outputs(runners, x, "fp32")
-
-
-def test_bench_volumes_refuses_to_time_a_monai_model_that_differs(monkeypatch):
+def damage_monai(monkeypatch) -> None:
+    """Make the volumes bench build a MONAI model whose outputs differ from ours (its bias shifted by 1)."""
     from densenets.bench import volumes
 
     built = volumes.build
@@ -595,6 +576,23 @@ def test_bench_volumes_refuses_to_time_a_monai_model_that_differs(monkeypatch):
         return model
 
     monkeypatch.setattr(volumes, "build", damaged)
+
+
+def test_bench_volumes_openvino_refuses_to_time_a_monai_model_that_differs(monkeypatch):
+    pytest.importorskip("openvino")
+    from densenets.bench import volumes_openvino
+
+    damage_monai(monkeypatch)
+    x = torch.randn(1, 1, 32, 32, 32)
+    runners = volumes_openvino._compiled(True, "fp32", x)
+    with pytest.raises(RuntimeError, match="outputs differ beyond 0.0001 of their scale"):
+        volumes_openvino.check_outputs(runners, x, "fp32")
+
+
+def test_bench_volumes_refuses_to_time_a_monai_model_that_differs(monkeypatch):
+    from densenets.bench import volumes
+
+    damage_monai(monkeypatch)
     with pytest.raises(RuntimeError, match="differs from ours by 1"):
         volumes.check_same_outputs(True, torch.device("cpu"))
 

@@ -7,7 +7,7 @@
 #   bash docs/fast/gpu_fast.sh DATA_DIR OUT_DIR            # on the GPU machine
 #   bash docs/fast/gpu_fast.sh --smoke DATA_DIR OUT_DIR    # on a CPU: the same command, a tiny model, 4 steps
 #
-# The GPU run trains 30 epochs at batch 512 (the fast recipe's lr scaled with the batch: 0.8) under
+# The GPU run trains 30 epochs at batch 512 (lr 0.8: the recipe's first lr, 0.4 at batch 256, scaled; not tuned) under
 # bf16 autocast; the time limit stops it at 8 minutes whatever the GPU, and what it finished is
 # kept (--checkpoint-every writes last.pt as it goes; the log says where it stopped).
 set -euo pipefail

@@ -21,7 +21,8 @@ def row(run: Path) -> str:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     r = config["recipe"]
     sizes = "-".join(str(s) for s in r.get("train_sizes") or [32])
-    settings = f"{r['epochs']} ep, {sizes} px" + (", whitened stem" if r.get("whiten_stem") else "")
+    settings = f"{r['epochs']} ep, batch {r['batch_size']}, lr {r['lr']:g}, {sizes} px"
+    settings += ", whitened stem" if r.get("whiten_stem") else ""
     val = records[-1].get("val_error")
     at90 = (summary.get("milestones") or {}).get("90%")
     reached = "-"

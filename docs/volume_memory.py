@@ -3,11 +3,13 @@
 For each level (off, concat = ``set_memory_efficient(True)``, full = ``"full"``) a fresh process
 builds ``densenet121`` with ``spatial_dims=3`` (one channel, two classes), runs the bench's
 training step (SGD with Nesterov momentum, ``densenets.bench.timing.training_step_fn``) once to
-warm up, then measures three further steps:
+warm up, then measures four further steps:
 
 1. the peak resident size (VmHWM) of one step over the size before it, and over the size before
    the warm-up step (``bench --sections volumes``'s figure); the latter again in a process that
    keeps glibc's default allocator settings (no ``tune_cpu_allocator``);
+   then, after ``malloc_trim(0)`` hands glibc's free heap back to the OS, the peak of one more step
+   over the trimmed size before it: the step's own increment over the process's live memory;
 2. what autograd keeps for backward at the end of forward, by region (stem, each block's first
    half -- concat, BN1, ReLU1, conv1's input -- and second half -- conv1's output, BN2, ReLU2 --,
    each transition, the head), counting each storage once and no parameter;
@@ -22,6 +24,7 @@ Writes ``DIR/breakdown.json`` and ``DIR/breakdown.md`` (default: print only).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import subprocess
 import sys
@@ -158,10 +161,19 @@ def worker(level: str, size: int, batch: int, precision: str, tuned: bool = True
     rss_peak, bench_peak = _peak_rss_bytes() - base, _peak_rss_bytes() - before  # the bench: over the warm-up's start
     if not tuned:
         return {"level": level, "bench_rss_peak_bytes": bench_peak}
+    # The same step again after glibc hands its free heap back (malloc_trim): the baseline is then the
+    # process's live memory (libraries, model, gradients, momentum, caches), not pages a step freed.
+    untrimmed = _rss_bytes()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trimmed = _rss_bytes()
+    _reset_peak()
+    step()
+    trim = {"returned_bytes": untrimmed - trimmed, "baseline_bytes": trimmed - before,
+            "step_peak_bytes": _peak_rss_bytes() - trimmed}  # fmt: skip
     saved = saved_by_region(model, step)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"level": level, "rss_peak_bytes": rss_peak, "bench_rss_peak_bytes": bench_peak, "saved_bytes": saved,
-            "parameter_bytes": params,
+            "parameter_bytes": params, "after_malloc_trim": trim,
             "allocator_peak": allocator_peak(step)}  # fmt: skip
 
 
@@ -188,6 +200,12 @@ def table(results: list[dict], size: int, batch: int, precision: str) -> list[st
          [r["bench_rss_peak_bytes"] / MIB for r in results]),
         ("the same, glibc's default allocator settings (no tune_cpu_allocator)",
          [r["default_allocator"]["bench_rss_peak_bytes"] / MIB for r in results]),
+        ("resident size malloc_trim returned to the OS after the second step",
+         [r["after_malloc_trim"]["returned_bytes"] / MIB for r in results]),
+        ("resident size after it over the size before the warm-up step (gradients, momentum, caches)",
+         [r["after_malloc_trim"]["baseline_bytes"] / MIB for r in results]),
+        ("**resident peak of a third step over the trimmed size before it** (the step's own increment)",
+         [r["after_malloc_trim"]["step_peak_bytes"] / MIB for r in results]),
     ]  # fmt: skip
     for label, values in rows:
         lines.append(f"| {label} | " + " | ".join(f"{v:.0f}" for v in values) + " |")

@@ -153,6 +153,36 @@ def test_bf16_autocast_and_memory_efficient_train_on_cpu(tmp_path):
     assert result.model.memory_efficient
 
 
+def test_memory_efficient_full_from_the_command_line_reaches_the_runs_model(tmp_path, capsys):
+    """--memory-efficient full: the trained model is at the full level (its transitions recompute
+    too), config.json records "full" and repeats it; the flag alone is True, --no-... False."""
+    from densenets.cli.main import build_parser
+    from densenets.cli.train_cmd import recipe_from_args
+    from densenets.engine.recipes import read_recipe_file
+    from densenets.models.densenet import Transition
+
+    write_cifar10(tmp_path / "data", n_train=40, n_test=20)
+    common = ["train", "--model", TINY_MODEL, "--data", "cifar10", "--data-dir", str(tmp_path / "data")]
+    common += ["--batch-size", "20", "--workers", "0", "--max-steps", "1"]
+
+    def recipe(*flags):
+        return recipe_from_args(build_parser().parse_args([*common, *flags]))
+
+    full = recipe("--memory-efficient", "full")
+    result = fit(full, tmp_path / "run", show_progress=False)
+    assert result.model.memory_level == "full"
+    assert {m.memory_efficient for m in result.model.modules() if isinstance(m, Transition)} == {"full"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]["memory_efficient"] == "full"
+    assert read_recipe_file(tmp_path / "run" / "config.json").memory_efficient == "full"  # --config repeats it
+    assert recipe("--memory-efficient").memory_efficient is True
+    assert recipe("--memory-efficient", "full", "--no-memory-efficient").memory_efficient is False
+    with pytest.raises(SystemExit):
+        recipe("--memory-efficient", "half")
+    assert "--memory-efficient takes no value (on) or 'full', got 'half'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="memory_efficient must be false, true or 'full', got 'half'"):
+        recipe("--set", "memory_efficient=half")
+
+
 def test_sync_bn_on_cpu_is_refused_clearly(tmp_path):
     write_cifar10(tmp_path / "data", n_train=40, n_test=20)
     with pytest.raises(ConfigError, match="sync_bn needs CUDA"):

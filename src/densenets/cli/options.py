@@ -30,11 +30,32 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def add_dataclass_options(parser, cls, describe_default: typing.Callable[[str], str] | None = None) -> None:
+class FlagOrValue(argparse.Action):
+    """``--x`` (true) or ``--x VALUE`` with VALUE one of ``values``; anything else a clear error."""
+
+    def __init__(self, option_strings, dest, values: tuple[str, ...] = (), **kwargs) -> None:
+        kwargs.update(nargs="?", default=None, metavar="|".join(values))
+        super().__init__(option_strings, dest, **kwargs)
+        self.values = values
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        if value is not None and value not in self.values:
+            named, off = " or ".join(repr(v) for v in self.values), "--no-" + self.option_strings[0][2:]
+            parser.error(f"{option_string} takes no value (on) or {named}, got {value!r} (off: {off})")
+        setattr(namespace, self.dest, True if value is None else value)
+
+
+def add_dataclass_options(
+    parser,
+    cls,
+    describe_default: typing.Callable[[str], str] | None = None,
+    flag_values: dict[str, tuple[str, ...]] | None = None,
+) -> None:
     """One ``--field-name`` option per dataclass field, typed from its annotation.
 
     Defaults are ``None`` ("not given") so only what the user typed overrides the recipe;
     ``describe_default(name)`` says in the help what a run uses when it is not given.
+    ``flag_values`` names fields that are a flag or a named value (``--memory-efficient [full]``).
     """
     hints = typing.get_type_hints(cls)
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
@@ -43,7 +64,10 @@ def add_dataclass_options(parser, cls, describe_default: typing.Callable[[str], 
         kind = _base_type(hint)
         text = describe_default(name) if describe_default else f"default: {defaults[name]}"
         text = text.replace("%", "%%")
-        if kind is bool:
+        if name in (flag_values or {}):
+            parser.add_argument(flag, dest=name, action=FlagOrValue, values=flag_values[name], help=text)
+            parser.add_argument("--no-" + flag[2:], dest=name, action="store_const", const=False, help="off")
+        elif kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind is tuple:
             parser.add_argument(flag, dest=name, type=float, nargs="+", default=None, metavar="F", help=text)

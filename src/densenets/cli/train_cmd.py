@@ -7,7 +7,15 @@ import os
 import time
 from pathlib import Path
 
-from ..engine.recipes import RECIPES, Recipe, base_recipe, describe_default, read_recipe_file, resolve_recipe
+from ..engine.recipes import (
+    MEMORY_VALUES,
+    RECIPES,
+    Recipe,
+    base_recipe,
+    describe_default,
+    read_recipe_file,
+    resolve_recipe,
+)
 from ..errors import UserError
 from .options import add_dataclass_options, collect_overrides, parse_overrides
 
@@ -34,7 +42,7 @@ def add_parser(sub) -> None:
     group = p.add_argument_group(
         "recipe fields (each overrides the recipe; the help gives the value a run uses when it is not given)"
     )
-    add_dataclass_options(group, Recipe, describe_default)
+    add_dataclass_options(group, Recipe, describe_default, flag_values={"memory_efficient": MEMORY_VALUES})
     p.set_defaults(run=run_train)
 
 

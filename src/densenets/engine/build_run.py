@@ -327,7 +327,7 @@ def _make_model(
     torch.manual_seed(derive_seed(recipe.seed, "init"))
     model: nn.Module = build_model(model_config)
     if recipe.memory_efficient:
-        model.set_memory_efficient(True)  # DenseNets only: a baseline refuses in one line
+        model.set_memory_efficient(recipe.memory_efficient)  # True or "full"; DenseNets only: a baseline refuses
     if recipe.weights and load_weights:
         _init_from_weights(
             model, recipe.weights, runtime.dist.is_main, recipe.data in ("imagefolder", "csv"), recipe.inflate

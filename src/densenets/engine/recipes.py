@@ -23,6 +23,7 @@ from .multilabel import POS_WEIGHTS, THRESHOLD_RULES
 from .tta import TTA_MODES
 
 SCHEDULES = ("step", "cosine", "linear")
+MEMORY_VALUES = ("full",)  # memory_efficient's named level beside true and false (set_memory_efficient's)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class Recipe:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool | None = None  # None: fp32 on the CPU; with --amp for ImageNet-stem models (measured)
-    memory_efficient: bool = False
+    memory_efficient: bool | str = False  # true: concat-BN-ReLU recomputed in backward | "full": also conv1, BN2-ReLU2,
+    # the transitions' and the ImageNet stem's BN-ReLU (set_memory_efficient's levels; for volumes)
     sync_bn: bool = False
     compile: bool = False
     checkpoint_every: int = 0  # also save last.pt every N steps (0: at the end of each epoch only)
@@ -136,6 +138,8 @@ class Recipe:
             len(self.intensity_window) != 2 or not self.intensity_window[0] < self.intensity_window[1]
         ):
             raise ConfigError(f"intensity_window takes LOW HIGH with LOW < HIGH, got {list(self.intensity_window)}")
+        if isinstance(self.memory_efficient, str) and self.memory_efficient not in MEMORY_VALUES:
+            raise ConfigError(f"memory_efficient must be false, true or 'full', got {self.memory_efficient!r}")
         if self.inflate is not None:
             from ..models.inflate import INFLATIONS
 
@@ -272,6 +276,11 @@ RECIPE_FOR_DATA = {
 AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder", "csv"}
 
 
+# What a field's values mean, where its default does not say (the train command's help).
+FIELD_NOTES = {
+    "memory_efficient": "the flag alone recomputes each dense layer's concat-BN-ReLU in backward; 'full' also "
+    "its 1x1 conv and BN-ReLU, the transitions' and the ImageNet stem's BN-ReLU (less memory, more time: volumes)",
+}
 # What a field left at None means (resolved by resolve_recipe or at run time).
 AUTO_MEANING = {
     "image_size": "named weights' size; image folders and CSVs: the model stem's (CIFAR 32, ImageNet 224); "
@@ -309,7 +318,7 @@ def describe_default(name: str) -> str:
     values = {recipe_name: show(getattr(recipe, name)) for recipe_name, recipe in RECIPES.items()}
     default = values[RECIPE_FOR_DATA[Recipe.data]]
     if len(set(values.values())) == 1:
-        return f"default: {default}"
+        return f"default: {default}" + (f"; {FIELD_NOTES[name]}" if name in FIELD_NOTES else "")
     others = ", ".join(f"{r} {v}" for r, v in values.items() if r != RECIPE_FOR_DATA[Recipe.data])
     return f"default run (digits): {default}; other recipes: {others}"
 

@@ -35,7 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = [load(r) for r in args.runs]
 
-    print("| run | precision | schedule | epochs | final test accuracy | train PFLOP | train min | GFLOP/s | of the peak |")
+    print("| run | precision | schedule | epochs | final test accuracy | train PFLOP | train min | GFLOP/s "
+          "| of the peak |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         r, last = run["recipe"], run["records"][-1]

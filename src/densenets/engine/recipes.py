@@ -317,10 +317,11 @@ def describe_default(name: str) -> str:
 
     values = {recipe_name: show(getattr(recipe, name)) for recipe_name, recipe in RECIPES.items()}
     default = values[RECIPE_FOR_DATA[Recipe.data]]
+    note = f"; {FIELD_NOTES[name]}" if name in FIELD_NOTES else ""
     if len(set(values.values())) == 1:
-        return f"default: {default}" + (f"; {FIELD_NOTES[name]}" if name in FIELD_NOTES else "")
+        return f"default: {default}{note}"
     others = ", ".join(f"{r} {v}" for r, v in values.items() if r != RECIPE_FOR_DATA[Recipe.data])
-    return f"default run (digits): {default}; other recipes: {others}"
+    return f"default run (digits): {default}; other recipes: {others}{note}"
 
 
 def resolve_label_smoothing(recipe: Recipe, multilabel: bool) -> tuple[Recipe, str | None]:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 
 INFLATIONS = ("center", "mean")
-DEFAULT_INFLATION = "center"  # exact on depth-constant volumes; against mean: within noise (docs/volumes.md)
+DEFAULT_INFLATION = "center"  # exact on depth-constant volumes; mean led with one seed per arm (docs/volumes.md)
 
 
 def inflate_kernel(weight: Tensor, depth: int, mode: str = DEFAULT_INFLATION) -> Tensor:

@@ -19,12 +19,17 @@ from ..errors import ConfigError
 
 def patch_covariance(images: torch.Tensor, kernel: int, chunk: int = 256) -> torch.Tensor:
     """Covariance (D, D) of every ``kernel`` x ``kernel`` patch of ``images`` (N, C, H, W), D = C * k * k."""
-    total, outer, count = None, None, 0
+    dims = images.shape[1] * kernel * kernel
+    total, outer, count = (
+        images.new_zeros(dims, dtype=torch.float64),
+        images.new_zeros(dims, dims, dtype=torch.float64),
+        0,
+    )
     for start in range(0, len(images), chunk):
         p = F.unfold(images[start : start + chunk].double(), kernel)  # (n, D, L)
-        p = p.transpose(1, 2).reshape(-1, p.shape[1])
-        total = p.sum(0) if total is None else total + p.sum(0)
-        outer = p.T @ p if outer is None else outer + p.T @ p
+        p = p.transpose(1, 2).reshape(-1, dims)
+        total += p.sum(0)
+        outer += p.T @ p
         count += len(p)
     mean = total / count
     return outer / count - torch.outer(mean, mean)

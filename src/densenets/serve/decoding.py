@@ -20,17 +20,14 @@ THREAD_NAME = "densenets-decode"
 
 
 class Decoder:
-    """``await decoder.run(fn, *args)``: ``fn(*args)`` on the decoding thread(s), in arrival order."""
+    """``await decoder.run(fn, *args)``: ``fn(*args)`` on the decoding thread, in arrival order."""
 
-    def __init__(self, threads: int = 1) -> None:
-        if threads < 1:
-            raise ValueError("the decoder needs at least one thread")
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=THREAD_NAME)
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
 
     async def run(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def stop(self) -> None:
-        """Let what was submitted finish, then end the thread(s)."""
+        """Let what was submitted finish, then end the thread."""
         self._pool.shutdown(wait=True)

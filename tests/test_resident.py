@@ -92,6 +92,48 @@ def _sorted_plain(data, labels, batches):
     return images[index], mean, std
 
 
+def test_translate_and_alternating_flips(tmp_path):
+    write_cifar10(tmp_path, n_train=40, n_test=10)
+    data = build_data(DataSpec("cifar10+", str(tmp_path)))
+
+    def draws(epoch: int, **options):
+        loader = make_train_loader(data, "resident", 20, 0, torch.device("cpu"), **options)
+        loader.start_epoch(epoch, 0)
+        return loader.batches.epoch_draws()
+
+    offsets, _ = draws(0, translate=1)
+    assert offsets.min() == 0 and offsets.max() == 2  # shifts of -1, 0 or +1 px
+    assert draws(0, translate=0)[0].eq(0).all()
+    flips = [draws(e, flip="alternate")[1] for e in range(4)]
+    assert torch.equal(flips[0], ~flips[1]) and torch.equal(flips[0], flips[2]) and torch.equal(flips[1], flips[3])
+    assert 0 < int(flips[0].sum()) < len(flips[0])  # random once
+    random = [draws(e)[1] for e in range(2)]
+    assert not torch.equal(random[0], ~random[1])
+    # A 1 px shift pads by 1: the batch equals the reference with that padding.
+    loader = make_train_loader(data, "resident", 40, 0, torch.device("cpu"), drop_last=False, translate=1)
+    loader.start_epoch(0, 0)
+    ((x, _),) = list(loader)
+    images, _ = uint8_arrays(data.train)
+    offsets, flips = loader.batches.epoch_draws()
+    order = torch.tensor(list(loader.sampler))
+    mean, std = torch.tensor(data.preprocess["mean"]), torch.tensor(data.preprocess["std"])
+    expected = augment_batch(images[order], mean, std, offsets[order], flips[order], pad=1)
+    torch.testing.assert_close(x, expected)
+
+
+def test_translate_and_flip_need_the_resident_loader(tmp_path, capsys):
+    write_cifar10(tmp_path / "data", n_train=40, n_test=10)
+    data = build_data(DataSpec("cifar10+", str(tmp_path / "data")))
+    with pytest.raises(ConfigError, match="need the resident loader"):
+        make_train_loader(data, "workers", 8, 0, torch.device("cpu"), flip="alternate")
+    for bad, message in ((["--translate", "-1"], "translate must be >= 0"), (["--flip", "never"], "flip must be one")):
+        code = main(["train", "--data", "cifar10+", "--data-dir", str(tmp_path / "data"), *bad,
+                     "--run-dir", str(tmp_path / "run")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_svhn_through_validation_subset_and_concat(tmp_path):
     write_svhn(tmp_path, n=30)
     data = build_data(DataSpec("svhn", str(tmp_path), val_split=6))

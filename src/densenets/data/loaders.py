@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError
 from .datasets import DataBundle
 from .determinism import derive_seed
-from .resident import ResidentLoader, progressive_size
+from .resident import PAD, ResidentLoader, progressive_size
 from .samplers import ResumableSampler
 
 LOADERS = ("workers", "resident")
@@ -84,16 +84,24 @@ def make_train_loader(
     worker_init_fn=None,
     train_sizes: tuple[int, ...] | None = None,
     epochs: int = 1,
+    translate: int = PAD,
+    flip: str = "random",
 ) -> TrainLoader:
     """The training loader ``kind`` for one rank of a (possibly distributed) run.
 
     ``train_sizes`` (progressive resizing over ``epochs``) needs the resident loader, and its
-    last size must be the data's input size.
+    last size must be the data's input size. ``translate`` and ``flip`` other than the paper's
+    (4 px, random) need it too.
     """
     if kind not in LOADERS:
         raise ConfigError(f"loader must be one of {', '.join(LOADERS)}; got {kind!r}")
     if train_sizes and kind != "resident":
         raise ConfigError("train_sizes (progressive resizing) needs the resident loader (CIFAR / SVHN in memory)")
+    if (translate, flip) != (PAD, "random") and kind != "resident":
+        raise ConfigError(
+            f"translate {translate} / flip {flip!r} need the resident loader (CIFAR / SVHN in memory); "
+            f"the workers loader shifts by {PAD} px and flips at random"
+        )
     if train_sizes and train_sizes[-1] != data.image_size:
         raise ConfigError(
             f"train_sizes must end at the input size the model is evaluated at ({data.image_size} px), "
@@ -104,7 +112,17 @@ def make_train_loader(
     )
     if kind == "resident":
         batches = ResidentLoader(
-            data.train, sampler, batch_size, data.preprocess, data.augment, seed, device, drop_last, channels_last
+            data.train,
+            sampler,
+            batch_size,
+            data.preprocess,
+            data.augment,
+            seed,
+            device,
+            drop_last,
+            channels_last,
+            translate,
+            flip,
         )
     else:
         pin = device.type == "cuda"

@@ -9,6 +9,10 @@ authors' order: normalise first, then pad with zeros, so the border is the mean 
 With progressive resizing (recipe ``train_sizes``) each augmented batch is then resized to
 the epoch's size (bilinear, antialiased), so early epochs cost fewer FLOPs.
 
+The shift (``translate``, the padding: the paper's 4 px) and the flips (``flip``: ``"random"``
+each epoch, or ``"alternate"``: random in the first epoch, then each image's mirror alternates
+from one epoch to the next, airbench's derandomised flips) are settings of the loader.
+
 Its random numbers are drawn per sample index from a generator seeded by (seed, epoch):
 the crop and flip of sample i in epoch e do not depend on the batch it lands in, on the
 device, or on how many batches a resumed run skips, so exact resume holds.
@@ -25,6 +29,7 @@ from ..errors import ConfigError
 from .determinism import EpochSeededDataset, derive_seed
 
 PAD = 4  # the paper's zero-padding before the random crop
+FLIPS = ("random", "alternate")
 
 
 def uint8_arrays(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,11 +121,15 @@ class ResidentLoader:
         device: torch.device | str = "cpu",
         drop_last: bool = False,
         channels_last: bool = True,
+        translate: int = PAD,
+        flip: str = "random",
     ) -> None:
         if augment not in ("cifar", "none") or preprocess.get("resize") or preprocess.get("channels", 3) != 3:
             raise ConfigError(
                 f"loader 'resident' supports CIFAR / SVHN preprocessing, not augment {augment!r}; use --loader workers"
             )
+        if translate < 0 or flip not in FLIPS:
+            raise ConfigError(f"translate must be >= 0 and flip one of {', '.join(FLIPS)}; got {translate}, {flip!r}")
         images, labels = uint8_arrays(dataset)
         self.device = torch.device(device)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
@@ -128,6 +137,7 @@ class ResidentLoader:
         self.std = torch.tensor(preprocess["std"], dtype=torch.float32, device=self.device)
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
         self.augment, self.seed, self.channels_last = augment, seed, channels_last
+        self.translate, self.flip = translate, flip
         self.epoch = 0
         self.size: int | None = None  # progressive resizing: this epoch's image size (None: the images' own)
 
@@ -144,8 +154,11 @@ class ResidentLoader:
             return None, None
         g = torch.Generator().manual_seed(derive_seed(self.seed, "resident", self.epoch))
         n = len(self.labels)
-        offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
+        offsets = torch.randint(0, 2 * self.translate + 1, (n, 2), generator=g)
         flips = torch.randint(0, 2, (n,), generator=g).bool()
+        if self.flip == "alternate":  # the first epoch's draw, mirrored on every other epoch
+            first = torch.Generator().manual_seed(derive_seed(self.seed, "resident-flips"))
+            flips = torch.randint(0, 2, (n,), generator=first).bool() ^ bool(self.epoch % 2)
         return offsets.to(self.device), flips.to(self.device)
 
     def __iter__(self):
@@ -159,6 +172,7 @@ class ResidentLoader:
                 self.std,
                 None if offsets is None else offsets[index],
                 None if flips is None else flips[index],
+                self.translate,
             )
             if self.size is not None:
                 x = resize_batch(x, self.size)

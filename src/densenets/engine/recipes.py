@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..data.csv_labels import UNCERTAIN
+from ..data.resident import FLIPS
 from ..errors import ConfigError, reject_unknown_fields
 from .multilabel import POS_WEIGHTS, THRESHOLD_RULES
 from .tta import TTA_MODES
@@ -79,6 +80,8 @@ class Recipe:
     whiten_stem: bool = False  # initialise the first conv as a patch-whitening filter bank from training images
     train_sizes: tuple[int, ...] | None = None  # progressive resizing: train at these sizes over equal parts of
     # the epochs (e.g. 16 24 32), the last one the input size; the resident loader resizes each batch
+    translate: int = 4  # resident loader: zero-pad and crop back, a shift of up to this many pixels (the paper's 4)
+    flip: str = "random"  # resident loader: random each epoch | alternate (random once, then mirrored each other epoch)
     # execution
     seed: int = 0
     loader: str | None = None  # workers | resident (None: resident for in-memory CIFAR/SVHN, else workers)
@@ -147,6 +150,10 @@ class Recipe:
                 raise ConfigError(f"inflate must be one of {', '.join(INFLATIONS)}; got {self.inflate!r}")
             if not (self.pretrained or self.weights):
                 raise ConfigError("inflate needs 2-D weights to inflate into the 3-D model: pretrained or weights")
+        if self.translate < 0:
+            raise ConfigError(f"translate must be >= 0 pixels, got {self.translate}")
+        if self.flip not in FLIPS:
+            raise ConfigError(f"flip must be one of {', '.join(FLIPS)}; got {self.flip!r}")
         if self.train_sizes is not None:
             sizes = self.train_sizes
             if not sizes or any(int(v) != v or v < 8 for v in sizes) or len(sizes) > self.epochs:

@@ -30,6 +30,9 @@ def describe_run(run: Run, params: int) -> None:
     describe_data(run)
     if r.train_sizes:
         run.log(progressive_line(r.train_sizes, r.epochs))
+    if (r.translate, r.flip) != (4, "random"):
+        flips = "each image mirrored on every other epoch" if r.flip == "alternate" else "random flips"
+        run.log(f"augmentation: shifts of up to {r.translate} px (the paper's: 4), {flips}")
     if note := bf16_cpu_note(run.runtime):
         run.log(note)
 

@@ -89,6 +89,8 @@ def _loaders(run: Run) -> tuple[TrainLoader, DataLoader, DataLoader | None]:
         worker_init_fn=ignore_sigint,
         train_sizes=r.train_sizes,
         epochs=r.epochs,
+        translate=r.translate,
+        flip=r.flip,
     )
     pin = run.runtime.device.type == "cuda"
     workers = r.workers if r.workers is not None else default_workers(run.runtime.device.type)

@@ -562,6 +562,21 @@ def test_bench_volumes_openvino_checks_then_times_ours_against_monai_through_the
     assert "\n".join(volumes_openvino_table(section)).count("| 32^3 b1 fp32 |") == 2
 
 
+def test_bench_volumes_openvino_int8_quantizes_both_on_the_same_volumes():
+    pytest.importorskip("nncf")
+    from densenets.bench.harness import BenchConfig
+    from densenets.bench.volumes_openvino import CONTENDERS, LIMITS, calibration_volumes, volumes_openvino_section
+
+    assert all(torch.equal(a, b) for a, b in zip(calibration_volumes(8, 2), calibration_volumes(8, 2), strict=True))
+    section = volumes_openvino_section(BenchConfig(rounds=1, reps=1, precisions=("int8",), quick=True), print)
+    rows = section["rows"]
+    assert [(r["precision"], r["contender"]) for r in rows] == [("int8", c) for _ in (1, 2) for c in CONTENDERS]
+    for r in rows:
+        quantized = r["checked"][f"{r['contender']} vs fp32 PyTorch"]
+        assert 0 < quantized <= LIMITS["int8"]  # int8 really ran (not fp32), and was checked before timing
+    assert "both calibrated on the same 2 random volumes" in section["note"]
+
+
 def damage_monai(monkeypatch) -> None:
     """Make the volumes bench build a MONAI model whose outputs differ from ours (its bias shifted by 1)."""
     from densenets.bench import volumes

@@ -7,7 +7,10 @@ through the same code in one worker process -- ``deploy.openvino.OpenVinoModule`
 settings (the precision hint, ``LATENCY``, torch's thread count) -- so the same OpenVINO version
 and threads. Before anything is timed, each compiled model's outputs are checked: fp32 against
 its PyTorch module and ours against MONAI's (1e-4 of the logits' scale), bf16 within 10% of the
-scale of fp32 PyTorch (both figures go in the report). Then, for each volume size, batch (1 and
+scale of fp32 PyTorch, int8 within 25% (both figures go in the report). int8 is NNCF's
+post-training quantization of each converted model, both calibrated on the same random volumes
+(``CALIBRATION`` of them, z-scored like the inputs; the quantized models are then compiled and
+checked like the others). Then, for each volume size, batch (1 and
 4) and precision (fp32, bf16), rounds alternate the two contenders' order; in each round a
 contender makes one untimed call and ``max(reps, 5)`` timed calls (their median). The speed-up
 is MONAI's time over ours, paired round by round (median, min-max).
@@ -27,7 +30,15 @@ import time
 import torch
 
 SIZE, BATCHES = 96, (1, 4)
+CALIBRATION = 8  # volumes NNCF calibrates int8 on (the same for both contenders)
+LIMITS = {"fp32": 1e-4, "bf16": 0.1, "int8": 0.25}  # largest output difference from fp32 PyTorch / logits' scale
 CONTENDERS = ("densenets through OpenVINO", "MONAI DenseNet121 through OpenVINO")
+
+
+def calibration_volumes(size: int, count: int = CALIBRATION) -> list[torch.Tensor]:
+    """``count`` random z-scored volumes (1, 1, size, size, size), the same on every call."""
+    g = torch.Generator().manual_seed(1000)
+    return [torch.randn(1, 1, size, size, size, generator=g) for _ in range(count)]
 
 
 def _compiled(quick: bool, precision: str, example: torch.Tensor) -> dict:
@@ -37,7 +48,9 @@ def _compiled(quick: bool, precision: str, example: torch.Tensor) -> dict:
     from .volumes import build
 
     modules = {CONTENDERS[0]: plain_eval_copy(build("densenets", quick)), CONTENDERS[1]: build("monai", quick).eval()}
-    return {label: (module, OpenVinoModule(module, example, precision)) for label, module in modules.items()}
+    calibration = calibration_volumes(example.shape[-1], 2 if quick else CALIBRATION) if precision == "int8" else None
+    return {label: (module, OpenVinoModule(module, example, precision, calibration=calibration))
+            for label, module in modules.items()}  # fmt: skip
 
 
 def check_outputs(runners: dict, x: torch.Tensor, precision: str) -> dict:
@@ -51,7 +64,7 @@ def check_outputs(runners: dict, x: torch.Tensor, precision: str) -> dict:
     for label, out in outputs.items():
         diffs[f"{label} vs fp32 PyTorch"] = (out - reference).abs().max().item() / scale
     diffs["monai_vs_ours_openvino"] = (outputs[CONTENDERS[1]] - outputs[CONTENDERS[0]]).abs().max().item() / scale
-    limit = 1e-4 if precision == "fp32" else 0.1
+    limit = LIMITS[precision]
     if max(diffs.values()) > limit or diffs["monai_vs_ours_pytorch"] > 1e-4:
         raise RuntimeError(f"OpenVINO {precision}: outputs differ beyond {limit:g} of their scale {diffs}: not timed")
     return diffs
@@ -88,8 +101,8 @@ def volumes_openvino_section(cfg, log) -> dict:
     from ..deploy.openvino import check_openvino
     from .timing import paired_ratio
 
-    check_openvino()
-    precisions = [p for p in cfg.precisions if p in ("fp32", "bf16")] or ["fp32"]
+    check_openvino("int8" if "int8" in cfg.precisions else "fp32")
+    precisions = [p for p in cfg.precisions if p in LIMITS] or ["fp32"]
     spec = {"quick": cfg.quick, "size": 32 if cfg.quick else SIZE, "batches": (1, 2) if cfg.quick else BATCHES,
             "precisions": precisions, "rounds": cfg.rounds, "reps": cfg.reps}  # fmt: skip
     log(f"volumes-openvino: {len(CONTENDERS)} contenders x {cfg.rounds} rounds, sizes {spec['size']}^3, "
@@ -111,6 +124,8 @@ def volumes_openvino_section(cfg, log) -> dict:
     model = "tiny DenseNet (--quick): checks the harness only" if cfg.quick else "DenseNet-121"
     note = (f"{model}, OpenVINO {result['openvino']}, {result['threads']} threads, LATENCY hint, "
             f"{result['timed_calls_per_round']} timed calls per contender per round")  # fmt: skip
+    if "int8" in precisions:
+        note += f"; int8: NNCF, both calibrated on the same {2 if cfg.quick else CALIBRATION} random volumes"
     return {"rows": rows, "note": note}
 
 

@@ -46,10 +46,11 @@ def _depth_constant(x: torch.Tensor, depth: int) -> torch.Tensor:
 @pytest.mark.parametrize("in_channels", [3, 1])
 def test_center_inflation_gives_the_2d_output_on_a_depth_constant_volume(in_channels):
     flat = create_model("densenet_bc40_k12", pretrained="cifar10", in_channels=in_channels).eval()
-    volume = create_model("densenet_bc40_k12", pretrained="cifar10", in_channels=in_channels, spatial_dims=3)
-    volume.eval()
+    volume = create_model("densenet_bc40_k12", pretrained="cifar10", in_channels=in_channels, spatial_dims=3,
+                          inflate="center").eval()  # fmt: skip
     assert volume.features.conv0.weight.shape[2:] == (3, 3, 3)
-    assert "inflate='center'" in volume.pretrained_cfg["notes"][0] and "default" in volume.pretrained_cfg["notes"][0]
+    note = volume.pretrained_cfg["notes"][0]
+    assert "inflate='center'" in note and "default" not in note
     assert volume.pretrained_cfg["input_size"] == (in_channels, 32, 32, 32)
     x = torch.randn(2, in_channels, 32, 32)
     with torch.no_grad():
@@ -82,6 +83,10 @@ def test_mean_inflation_repeats_each_kernel_over_depth():
         torch.testing.assert_close(w3[:, :, d], w2 / 3)
     for key in ("features.norm5.running_var", "classifier.weight", "features.transition1.norm.weight"):
         torch.testing.assert_close(volume.state_dict()[key], flat.state_dict()[key], rtol=0, atol=0)
+    default = create_model("densenet_bc40_k12", pretrained="cifar10", spatial_dims=3)  # mean is the default
+    note = default.pretrained_cfg["notes"][0]
+    assert "inflate='mean'" in note and "(the default;" in note
+    torch.testing.assert_close(default.features.conv0.weight, volume.features.conv0.weight, rtol=0, atol=0)
 
 
 def test_inflation_is_refused_where_it_means_nothing(tmp_path):
@@ -234,7 +239,8 @@ def test_training_on_volumes_from_2d_weights_inflates_them_and_says_so(tmp_path,
     assert main(["train", "--data", "csv", "--data-dir", str(data), "--epochs", "1", "--batch-size", "4",
                  "--run-dir", str(run), "--no-progress", *args]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "2-D weights inflated to 3-D, inflate='center'" in out and "new classifier for 2 classes" in out
+    assert "2-D weights inflated to 3-D, inflate='mean'" in out and "(the default;" in out
+    assert "new classifier for 2 classes" in out
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class Recipe:
         None  # csv of volumes: clip to LOW HIGH, scale to [0, 1] (None: z-score)
     )
     spatial_dims: int | None = None  # the model's: None follows the data (3 for volumes), else must match it
-    inflate: str | None = None  # 2-D weights (pretrained, weights) into a 3-D model: center | mean (None: center)
+    inflate: str | None = None  # 2-D weights (pretrained, weights) into a 3-D model: center | mean (None: mean)
     # optimiser and schedule (paper: SGD, Nesterov 0.9, no dampening, wd 1e-4)
     epochs: int = 30
     batch_size: int = 64  # global: split over the ranks of a distributed run
@@ -305,7 +305,7 @@ AUTO_MEANING = {
     "intensity_window": "a z-score per volume",
     "spatial_dims": "the data's: 3 for a CSV of volumes, else 2",
     "train_sizes": "every epoch at the input size",
-    "inflate": "center (each 2-D kernel in the middle depth slice); mean: I3D's repeat over depth",
+    "inflate": "mean (I3D: each 2-D kernel repeated over depth, divided by the depth); center: in the middle slice",
 }
 
 

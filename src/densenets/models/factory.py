@@ -60,8 +60,9 @@ def create_model(
         memory_efficient: Recompute concatenation, BatchNorm and ReLU in the backward pass
             (``model.set_memory_efficient``); DenseNets only.
         inflate: With ``spatial_dims=3`` and 2-D weights (``pretrained`` or ``weights``):
-            ``"center"`` (the default) puts each 2-D kernel in the middle depth slice, ``"mean"``
-            repeats it over depth divided by the depth (I3D); the note in
+            ``"mean"`` (the default: it fine-tuned better, docs/volumes.md) repeats each 2-D kernel
+            over depth divided by the depth (I3D), ``"center"`` puts it in the middle depth slice
+            (a depth-constant volume then gives the 2-D output); the note in
             ``model.pretrained_cfg["notes"]`` says which. A MONAI DenseNet's state dict loads
             as it is.
         **overrides: Fields of the model's config, e.g. ``num_classes=100``,

@@ -23,6 +23,8 @@ def row(run: Path) -> str:
     sizes = "-".join(str(s) for s in r.get("train_sizes") or [32])
     settings = f"{r['epochs']} ep, batch {r['batch_size']}, lr {r['lr']:g}, {sizes} px"
     settings += ", whitened stem" if r.get("whiten_stem") else ""
+    if (r.get("translate", 4), r.get("flip", "random")) != (4, "random"):
+        settings += f", shifts {r['translate']} px, {r['flip']} flips"
     val = records[-1].get("val_error")
     at90 = (summary.get("milestones") or {}).get("90%")
     reached = "-"

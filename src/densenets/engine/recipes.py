@@ -243,6 +243,8 @@ RECIPES: dict[str, Recipe] = {
         amp="bf16",
         train_sizes=(16, 16, 20, 24, 28, 32),
         whiten_stem=True,
+        translate=2,
+        flip="alternate",
         tta="flip-translate",
     ),  # fmt: skip
     # The bundled real data set: DenseNet-BC-40 (k=12) on 16x16 digits, minutes on a laptop CPU.

@@ -74,9 +74,10 @@ def run_worker(spec: dict) -> dict:
     """Every workload of the section in this process: checks, then alternated timed rounds."""
     size, reps, workloads = spec["size"], max(spec["reps"], 5), []
     for precision in spec["precisions"]:
+        # converted (and for int8 quantized) once per precision; each input shape compiles on first use
+        runners = _compiled(spec["quick"], precision, torch.zeros(1, 1, size, size, size))
         for batch in spec["batches"]:
             x = torch.randn(batch, 1, size, size, size, generator=torch.Generator().manual_seed(batch))
-            runners = _compiled(spec["quick"], precision, x)
             diffs = check_outputs(runners, x, precision)
             times: dict[str, list[float]] = {label: [] for label in CONTENDERS}
             for r in range(spec["rounds"]):

@@ -9,9 +9,9 @@ and threads. Before anything is timed, each compiled model's outputs are checked
 its PyTorch module and ours against MONAI's (1e-4 of the logits' scale), bf16 within 10% of the
 scale of fp32 PyTorch, int8 within 25% (both figures go in the report). int8 is NNCF's
 post-training quantization of each converted model, both calibrated on the same random volumes
-(``CALIBRATION`` of them, z-scored like the inputs; the quantized models are then compiled and
+(8 of them, 2 with ``--quick``, z-scored like the inputs; the quantized models are then compiled and
 checked like the others). Then, for each volume size, batch (1 and
-4) and precision (fp32, bf16), rounds alternate the two contenders' order; in each round a
+4) and precision (fp32, bf16, int8), rounds alternate the two contenders' order; in each round a
 contender makes one untimed call and ``max(reps, 5)`` timed calls (their median). The speed-up
 is MONAI's time over ours, paired round by round (median, min-max).
 
@@ -30,12 +30,12 @@ import time
 import torch
 
 SIZE, BATCHES = 96, (1, 4)
-CALIBRATION = 8  # volumes NNCF calibrates int8 on (the same for both contenders)
+CALIBRATION = {False: 8, True: 2}  # by --quick: volumes NNCF calibrates int8 on (the same for both contenders)
 LIMITS = {"fp32": 1e-4, "bf16": 0.1, "int8": 0.25}  # largest output difference from fp32 PyTorch / logits' scale
 CONTENDERS = ("densenets through OpenVINO", "MONAI DenseNet121 through OpenVINO")
 
 
-def calibration_volumes(size: int, count: int = CALIBRATION) -> list[torch.Tensor]:
+def calibration_volumes(size: int, count: int) -> list[torch.Tensor]:
     """``count`` random z-scored volumes (1, 1, size, size, size), the same on every call."""
     g = torch.Generator().manual_seed(1000)
     return [torch.randn(1, 1, size, size, size, generator=g) for _ in range(count)]
@@ -48,7 +48,7 @@ def _compiled(quick: bool, precision: str, example: torch.Tensor) -> dict:
     from .volumes import build
 
     modules = {CONTENDERS[0]: plain_eval_copy(build("densenets", quick)), CONTENDERS[1]: build("monai", quick).eval()}
-    calibration = calibration_volumes(example.shape[-1], 2 if quick else CALIBRATION) if precision == "int8" else None
+    calibration = calibration_volumes(example.shape[-1], CALIBRATION[quick]) if precision == "int8" else None
     return {label: (module, OpenVinoModule(module, example, precision, calibration=calibration))
             for label, module in modules.items()}  # fmt: skip
 
@@ -126,7 +126,7 @@ def volumes_openvino_section(cfg, log) -> dict:
     note = (f"{model}, OpenVINO {result['openvino']}, {result['threads']} threads, LATENCY hint, "
             f"{result['timed_calls_per_round']} timed calls per contender per round")  # fmt: skip
     if "int8" in precisions:
-        note += f"; int8: NNCF, both calibrated on the same {2 if cfg.quick else CALIBRATION} random volumes"
+        note += f"; int8: NNCF, both calibrated on the same {CALIBRATION[cfg.quick]} random volumes"
     return {"rows": rows, "note": note}
 
 

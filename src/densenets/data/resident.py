@@ -155,10 +155,11 @@ class ResidentLoader:
         g = torch.Generator().manual_seed(derive_seed(self.seed, "resident", self.epoch))
         n = len(self.labels)
         offsets = torch.randint(0, 2 * self.translate + 1, (n, 2), generator=g)
-        flips = torch.randint(0, 2, (n,), generator=g).bool()
-        if self.flip == "alternate":  # the first epoch's draw, mirrored on every other epoch
+        if self.flip == "alternate":  # one draw for the whole run, mirrored on every other epoch
             first = torch.Generator().manual_seed(derive_seed(self.seed, "resident-flips"))
             flips = torch.randint(0, 2, (n,), generator=first).bool() ^ bool(self.epoch % 2)
+        else:
+            flips = torch.randint(0, 2, (n,), generator=g).bool()
         return offsets.to(self.device), flips.to(self.device)
 
     def __iter__(self):

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..data.csv_labels import UNCERTAIN
-from ..data.resident import FLIPS
+from ..data.resident import FLIPS, PAD
 from ..errors import ConfigError, reject_unknown_fields
 from .multilabel import POS_WEIGHTS, THRESHOLD_RULES
 from .tta import TTA_MODES
@@ -80,7 +80,7 @@ class Recipe:
     whiten_stem: bool = False  # initialise the first conv as a patch-whitening filter bank from training images
     train_sizes: tuple[int, ...] | None = None  # progressive resizing: train at these sizes over equal parts of
     # the epochs (e.g. 16 24 32), the last one the input size; the resident loader resizes each batch
-    translate: int = 4  # resident loader: zero-pad and crop back, a shift of up to this many pixels (the paper's 4)
+    translate: int = PAD  # resident loader: zero-pad and crop back, a shift of up to this many pixels (the paper's 4)
     flip: str = "random"  # resident loader: random each epoch | alternate (random once, then mirrored each other epoch)
     # execution
     seed: int = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ..data.csv_labels import multilabel_targets
-from ..data.resident import progressive_size
+from ..data.resident import PAD, progressive_size
 from .build_run import Run
 from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
@@ -30,9 +30,9 @@ def describe_run(run: Run, params: int) -> None:
     describe_data(run)
     if r.train_sizes:
         run.log(progressive_line(r.train_sizes, r.epochs))
-    if (r.translate, r.flip) != (4, "random"):
+    if (r.translate, r.flip) != (PAD, "random"):
         flips = "each image mirrored on every other epoch" if r.flip == "alternate" else "random flips"
-        run.log(f"augmentation: shifts of up to {r.translate} px (the paper's: 4), {flips}")
+        run.log(f"augmentation: shifts of up to {r.translate} px (the paper's: {PAD}), {flips}")
     if note := bf16_cpu_note(run.runtime):
         run.log(note)
 

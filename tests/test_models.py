@@ -207,12 +207,14 @@ def test_full_memory_level_runs_conv1_twice_and_conv2_once():
 def test_full_memory_level_trains_under_bf16_autocast_in_3d():
     # conv1 is rebuilt in backward under the forward's autocast state (else: a bf16 input against
     # fp32 weights). Gradients are not compared: this torch's bf16 3-D backward differs between
-    # two runs of the normal mode itself.
+    # two runs of the normal mode itself. Depth 24 leaves the second block 3 deep: at depth 2
+    # torch 2.14.1's bf16 Conv3d weight gradient reads memory it never wrote (NaN now and then,
+    # in the normal mode too; docs/volumes/bf16_depth2.py).
     torch.manual_seed(3)
     config = _tiny(stem="imagenet", bottleneck=True, compression=0.5, spatial_dims=3)
     normal, full = DenseNet(config), DenseNet(config, memory_efficient="full")
     full.load_state_dict(normal.state_dict())
-    x, target = torch.randn(2, 3, 16, 16, 16), torch.randint(0, 5, (2,))
+    x, target = torch.randn(2, 3, 24, 16, 16), torch.randint(0, 5, (2,))
     losses = []
     for model in (normal, full):
         with torch.autocast("cpu", dtype=torch.bfloat16):

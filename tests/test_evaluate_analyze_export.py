@@ -64,6 +64,11 @@ def test_eval_writes_metrics_and_confusion(trained_run, tmp_path, capsys):
     assert confusion.shape == (10, 10) and confusion.sum() == 40
     assert abs(confusion.diag().sum().item() / 40 * 100 - metrics["top1"]) < 1e-6
     assert len(metrics["per_class_accuracy"]) == 10
+    # one-vs-rest AUROC per class present in the 40 test images, their mean printed and recorded
+    aurocs = [v for v in metrics["auroc"].values() if v is not None]
+    assert len(aurocs) == metrics["auroc_classes"] == int((confusion.sum(1) > 0).sum())
+    assert abs(metrics["auroc_macro"] - sum(aurocs) / len(aurocs)) < 1e-9
+    assert f"macro AUROC {metrics['auroc_macro']:.3f}" in out
     # the figure draws each cell in the Blues colour of its row-normalised count: every colour
     # covers about the same area per cell (the colour bar adds a few pixels, the counts' digits take some)
     pixels = figure_pixels(tmp_path / "eval" / "confusion.png", (2 + 0.45 * 10, 1.6 + 0.45 * 10))

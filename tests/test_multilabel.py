@@ -17,6 +17,7 @@ from densenets.engine.multilabel import (
     choose_thresholds,
     masked_bce,
     multilabel_metrics,
+    one_vs_rest_auroc,
     operating_points,
 )
 from densenets.errors import DataError
@@ -171,6 +172,21 @@ def test_auroc_equals_sklearn_on_known_scores():
     # a class with one label value only has no AUROC, and is left out of the macro mean
     one_sided = multilabel_metrics(probs, np.array([[1, 0], [0, 0], [1, 0], [0, 0], [1, 0]], dtype=float))
     assert math.isnan(one_sided["auroc"][1]) and one_sided["auroc_macro"] == pytest.approx(5 / 6)
+
+
+def test_single_label_auroc_is_sklearns_one_vs_rest_macro():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    probs = torch.tensor(rng.normal(size=(60, 4))).softmax(1).numpy()
+    targets = np.arange(60) % 4
+    m = one_vs_rest_auroc(probs, targets)
+    assert m["auroc_macro"] == pytest.approx(roc_auc_score(targets, probs, multi_class="ovr", average="macro"))
+    assert m["auroc"][2] == pytest.approx(roc_auc_score(targets == 2, probs[:, 2])) and m["auroc_classes"] == 4
+    # a class absent from the targets has no AUROC and stays out of the mean
+    absent = one_vs_rest_auroc(probs, np.where(targets == 3, 0, targets))
+    assert math.isnan(absent["auroc"][3]) and absent["auroc_classes"] == 3
+    assert absent["auroc_macro"] == pytest.approx(np.mean(absent["auroc"][:3]))
 
 
 def test_thresholds_on_a_crafted_case():

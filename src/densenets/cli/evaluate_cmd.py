@@ -84,6 +84,9 @@ def run_eval(args) -> int:
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")  # fmt: skip
     worst = sorted(result["per_class_accuracy"].items(), key=lambda kv: kv[1])[:5]
     print("lowest per-class accuracy: " + ", ".join(f"{name} {acc:.1f}%" for name, acc in worst))
+    if result.get("auroc_macro") is not None:
+        print(f"macro AUROC {result['auroc_macro']:.3f} (each class's softmax probability against the other "
+              f"classes, over the {result['auroc_classes']} classes present in the test set)")  # fmt: skip
     print(f"metrics.json, confusion.csv and confusion.png written to {out}")
     return 0
 

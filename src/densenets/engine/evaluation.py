@@ -129,8 +129,10 @@ def evaluate_checkpoint(
         "precision": precision,
         "backend": precision_info["backend"],
         "precision_note": precision_info["note"],
-        **{k: v for k, v in metrics.items() if k != "confusion"},
+        **{k: v for k, v in metrics.items() if k not in ("confusion", "auroc_macro", "auroc")},
         "per_class_accuracy": {name: acc for name, acc in zip(names, metrics["per_class_accuracy"], strict=True)},
+        "auroc_macro": _finite(metrics["auroc_macro"]),  # one-vs-rest on the softmax, classes with both labels
+        "auroc": {name: _finite(v) for name, v in zip(names, metrics["auroc"], strict=True)},
         "confusion": metrics["confusion"],
         "class_names": names,
     }

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..data.determinism import derive_seed
 from ..errors import TrainingDiverged
 from .distributed import all_gather_arrays, all_reduce_sum
-from .multilabel import masked_bce, multilabel_metrics
+from .multilabel import masked_bce, multilabel_metrics, one_vs_rest_auroc
 from .recipes import Recipe
 from .runtime import Runtime
 from .schedule import lr_at
@@ -204,7 +204,8 @@ def evaluate(
 
     Batches of shape (N, n_crops, C, H, W) are ten-crop testing: the crops' logits are
     averaged (the authors sum them: the same argmax) and the loss is that of the mean.
-    With ``confusion``, also the confusion matrix (rows: true class) and per-class accuracy.
+    With ``confusion``, also the confusion matrix (rows: true class), per-class accuracy and each
+    class's one-vs-rest AUROC of the softmax with their macro mean (``auroc``, ``auroc_macro``).
     ``cost`` counts each batch's forward FLOPs. ``tta`` (:mod:`.tta`): each image's logits
     averaged over its mirrored / shifted views, like the crops.
     """
@@ -212,6 +213,7 @@ def evaluate(
     loss_sum = correct1 = correct5 = count = 0.0
     matrix = None
     multilabel_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, targets) on the CPU
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # single-label (softmax, targets) for AUROC
     for images, targets in loader:
         targets = targets.to(runtime.device)
         if tta != "none":
@@ -232,6 +234,7 @@ def evaluate(
             pairs = targets * n + top[:, 0]
             batch_matrix = torch.bincount(pairs, minlength=n * n).view(n, n).cpu()
             matrix = batch_matrix if matrix is None else matrix + batch_matrix
+            scored.append((logits.softmax(1).cpu(), targets.cpu()))
     if multilabel_batches:
         return _multilabel_result(multilabel_batches)
     loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime.device)
@@ -247,6 +250,8 @@ def evaluate(
         totals = matrix.sum(1).clamp(min=1)
         result["confusion"] = matrix.tolist()
         result["per_class_accuracy"] = (100.0 * matrix.diag() / totals).tolist()
+        probs, labels = torch.cat([p for p, _ in scored]), torch.cat([t for _, t in scored])
+        result.update(one_vs_rest_auroc(probs.numpy(), labels.numpy()))
     return result
 
 

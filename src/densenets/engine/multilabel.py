@@ -51,6 +51,20 @@ def one_sided_classes(targets: torch.Tensor, class_names: list[str]) -> str | No
             "cannot learn to tell them apart (their pos_weight is 1, not 0)")  # fmt: skip
 
 
+def one_vs_rest_auroc(probs: np.ndarray, targets: np.ndarray) -> dict:
+    """Single-label classes scored as findings: each class's AUROC of its softmax probability
+    against all other classes (N, C probs; N class indices), and their macro mean over the
+    classes that have both positives and negatives in ``targets``."""
+    from sklearn.metrics import roc_auc_score
+
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
+    auroc = []
+    for c in range(probs.shape[1]):
+        y = (targets == c).astype(int)
+        auroc.append(float(roc_auc_score(y, probs[:, c])) if _has_both(y) else math.nan)
+    return {"auroc_macro": _nanmean(auroc), "auroc_classes": sum(not math.isnan(v) for v in auroc), "auroc": auroc}
+
+
 def _known(probs: np.ndarray, targets: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     keep = ~np.isnan(targets[:, c])
     return targets[keep, c].astype(int), probs[keep, c]

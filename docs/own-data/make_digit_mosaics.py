@@ -52,7 +52,7 @@ def main() -> None:
     with open(args.out_dir / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
-        for i, (index, split) in enumerate(zip(order, splits)):
+        for i, (index, split) in enumerate(zip(order, splits, strict=True)):
             path = f"images/{split}_{i:04d}.png"
             Image.fromarray(mosaic(digits.images[index], rng, args.tile)).save(args.out_dir / path)
             writer.writerow([path, str(digits.target[index]), split])

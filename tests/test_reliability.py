@@ -357,6 +357,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
         fit(recipe, tmp_path / "run", show_progress=False)
     message = str(info.value)
     assert "step" in message and "lower --lr" in message and "--amp none" in message
+    assert "voxels" not in message  # the 3-D bf16 hint is for volumes only
     # a checkpoint every step: the last finite one is kept, and the message points to it
     kept = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())

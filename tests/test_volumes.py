@@ -144,6 +144,15 @@ def _train(data, run, *extra):
     return main(args)
 
 
+def test_a_diverged_bf16_volume_run_names_the_depth_two_fault(tmp_path, capsys):
+    # torch 2.14.1's bf16 Conv3d weight gradient on the CPU can be NaN at depth 2
+    # (docs/volumes/bf16_depth2.py); a run that stops on a NaN loss says so, a 2-D one does not
+    data, run = write_volumes(tmp_path / "data"), tmp_path / "run"
+    assert _train(data, run, "--volume-size", "8", "8", "8", "--amp", "bf16", "--lr", "1e12", "--epochs", "3") != 0
+    err = capsys.readouterr().err
+    assert "training stopped" in err and "2 voxels deep" in err
+
+
 def test_a_csv_of_volumes_trains_evaluates_and_predicts_via_the_cli(tmp_path, capsys):
     import json
 

@@ -214,9 +214,15 @@ def _thresholds(run: Run, val: dict | None) -> tuple[list[float], str, dict[str,
 
 def _diverged_message(run: Run, exc: TrainingDiverged) -> TrainingDiverged:
     kept = f"{run.run_dir / LAST} (step {_saved_step(run)})" if (run.run_dir / LAST).exists() else "none yet"
+    hint = ""
+    if run.recipe.amp == "bf16" and run.data.spatial_dims == 3 and run.runtime.device.type == "cpu":
+        hint = (
+            " With bf16 on a CPU, torch's 3-D convolution gradient can turn NaN where a dense block sees "
+            "volumes 2 voxels deep (docs/volumes.md): choose a depth that leaves 3 or more at the last block."
+        )
     return TrainingDiverged(
         f"{exc}; training stopped. Last good checkpoint: {kept}. "
-        "Try a lower --lr, or --amp none if mixed precision is on."
+        f"Try a lower --lr, or --amp none if mixed precision is on.{hint}"
     )
 
 

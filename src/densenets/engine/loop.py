@@ -211,9 +211,8 @@ def evaluate(
     """
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
-    matrix = None
     multilabel_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, targets) on the CPU
-    scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # single-label (softmax, targets) for AUROC
+    scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # with confusion: (softmax, top-1, targets)
     for images, targets in loader:
         targets = targets.to(runtime.device)
         if tta != "none":
@@ -230,11 +229,7 @@ def evaluate(
         correct5 += (top == targets[:, None]).any(dim=1).sum().item()
         count += targets.numel()
         if confusion:
-            n = logits.shape[1]
-            pairs = targets * n + top[:, 0]
-            batch_matrix = torch.bincount(pairs, minlength=n * n).view(n, n).cpu()
-            matrix = batch_matrix if matrix is None else matrix + batch_matrix
-            scored.append((logits.softmax(1).cpu(), targets.cpu()))
+            scored.append((logits.softmax(1).cpu(), top[:, 0].cpu(), targets.cpu()))
     if multilabel_batches:
         return _multilabel_result(multilabel_batches)
     loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime.device)
@@ -246,11 +241,12 @@ def evaluate(
         "error": 100.0 * (1.0 - correct1 / count),
         "count": int(count),
     }
-    if confusion and matrix is not None:
-        totals = matrix.sum(1).clamp(min=1)
+    if scored:
+        probs, predicted, labels = (torch.cat(parts) for parts in zip(*scored, strict=True))
+        n = probs.shape[1]
+        matrix = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n)
         result["confusion"] = matrix.tolist()
-        result["per_class_accuracy"] = (100.0 * matrix.diag() / totals).tolist()
-        probs, labels = torch.cat([p for p, _ in scored]), torch.cat([t for _, t in scored])
+        result["per_class_accuracy"] = (100.0 * matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
         result.update(one_vs_rest_auroc(probs.numpy(), labels.numpy()))
     return result
 

@@ -421,8 +421,12 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Headless Debian chromium driven by selenium; CI (``CI=true``, .ci/run installs both) fails without them."""
+def browser(tmp_path_factory):
+    """Headless Debian chromium driven by selenium; CI (``CI=true``, .ci/run installs both) fails without them.
+
+    Its profile and its temporary files (chromium leaves a ``SingletonSocket`` folder behind) go under
+    pytest's temporary folder, not the machine's ``/tmp``.
+    """
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     try:
         from selenium import webdriver
@@ -436,9 +440,12 @@ def browser():
         pytest.skip(why)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300"):
+    scratch = tmp_path_factory.mktemp("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300",
+                 "--disable-background-networking", "--no-first-run", f"--user-data-dir={scratch / 'profile'}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": str(scratch)})
+    driver = webdriver.Chrome(service=service, options=options)
     yield driver
     driver.quit()
 

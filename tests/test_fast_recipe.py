@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from densenets.errors import ConfigError
 from densenets.models import create_model
 from densenets.models.whiten import whiten_stem
 
-from .fakedata import write_cifar10
+from .fakedata import write_cifar10, write_image_folder
 from .test_training import TINY_MODEL, tiny_recipe
 
 
@@ -165,6 +166,28 @@ def test_a_run_with_a_whitened_stem_says_so_and_records_it(tmp_path, capsys):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"]["whiten_stem"] is True
     assert "stem: conv0's 8 of 8 filters whiten 3x3 patches" in capsys.readouterr().out
+
+
+def test_image_folders_from_random_weights_train_with_the_fast_recipes_settings_and_a_whitened_stem(tmp_path, capsys):
+    from densenets.engine import base_recipe, resolve_recipe
+    from densenets.engine.recipes import resolve_whiten_stem
+
+    folder = write_image_folder(tmp_path / "folder", classes=2, per_class=4, size=12, split=False)
+    recipe = resolve_recipe(
+        base_recipe(data="imagefolder"), model=TINY_MODEL, data_dir=str(folder), image_size=12, epochs=1,
+        batch_size=4,
+    )  # fmt: skip
+    fit(recipe, tmp_path / "run", show_progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]
+    assert config["whiten_stem"] is True and config["label_smoothing"] == 0.1
+    assert (config["schedule"], config["warmup_epochs"], config["weight_decay"]) == ("linear", 1.0, 5e-4)
+    assert "stem: conv0's 8 of 8 filters whiten" in capsys.readouterr().out
+    # volumes and networks that start from weights keep their stem; an explicit choice stands
+    auto = base_recipe(data="csv")
+    assert resolve_whiten_stem(auto, spatial_dims=3).whiten_stem is False
+    assert resolve_whiten_stem(replace(auto, weights="w.pt"), spatial_dims=2).whiten_stem is False
+    assert resolve_whiten_stem(replace(auto, whiten_stem=False), spatial_dims=2).whiten_stem is False
+    assert base_recipe(data="imagefolder", pretrained=True).whiten_stem is False  # the finetune recipe
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_said(tmp_path, monkeypatch):

@@ -441,8 +441,15 @@ def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     scratch = tmp_path_factory.mktemp("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300",
-                 "--disable-background-networking", "--no-first-run", f"--user-data-dir={scratch / 'profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,1300",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={scratch / 'profile'}",
+    ):
         options.add_argument(flag)
     service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": str(scratch)})
     driver = webdriver.Chrome(service=service, options=options)

@@ -165,6 +165,7 @@ def test_a_csv_of_volumes_trains_evaluates_and_predicts_via_the_cli(tmp_path, ca
     assert "input size" not in out  # the images' stem-default note does not apply to volumes (it said "8 px")
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["spatial_dims"] == 3 and config["data"]["preprocess"]["volume_size"] == [8, 8, 8]
+    assert config["recipe"]["whiten_stem"] is False  # the imagefolder recipe whitens 2-D stems only
 
     assert main(["eval", str(run), "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

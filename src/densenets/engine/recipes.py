@@ -77,7 +77,8 @@ class Recipe:
     augment: str | None = None  # none | crop | crop-flip | imagenet (None: chosen by the data set and image size)
     dropout: float | None = None  # None: 0.2 without augmentation, 0 with (the paper's rule)
     init: str = "fan_out"
-    whiten_stem: bool = False  # initialise the first conv as a patch-whitening filter bank from training images
+    whiten_stem: bool | None = False  # initialise the first conv as a patch-whitening filter bank from training
+    # images (None: yes for 2-D images from random weights, else no)
     train_sizes: tuple[int, ...] | None = None  # progressive resizing: train at these sizes over equal parts of
     # the epochs (e.g. 16 24 32), the last one the input size; the resident loader resizes each batch
     translate: int = PAD  # resident loader: zero-pad and crop back, a shift of up to this many pixels (the paper's 4)
@@ -249,8 +250,21 @@ RECIPES: dict[str, Recipe] = {
     ),  # fmt: skip
     # The bundled real data set: DenseNet-BC-40 (k=12) on 16x16 digits, minutes on a laptop CPU.
     "digits": Recipe(model="densenet_bc40_k12", data="digits+", epochs=20, batch_size=64),
-    # A user's own folder of class sub-folders: the ImageNet preprocessing, a shorter schedule.
-    "imagefolder": Recipe(model="densenet121", data="imagefolder", epochs=30, batch_size=32),
+    # A user's own folder of class sub-folders (or a labels CSV) from random weights: the ImageNet
+    # preprocessing, a shorter schedule, and the fast recipe's optimisation: a linear one-cycle
+    # schedule with one warm-up epoch, wd 5e-4, label smoothing (single-label) and, for 2-D
+    # images, a whitened stem (docs/own-data/README.md measures it against the paper's settings).
+    "imagefolder": Recipe(
+        model="densenet121",
+        data="imagefolder",
+        epochs=30,
+        batch_size=32,
+        schedule="linear",
+        warmup_epochs=1.0,
+        weight_decay=5e-4,
+        label_smoothing=None,  # FINETUNE_SMOOTHING on single-label classes; multi-label targets keep 0 and 1
+        whiten_stem=None,  # 2-D images: yes; volumes: no
+    ),  # fmt: skip
     # Fine-tuning named weights on a user's folder: new classifier, the weights' preprocessing,
     # a 10x lower lr on a cosine schedule with one warm-up epoch, label smoothing.
     "finetune": Recipe(
@@ -307,6 +321,7 @@ AUTO_MEANING = {
     "intensity_window": "a z-score per volume",
     "spatial_dims": "the data's: 3 for a CSV of volumes, else 2",
     "train_sizes": "every epoch at the input size",
+    "whiten_stem": "yes for 2-D images from random weights (no pretrained or weights), no for volumes",
     "inflate": "mean (I3D: each 2-D kernel repeated over depth, divided by the depth); center: in the middle slice",
 }
 
@@ -348,6 +363,13 @@ def resolve_label_smoothing(recipe: Recipe, multilabel: bool) -> tuple[Recipe, s
         note = f"label smoothing {x:g} on multi-label targets, as asked: 1 trains as {1 - x / 2:g}, 0 as {x / 2:g}"
         return recipe, note
     return recipe, None
+
+
+def resolve_whiten_stem(recipe: Recipe, spatial_dims: int) -> Recipe:
+    """The recipe with ``whiten_stem`` decided (None: 2-D images from random weights whiten, others not)."""
+    if recipe.whiten_stem is not None:
+        return recipe
+    return replace(recipe, whiten_stem=spatial_dims == 2 and not (recipe.pretrained or recipe.weights))
 
 
 def base_recipe(name: str | None = None, data: str | None = None, pretrained: bool | str = False) -> Recipe:

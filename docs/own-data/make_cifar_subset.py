@@ -53,7 +53,6 @@ def main() -> None:
     train_ids, val_ids = take(train.targets, (args.train, args.val), rng)
     (test_ids,) = take(test.targets, (args.test,), rng)
     (args.out_dir / "images").mkdir(parents=True, exist_ok=True)
-    rows = 0
     with open(args.out_dir / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
@@ -63,9 +62,8 @@ def main() -> None:
                 path = f"images/{split}_{i:05d}.png"
                 image.save(args.out_dir / path)
                 writer.writerow([path, source.classes[label], split])
-                rows += 1
     counts = f"{len(train_ids)} train, {len(val_ids)} val, {len(test_ids)} test"
-    print(f"{rows} CIFAR-10 images ({counts}) -> {args.out_dir}")
+    print(f"{len(train_ids) + len(val_ids) + len(test_ids)} CIFAR-10 images ({counts}) -> {args.out_dir}")
 
 
 if __name__ == "__main__":

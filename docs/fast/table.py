@@ -21,7 +21,7 @@ def row(run: Path) -> str:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     r = config["recipe"]
     sizes = "-".join(str(s) for s in r.get("train_sizes") or [32])
-    settings = f"{r['epochs']} ep, batch {r['batch_size']}, lr {r['lr']:g}, {sizes} px"
+    settings = f"{r['epochs']} ep, batch {r['batch_size']}, lr {r['lr']:g}, LS {r['label_smoothing']:g}, {sizes} px"
     settings += ", whitened stem" if r.get("whiten_stem") else ""
     if (r.get("translate", 4), r.get("flip", "random")) != (4, "random"):
         settings += f", shifts {r['translate']} px, {r['flip']} flips"

@@ -59,6 +59,12 @@ def test_tta_views_are_the_image_its_mirror_and_one_pixel_shifts_with_zeros_comi
     assert torch.equal(up_left[..., :-1, :-1], x[..., 1:, 1:]) and up_left[..., -1, :].abs().sum() == 0
     assert torch.equal(down_right[..., 1:, 1:], x[..., :-1, :-1]) and down_right[..., 0, :].abs().sum() == 0
     assert torch.equal(six[:, 5][..., 1:, 1:], x.flip(-1)[..., :-1, :-1])
+    ten = tta_views(x, "flip-translate-10")
+    assert ten.shape == (2, 10, 3, 4, 5) and torch.equal(ten[:, :4], six[:, :4])
+    up_right, down_left = ten[:, 4], ten[:, 5]  # the other diagonal: (-1, +1) and (+1, -1)
+    assert torch.equal(up_right[..., :-1, 1:], x[..., 1:, :-1]) and up_right[..., :, 0].abs().sum() == 0
+    assert torch.equal(down_left[..., 1:, :-1], x[..., :-1, 1:]) and down_left[..., 0, :].abs().sum() == 0
+    assert torch.equal(ten[:, 9][..., 1:, :-1], x.flip(-1)[..., :-1, 1:])
 
 
 def test_evaluate_with_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
@@ -86,6 +92,23 @@ def test_a_run_with_tta_reports_the_final_figure_with_and_without_it(tmp_path, c
     out = capsys.readouterr().out
     assert f"final test error {saved['final_test_error']:.2f}%" in out
     assert f"final test error with flip test-time augmentation {saved['final_test_error_tta']:.2f}%" in out
+
+
+def test_with_a_validation_split_the_run_measures_ema_and_every_tta_mode_on_it(tmp_path, capsys):
+    """Settings are chosen on validation: the trained weights beside their EMA, and each TTA mode."""
+    write_cifar10(tmp_path / "data", n_train=60, n_test=20)
+    recipe = tiny_recipe(tmp_path / "data", epochs=1, tta="flip", ema_decay=0.9, val_split=20)
+    fit(recipe, tmp_path / "run", show_progress=False)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= last["raw_val_error"] <= 100 and 0 <= last["raw_test_error"] <= 100
+    by_mode = saved["final_val_error_by_tta"]
+    assert list(by_mode) == ["none", "flip", "flip-translate", "flip-translate-10"]
+    assert by_mode["none"] == pytest.approx(last["val_error"])  # the same (EMA) weights read the same split
+    out = capsys.readouterr().out
+    assert f"without EMA test err {last['raw_test_error']:5.2f}%, val err {last['raw_val_error']:5.2f}%" in out
+    chosen_on = "final validation error by test-time augmentation (choose the mode on these)"
+    assert f"{chosen_on}: none {by_mode['none']:.2f}%" in out
 
 
 def test_progressive_sizes_share_the_epochs_in_equal_parts():

@@ -14,6 +14,7 @@ from .loop import TrainState, evaluate
 from .multilabel import one_sided_classes
 from .runlog import is_better, read_metrics, reported_result, unranked_reason, validation_score
 from .runtime import bf16_cpu_note
+from .tta import TTA_MODES
 
 
 def describe_run(run: Run, params: int) -> None:
@@ -90,7 +91,9 @@ def describe_multilabel(run: Run) -> None:
                 "(give the CSV a split column with val rows, or --val-split N)")  # fmt: skip
 
 
-def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
+def summarise(run: Run, test_loader, wall: float, params: int, val_loader=None) -> dict:
+    """The run's summary.json. With test-time augmentation the test set is read once more with it;
+    with a validation split too, that split is read with every augmentation mode, to choose one on."""
     s = run.state
     is_main = run.runtime.dist.is_main
     records = read_metrics(run.run_dir) if is_main else []
@@ -116,6 +119,11 @@ def summarise(run: Run, test_loader, wall: float, params: int) -> dict:
         with_tta = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime, tta=run.recipe.tta)
         tta = {"tta": run.recipe.tta, "final_test_error_tta": with_tta["error"],
                "final_test_loss_tta": with_tta["loss"]}  # fmt: skip
+        if val_loader is not None:
+            result = s.result_model(unwrap_model(s.model))
+            tta["final_val_error_by_tta"] = {
+                mode: evaluate(result, val_loader, run.runtime, tta=mode)["error"] for mode in TTA_MODES
+            }
     seconds = sum(rec["train_seconds"] for rec in records)
     images = sum(rec["train_images"] for rec in records)
     # the operating points of the checkpoint eval and predict pick for the run folder
@@ -171,6 +179,9 @@ def print_summary(run: Run, summary: dict) -> None:
         error = summary["final_test_error_tta"]
         run.log(f"final test error with {summary['tta']} test-time augmentation {error:.2f}% (accuracy "
                 f"{100 - error:.2f}%; the figure above is without it)")  # fmt: skip
+    if "final_val_error_by_tta" in summary:
+        by_mode = ", ".join(f"{mode} {error:.2f}%" for mode, error in summary["final_val_error_by_tta"].items())
+        run.log(f"final validation error by test-time augmentation (choose the mode on these): {by_mode}")
     reported = summary["reported"]
     if reported and reported["rule"] != "final epoch":
         run.log(f"reported test error {reported['test_error']:.2f}% ({reported['rule']}, epoch {reported['epoch']})")
@@ -243,6 +254,7 @@ def epoch_record(
     val: dict | None,
     raw_test: dict | None,
     class_names: list[str] | None = None,
+    raw_val: dict | None = None,
 ) -> dict:
     """One line of metrics.jsonl: the epoch's training figures and its test (and validation) results;
     a multi-label run's are AUROC and AP (:func:`multilabel_figures`)."""
@@ -252,6 +264,8 @@ def epoch_record(
             record.update(multilabel_figures("val", val, class_names))
         if raw_test is not None:
             record.update(raw_test_auroc=_finite(raw_test["auroc_macro"]))
+        if raw_val is not None:
+            record.update(raw_val_auroc=_finite(raw_val["auroc_macro"]))
         return record
     record = {
         "epoch": s.epoch,
@@ -265,6 +279,8 @@ def epoch_record(
         record.update(val_loss=val["loss"], val_error=val["error"])
     if raw_test is not None:
         record.update(raw_test_error=raw_test["error"])
+    if raw_val is not None:
+        record.update(raw_val_error=raw_val["error"])
     return record
 
 
@@ -319,7 +335,8 @@ def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, 
         n = len(run.data.class_names)
         val_text = f"  val macro AUROC {macro(record, 'val', n)}" if "val_auroc" in record else ""
         if raw_test is not None:
-            val_text += f"  (EMA weights; without EMA test macro AUROC {_fmt(record['raw_test_auroc'])})"
+            raw_val = f", val {_fmt(record['raw_val_auroc'])}" if "raw_val_auroc" in record else ""
+            val_text += f"  (EMA weights; without EMA test macro AUROC {_fmt(record['raw_test_auroc'])}{raw_val})"
         return (
             f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss{smoothed} {record['train_loss']:.4f}  "
             f"test loss {record['test_loss']:.4f} macro AUROC {macro(record, 'test', n)}{val_text}  "
@@ -329,7 +346,8 @@ def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, 
         )
     val_text = f"  val err {val['error']:5.2f}%" if val is not None else ""
     if raw_test is not None:
-        val_text += f"  (EMA weights; without EMA test err {raw_test['error']:5.2f}%)"
+        raw_val = f", val err {record['raw_val_error']:5.2f}%" if "raw_val_error" in record else ""
+        val_text += f"  (EMA weights; without EMA test err {raw_test['error']:5.2f}%{raw_val})"
     return (
         f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss{smoothed} {record['train_loss']:.4f} "
         f"err {record['train_error']:5.2f}%  "

@@ -158,7 +158,7 @@ def _train(run: Run, show_progress: bool) -> dict:
         restore_sigint(previous_handler)
         metrics_log.close()
     barrier()
-    summary = summarise(run, test_loader, time.perf_counter() - started, params)
+    summary = summarise(run, test_loader, time.perf_counter() - started, params, val_loader)
     records = run.on_main(lambda: read_metrics(run.run_dir)) or []
     summary.update(cost.summary(records, run.data.multilabel))
     run.on_main(lambda: write_json(run.run_dir / SUMMARY, summary))
@@ -172,15 +172,16 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     trained = unwrap_model(s.model)
     average_buffers(trained)
     model = s.result_model(trained)
-    raw_test = None
-    if s.ema is not None:
+    raw_test = raw_val = None
+    if s.ema is not None:  # the trained weights too, so the EMA's effect is measured, not assumed
         average_buffers(model)
         raw_test = evaluate(trained, test_loader, run.runtime, cost=cost)
+        raw_val = evaluate(trained, val_loader, run.runtime, cost=cost) if val_loader is not None else None
     test = evaluate(model, test_loader, run.runtime, cost=cost)
     val = evaluate(model, val_loader, run.runtime, cost=cost) if val_loader is not None else None
     s.epoch += 1
     s.epoch_sums = new_epoch_sums()
-    record = epoch_record(s, train_metrics, test, val, raw_test, run.data.class_names)
+    record = epoch_record(s, train_metrics, test, val, raw_test, run.data.class_names, raw_val)
     record.update(cost.end_epoch(train_metrics["train_seconds"]))  # cumulative, for curves against compute
     if run.data.multilabel:  # saved with the checkpoints below, read by predict and eval
         thresholds, source, sources = _thresholds(run, val)

@@ -1,8 +1,9 @@
 """Test-time augmentation: each image seen as a few mirrored and shifted views, logits averaged.
 
 ``"flip"``: the image and its left-right mirror (2 views). ``"flip-translate"``: those two,
-each also shifted one pixel up-left and one down-right (6 views), the border filled with
-zeros, which after normalisation is the mean colour, as the training crops pad. The views
+each also shifted one pixel up-left and one down-right (6 views); ``"flip-translate-10"``:
+shifted one pixel along both diagonals, each way (10 views). The border fills with zeros,
+which after normalisation is the mean colour, as the training crops pad. The views
 travel as a (N, V, C, H, W) batch, the layout ten-crop testing already uses, so evaluation
 averages their logits in one place.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "flip", "flip-translate")
+TTA_MODES = ("none", "flip", "flip-translate", "flip-translate-10")
+# the one-pixel (dy, dx) shifts each mode adds to the image and its mirror
+_SHIFTS = {"flip-translate": ((-1, -1), (1, 1)), "flip-translate-10": ((-1, -1), (1, 1), (-1, 1), (1, -1))}
 
 
 def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -23,12 +26,11 @@ def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 def tta_views(images: torch.Tensor, mode: str) -> torch.Tensor:
-    """(N, C, H, W) -> (N, V, C, H, W): the views ``mode`` averages over (V = 1, 2 or 6)."""
+    """(N, C, H, W) -> (N, V, C, H, W): the views ``mode`` averages over (V = 1, 2, 6 or 10)."""
     if mode not in TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {mode!r}; choose from {', '.join(TTA_MODES)}")
     views = [images]
     if mode != "none":
         views.append(images.flip(-1))
-    if mode == "flip-translate":
-        views += [_shift(v, d, d) for v in views[:2] for d in (-1, 1)]
+    views += [_shift(v, dy, dx) for v in views[:2] for dy, dx in _SHIFTS.get(mode, ())]
     return torch.stack(views, 1)

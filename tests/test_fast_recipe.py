@@ -234,7 +234,7 @@ def test_the_fast_recipe_is_a_named_recipe_every_field_overridable(tmp_path, cap
     fast = RECIPES["fast"]
     assert shown["model"] == fast.model and shown["data"] == "cifar10+" and shown["train_sizes"][-1] == 32
     assert shown["whiten_stem"] is True and shown["tta"] == "flip-translate" and shown["schedule"] == "linear"
-    assert (shown["translate"], shown["flip"]) == (2, "alternate")
+    assert (shown["translate"], shown["flip"], shown["ema_decay"]) == (2, "alternate", 0.99)
     main(["train", "--recipe", "fast", "--data-dir", str(tmp_path), "--model", "densenet_bc100_k12"]
          + ["--epochs", "30", "--no-whiten-stem", "--train-sizes", "32", "--dry-run"])  # fmt: skip
     shown = json.loads(capsys.readouterr().out)

@@ -241,6 +241,7 @@ RECIPES: dict[str, Recipe] = {
         warmup_epochs=1.0,
         weight_decay=5e-4,
         label_smoothing=0.1,
+        ema_decay=0.99,
         amp="bf16",
         train_sizes=(16, 16, 20, 24, 28, 32),
         whiten_stem=True,

@@ -3,7 +3,8 @@
     python docs/fast/table.py [RUN_DIR ...]     # default: every docs/fast/*/summary.json
 
 Each row is one run: its network and settings (config.json), its last validation error
-(metrics.jsonl), its test error without and with test-time augmentation, its training FLOPs
+(metrics.jsonl), its test error without and with test-time augmentation (with an EMA of the
+weights, the trained weights' errors in brackets), its training FLOPs
 and seconds, and the epoch / PFLOP / minutes at which test accuracy first reached 90%
 (summary.json). Nothing is typed by hand.
 """
@@ -23,9 +24,12 @@ def row(run: Path) -> str:
     sizes = "-".join(str(s) for s in r.get("train_sizes") or [32])
     settings = f"{r['epochs']} ep, batch {r['batch_size']}, lr {r['lr']:g}, LS {r['label_smoothing']:g}, {sizes} px"
     settings += ", whitened stem" if r.get("whiten_stem") else ""
+    settings += f", EMA {r['ema_decay']:g}" if r.get("ema_decay") else ""
     if (r.get("translate", 4), r.get("flip", "random")) != (4, "random"):
         settings += f", shifts {r['translate']} px, {r['flip']} flips"
-    val = records[-1].get("val_error")
+    val, raw_val, raw_test = (records[-1].get(k) for k in ("val_error", "raw_val_error", "raw_test_error"))
+    val_text = "-" if val is None else f"{val:.2f}%" + ("" if raw_val is None else f" ({raw_val:.2f}% without EMA)")
+    test_text = f"{summary['final_test_error']:.2f}%" + ("" if raw_test is None else f" ({raw_test:.2f}% without EMA)")
     at90 = (summary.get("milestones") or {}).get("90%")
     reached = "-"
     if at90:
@@ -33,8 +37,8 @@ def row(run: Path) -> str:
     tta = summary.get("final_test_error_tta")
     return (
         f"| [{run.name}]({run.name}/summary.json) | `{r['model']}` | {settings} | seed {r['seed']} | "
-        f"{config['data']['sizes']['train']:,} | {'-' if val is None else f'{val:.2f}%'} | "
-        f"{summary['final_test_error']:.2f}% | {'-' if tta is None else f'{tta:.2f}%'} | "
+        f"{config['data']['sizes']['train']:,} | {val_text} | "
+        f"{test_text} | {'-' if tta is None else f'{tta:.2f}%'} | "
         f"{summary['train_flops'] / 1e15:.3f} | {summary['train_s'] / 60:.1f} | {summary['wall_s'] / 60:.1f} | "
         f"{reached} |"
     )

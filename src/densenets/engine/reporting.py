@@ -116,11 +116,11 @@ def summarise(run: Run, test_loader, wall: float, params: int, val_loader=None) 
     tta = {}
     if run.recipe.tta != "none" and not run.data.multilabel:
         # reported beside the plain figure, never instead of it; the test set is read once more
-        with_tta = evaluate(s.result_model(unwrap_model(s.model)), test_loader, run.runtime, tta=run.recipe.tta)
+        result = s.result_model(unwrap_model(s.model))
+        with_tta = evaluate(result, test_loader, run.runtime, tta=run.recipe.tta)
         tta = {"tta": run.recipe.tta, "final_test_error_tta": with_tta["error"],
                "final_test_loss_tta": with_tta["loss"]}  # fmt: skip
         if val_loader is not None:
-            result = s.result_model(unwrap_model(s.model))
             tta["final_val_error_by_tta"] = {
                 mode: evaluate(result, val_loader, run.runtime, tta=mode)["error"] for mode in TTA_MODES
             }

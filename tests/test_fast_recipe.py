@@ -95,17 +95,20 @@ def test_a_run_with_tta_reports_the_final_figure_with_and_without_it(tmp_path, c
 
 
 def test_with_a_validation_split_the_run_measures_ema_and_every_tta_mode_on_it(tmp_path, capsys):
-    """Settings are chosen on validation: the trained weights beside their EMA, and each TTA mode."""
+    """Settings are chosen on validation: the trained weights beside their EMA (on the validation split
+    each epoch, on the test set at the end only), and each TTA mode."""
     write_cifar10(tmp_path / "data", n_train=60, n_test=20)
-    recipe = tiny_recipe(tmp_path / "data", epochs=1, tta="flip", ema_decay=0.9, val_split=20)
+    recipe = tiny_recipe(tmp_path / "data", epochs=2, tta="flip", ema_decay=0.9, val_split=20)
     fit(recipe, tmp_path / "run", show_progress=False)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
-    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    first, last = (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert 0 <= first["raw_val_error"] <= 100 and "raw_test_error" not in first
     assert 0 <= last["raw_val_error"] <= 100 and 0 <= last["raw_test_error"] <= 100
     by_mode = saved["final_val_error_by_tta"]
     assert list(by_mode) == ["none", "flip", "flip-translate", "flip-translate-10"]
     assert by_mode["none"] == pytest.approx(last["val_error"])  # the same (EMA) weights read the same split
     out = capsys.readouterr().out
+    assert f"(EMA weights; without EMA val err {first['raw_val_error']:5.2f}%)" in out
     assert f"without EMA test err {last['raw_test_error']:5.2f}%, val err {last['raw_val_error']:5.2f}%" in out
     chosen_on = "final validation error by test-time augmentation (choose the mode on these)"
     assert f"{chosen_on}: none {by_mode['none']:.2f}%" in out

@@ -324,9 +324,10 @@ def best_epoch_line(s: TrainState, records: list[dict], multilabel: bool) -> str
     return f"best.pt: the final epoch ({s.best['epoch']}); validation cannot rank epochs: {why}"
 
 
-def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, is_best: bool) -> str:
+def epoch_line(run: Run, record: dict, val: dict | None, is_best: bool) -> str:
     """The line printed at the end of each epoch. With label smoothing the train loss is against
-    the smoothed targets, the test loss against the labels: the line says so."""
+    the smoothed targets, the test loss against the labels: the line says so. With an EMA it adds
+    the trained weights' figures the record holds (validation each epoch, test at the end)."""
     smoothing = run.recipe.label_smoothing
     smoothed = f" (smoothed {smoothing:g}, not comparable with test)" if smoothing else ""
     # "*best" marks an epoch validation chose; when it cannot rank epochs each one is only the latest
@@ -334,9 +335,9 @@ def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, 
     if "test_auroc" in record:
         n = len(run.data.class_names)
         val_text = f"  val macro AUROC {macro(record, 'val', n)}" if "val_auroc" in record else ""
-        if raw_test is not None:
-            raw_val = f", val {_fmt(record['raw_val_auroc'])}" if "raw_val_auroc" in record else ""
-            val_text += f"  (EMA weights; without EMA test macro AUROC {_fmt(record['raw_test_auroc'])}{raw_val})"
+        raw = [f"{split} {_fmt(record[f'raw_{split}_auroc'])}" for split in _raw_splits(record, "auroc")]
+        if raw:
+            val_text += f"  (EMA weights; without EMA macro AUROC {', '.join(raw)})"
         return (
             f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss{smoothed} {record['train_loss']:.4f}  "
             f"test loss {record['test_loss']:.4f} macro AUROC {macro(record, 'test', n)}{val_text}  "
@@ -345,9 +346,9 @@ def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, 
             + ("  *best" if is_best else "")
         )
     val_text = f"  val err {val['error']:5.2f}%" if val is not None else ""
-    if raw_test is not None:
-        raw_val = f", val err {record['raw_val_error']:5.2f}%" if "raw_val_error" in record else ""
-        val_text += f"  (EMA weights; without EMA test err {raw_test['error']:5.2f}%{raw_val})"
+    raw = [f"{split} err {record[f'raw_{split}_error']:5.2f}%" for split in _raw_splits(record, "error")]
+    if raw:
+        val_text += f"  (EMA weights; without EMA {', '.join(raw)})"
     return (
         f"epoch {run.state.epoch:>3}/{run.recipe.epochs}  train loss{smoothed} {record['train_loss']:.4f} "
         f"err {record['train_error']:5.2f}%  "
@@ -356,3 +357,8 @@ def epoch_line(run: Run, record: dict, val: dict | None, raw_test: dict | None, 
         f"data wait {record['data_wait_seconds']:.1f} s of {record['train_seconds']:.1f} s"
         + ("  *best" if is_best else "")
     )
+
+
+def _raw_splits(record: dict, metric: str) -> list[str]:
+    """The splits an EMA run's record has the trained weights' figure for (test at the end only)."""
+    return [split for split in ("test", "val") if f"raw_{split}_{metric}" in record]

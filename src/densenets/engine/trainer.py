@@ -173,9 +173,10 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     average_buffers(trained)
     model = s.result_model(trained)
     raw_test = raw_val = None
-    if s.ema is not None:  # the trained weights too, so the EMA's effect is measured, not assumed
-        average_buffers(model)
-        raw_test = evaluate(trained, test_loader, run.runtime, cost=cost)
+    if s.ema is not None:  # the trained weights too, so the EMA's effect is measured, not assumed:
+        average_buffers(model)  # on the validation split each epoch, on the test set at the end only
+        if s.epoch + 1 >= run.recipe.epochs or _step_limit_reached(run):
+            raw_test = evaluate(trained, test_loader, run.runtime, cost=cost)
         raw_val = evaluate(trained, val_loader, run.runtime, cost=cost) if val_loader is not None else None
     test = evaluate(model, test_loader, run.runtime, cost=cost)
     val = evaluate(model, val_loader, run.runtime, cost=cost) if val_loader is not None else None
@@ -194,7 +195,7 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     cost.stamp()
     run.save(*([BEST] if is_best else []), LAST)
     run.on_main(lambda: metrics_log.epoch(record))
-    run.log(epoch_line(run, record, val, raw_test, is_best))
+    run.log(epoch_line(run, record, val, is_best))
 
 
 def _thresholds(run: Run, val: dict | None) -> tuple[list[float], str, dict[str, str]]:

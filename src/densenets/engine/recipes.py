@@ -232,9 +232,9 @@ RECIPES: dict[str, Recipe] = {
     # Few FLOPs to CIFAR accuracy on one CPU (docs/fast-training.md): the settings chosen on a
     # validation split; every field can be overridden, --model any DenseNet of the family.
     "fast": Recipe(
-        model="densenet_bc40_k12",
+        model="densenet_bc46_k12",
         data="cifar10+",
-        epochs=12,
+        epochs=11,
         batch_size=128,
         lr=0.3,
         schedule="linear",
@@ -243,7 +243,7 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.1,
         ema_decay=0.99,
         amp="bf16",
-        train_sizes=(16, 16, 20, 24, 28, 32),
+        train_sizes=(16, 16, 16, 16, 20, 24, 24, 28, 28, 32, 32),
         whiten_stem=True,
         translate=2,
         flip="alternate",

@@ -188,10 +188,13 @@ def test_the_whitened_stem_gives_the_training_patches_unit_uncorrelated_outputs(
 
 def test_a_run_with_a_whitened_stem_says_so_and_records_it(tmp_path, capsys):
     write_cifar10(tmp_path / "data", n_train=40, n_test=30)
-    fit(tiny_recipe(tmp_path / "data", epochs=1, whiten_stem=True), tmp_path / "run", show_progress=False)
+    recipe = tiny_recipe(tmp_path / "data", epochs=1, whiten_stem=True, weight_decay=5e-4, decay_norm_bias=False)
+    fit(recipe, tmp_path / "run", show_progress=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["recipe"]["whiten_stem"] is True
-    assert "stem: conv0's 8 of 8 filters whiten 3x3 patches" in capsys.readouterr().out
+    assert config["recipe"]["whiten_stem"] is True and config["recipe"]["decay_norm_bias"] is False
+    out = capsys.readouterr().out
+    assert "stem: conv0's 8 of 8 filters whiten 3x3 patches" in out
+    assert "weight decay 0.0005 on convolution and linear weights only (BatchNorm and biases: none)" in out
 
 
 def test_image_folders_from_random_weights_train_with_the_fast_recipes_settings_and_a_whitened_stem(tmp_path, capsys):
@@ -263,3 +266,25 @@ def test_the_gpu_script_runs_the_fast_recipe_in_smoke_mode_on_the_cpu(tmp_path):
     assert config["recipe"]["whiten_stem"] is True and config["recipe"]["train_sizes"][-1] == 32
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_flops"] > 0 and summary["steps"] == 4
+
+
+@pytest.mark.parametrize("decay_norm_bias", [True, False])
+def test_decay_norm_bias_off_leaves_batchnorm_and_biases_out_of_the_weight_decay(decay_norm_bias):
+    from densenets.engine.build_run import _make_optimizer
+
+    torch.manual_seed(0)
+    model = create_model(TINY_MODEL, num_classes=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim <= 1:
+                p.add_(1.0)  # BatchNorm shifts and biases start at 0: nothing to decay
+    recipe = Recipe(lr=0.1, weight_decay=0.5, decay_norm_bias=decay_norm_bias)
+    optimizer = _make_optimizer(recipe, model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    (model(torch.randn(2, 3, 8, 8)) * 0).sum().backward()  # zero gradients: only the decay moves a weight
+    optimizer.step()
+    for name, p in model.named_parameters():
+        shrunk = p.abs().sum() < before[name].abs().sum()
+        assert shrunk == (decay_norm_bias or p.ndim > 1), name
+    vectors = sum(p.numel() for p in model.parameters() if p.ndim <= 1)
+    assert vectors > 0 and sum(len(g["params"]) for g in optimizer.param_groups) == len(before)

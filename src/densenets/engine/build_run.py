@@ -458,13 +458,29 @@ def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
-    """One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0."""
-    if not recipe.freeze_epochs:
-        return [{"params": list(model.parameters())}]
-    prefix = classifier_prefix(model)
-    head = [p for n, p in model.named_parameters() if n.startswith(prefix)]
-    body = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
-    return [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
+    """The optimiser's parameter groups.
+
+    One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0.
+    Without ``decay_norm_bias`` each group splits in two: the weights of convolutions and linear
+    layers (more than one dimension) keep the weight decay, the rest (BatchNorm scales and
+    shifts, biases) get none.
+    """
+    named = list(model.named_parameters())
+    if recipe.freeze_epochs:
+        prefix = classifier_prefix(model)
+        body = [p for n, p in named if not n.startswith(prefix)]
+        head = [p for n, p in named if n.startswith(prefix)]
+        groups = [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
+    else:
+        groups = [{"params": [p for _, p in named]}]
+    if recipe.decay_norm_bias:
+        return groups
+    split = []
+    for group in groups:
+        matrices = [p for p in group["params"] if p.ndim > 1]
+        vectors = [p for p in group["params"] if p.ndim <= 1]
+        split += [{**group, "params": matrices}, {**group, "params": vectors, "weight_decay": 0.0}]
+    return [g for g in split if g["params"]]
 
 
 def _wrap_model(model: nn.Module, *, recipe: Recipe, runtime: Runtime) -> nn.Module:

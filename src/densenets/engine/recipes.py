@@ -66,6 +66,8 @@ class Recipe:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
+    decay_norm_bias: bool = True  # weight decay on BatchNorm scales and shifts and on biases too (the paper's);
+    # false: on the convolution and linear weights only
     # model settings the protocol decides
     weights: str | None = None  # initialise from a weights file (ours or torchvision's); new classifier if needed
     pretrained: bool | str = False  # start from the model's named weights (True: its default; or a tag)

@@ -34,6 +34,8 @@ def describe_run(run: Run, params: int) -> None:
     if (r.translate, r.flip) != (PAD, "random"):
         flips = "each image mirrored on every other epoch" if r.flip == "alternate" else "random flips"
         run.log(f"augmentation: shifts of up to {r.translate} px (the paper's: {PAD}), {flips}")
+    if not r.decay_norm_bias and r.weight_decay:
+        run.log(f"weight decay {r.weight_decay:g} on convolution and linear weights only (BatchNorm and biases: none)")
     if note := bf16_cpu_note(run.runtime):
         run.log(note)
 

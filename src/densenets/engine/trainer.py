@@ -131,7 +131,7 @@ def _train(run: Run, show_progress: bool) -> dict:
 
     previous_handler = install_sigint(s)
     try:
-        while s.epoch < r.epochs and not _step_limit_reached(run):
+        while not _training_over(run, s.epoch):
             done_in_epoch = s.step - s.epoch * run.steps_per_epoch
             train_loader.start_epoch(s.epoch, done_in_epoch * run.per_rank_batch)
             try:
@@ -175,7 +175,7 @@ def _end_epoch(run: Run, train_metrics: dict, test_loader, val_loader, metrics_l
     raw_test = raw_val = None
     if s.ema is not None:  # the trained weights too, so the EMA's effect is measured, not assumed:
         average_buffers(model)  # on the validation split each epoch, on the test set at the end only
-        if s.epoch + 1 >= run.recipe.epochs or _step_limit_reached(run):
+        if _training_over(run, s.epoch + 1):
             raw_test = evaluate(trained, test_loader, run.runtime, cost=cost)
         raw_val = evaluate(trained, val_loader, run.runtime, cost=cost) if val_loader is not None else None
     test = evaluate(model, test_loader, run.runtime, cost=cost)
@@ -226,6 +226,11 @@ def _diverged_message(run: Run, exc: TrainingDiverged) -> TrainingDiverged:
         f"{exc}; training stopped. Last good checkpoint: {kept}. "
         f"Try a lower --lr, or --amp none if mixed precision is on.{hint}"
     )
+
+
+def _training_over(run: Run, epochs_done: int) -> bool:
+    """Whether no epoch follows once ``epochs_done`` epochs are done: all epochs, or ``max_steps`` reached."""
+    return epochs_done >= run.recipe.epochs or _step_limit_reached(run)
 
 
 def _step_limit_reached(run: Run) -> bool:

@@ -25,6 +25,7 @@ def row(run: Path) -> str:
     settings = f"{r['epochs']} ep, batch {r['batch_size']}, lr {r['lr']:g}, LS {r['label_smoothing']:g}, {sizes} px"
     settings += ", whitened stem" if r.get("whiten_stem") else ""
     settings += f", EMA {r['ema_decay']:g}" if r.get("ema_decay") else ""
+    settings += ", no decay on BN and biases" if r.get("decay_norm_bias") is False else ""
     if (r.get("translate", 4), r.get("flip", "random")) != (4, "random"):
         settings += f", shifts {r['translate']} px, {r['flip']} flips"
     val, raw_val, raw_test = (records[-1].get(k) for k in ("val_error", "raw_val_error", "raw_test_error"))

@@ -242,6 +242,7 @@ RECIPES: dict[str, Recipe] = {
         schedule="linear",
         warmup_epochs=1.0,
         weight_decay=5e-4,
+        decay_norm_bias=False,
         label_smoothing=0.1,
         ema_decay=0.99,
         amp="bf16",

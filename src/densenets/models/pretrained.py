@@ -166,21 +166,19 @@ for _model, _file, _top1 in (
 # Our own weights, shipped in the package (densenets/weights/). The figures are the runs' own,
 # measured on the full real test set; docs/reproduction.md has the commands and curves.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# What every set of our CIFAR-10 weights expects and reports on: the classes, C10+'s normalisation, 32 px.
+CIFAR10_INPUT = {
+    "num_classes": 10, "categories": CIFAR10_CLASSES, "mean": (0.4914, 0.4822, 0.4465), "std": (0.247, 0.2435, 0.2616),
+    "input_size": (3, 32, 32), "crop_pct": 1.0, "dataset": "CIFAR-10 (C10+)", "data": "cifar10",
+}  # fmt: skip
 register_weights(
     PretrainedEntry(
         model="densenet_bc40_k12",
         tag="cifar10",
         package_file="densenet_bc40_k12-cifar10.safetensors",
         sha256="9ab852fe4563f648",
-        num_classes=10,
-        categories=CIFAR10_CLASSES,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.247, 0.2435, 0.2616),
-        input_size=(3, 32, 32),
-        crop_pct=1.0,
+        **CIFAR10_INPUT,
         top1=86.00,  # test error 14.00% on the 10,000 CIFAR-10 test images, final epoch (not selected)
-        dataset="CIFAR-10 (C10+)",
-        data="cifar10",
         source="densenets: trained on this project's 2-core CPU in 44 minutes",
         training="recipe cifar compressed to 12 epochs (lr 0.1, /10 at epochs 7 and 10), batch 64, C10+ augmentation",
     )
@@ -192,16 +190,9 @@ register_weights(
         tag="cifar10",
         package_file="densenet_bc46_k12-cifar10.safetensors",
         sha256="9c65e994df03b82f",
-        num_classes=10,
-        categories=CIFAR10_CLASSES,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.247, 0.2435, 0.2616),
-        input_size=(3, 32, 32),
-        crop_pct=1.0,
+        **CIFAR10_INPUT,
         top1=89.84,  # fp32 `densenets eval` of this file, final epoch of the recipe's seed 0 (not selected); the run's
         # own bf16 reading 89.81%, 90.49% with 6-view TTA
-        dataset="CIFAR-10 (C10+)",
-        data="cifar10",
         source="densenets: trained on this project's 2-core CPU in 31.8 minutes (docs/fast/fast7-s0)",
         training="recipe fast, seed 0: 11 epochs at 16-32 px, batch 128, bf16, linear one-cycle lr 0.3, EMA 0.99",
     )

@@ -95,7 +95,7 @@ if len(sys.argv) > 2:
     import onnxruntime
     import openvino
 
-    from densenets.bench.machine import cpu_info
+    from densenets.hardware import cpu_info
 
     record = {"weights": NAME, "test_images": len(labels), "batch": 100, "rows": rows, "checks": checks,
               "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,

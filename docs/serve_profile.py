@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 import densenets
-from densenets.bench.machine import cpu_info
 from densenets.bench.serve_load import _image_bytes, _load, _server
 from densenets.deploy.choice import default_backend
+from densenets.hardware import cpu_info
 from densenets.models import create_model
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 import densenets
-from densenets.bench.machine import cpu_info
 from densenets.bench.serve_load import _image_bytes, _load, _server
+from densenets.hardware import cpu_info
 from densenets.models import create_model
 
 NAME, SIZE = "densenet_bc16_k4", 32

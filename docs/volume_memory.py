@@ -237,7 +237,7 @@ def main() -> None:
                 raise SystemExit(f"level {level}: {done.stderr.strip()[-2000:]}")
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         results.append({**runs[0], "default_allocator": runs[1]})
-    from densenets.bench.machine import cpu_info
+    from densenets.hardware import cpu_info
 
     c = cpu_info()
     cpu = (f"{c['model_name']} ({c['vendor']}, family {c['family']} model {c['model']}), {c['logical_cpus']} logical "

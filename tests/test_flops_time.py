@@ -18,6 +18,7 @@ from densenets.engine.flops import RunCost, count_train_step, milestones
 from densenets.engine.loop import TrainState
 from densenets.engine.runtime import make_runtime
 from densenets.engine.trainer import fit
+from densenets.hardware import cpu_info
 from densenets.models import create_model
 
 from .fakedata import write_cifar10
@@ -147,6 +148,15 @@ def test_a_resumed_run_counts_what_the_whole_run_counts(tmp_path):
     summary = resumed.summary
     assert (summary["train_flops"], summary["eval_flops"]) == (full["train_flops"], full["eval_flops"])
     assert summary["train_flops_by_shape"] == full["train_flops_by_shape"]
+    # each session names the machine it trained on, from the step it started at
+    here = cpu_info()
+    assert [s["from_step"] for s in full["sessions"]] == [0]
+    assert [s["from_step"] for s in summary["sessions"]] == [0, 4]
+    for session in summary["sessions"]:
+        assert session["cpu"] == here["model_name"] and session["logical_cpus"] == here["logical_cpus"]
+        assert session["torch"] == torch.__version__ and session["device"] == "cpu"
+    on_disk = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert on_disk["sessions"] == summary["sessions"]
 
 
 def test_milestones_from_a_synthetic_metrics_list():

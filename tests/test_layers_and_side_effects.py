@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 import densenets
-from densenets.bench.machine import cpu_info
 from densenets.bench.report import to_markdown
 from densenets.cli.main import main
 from densenets.deploy import calibration, optimize_for_inference
 from densenets.deploy.precision import with_precision
 from densenets.errors import UserError
+from densenets.hardware import cpu_info
 from densenets.models import CifarResNetConfig, create_model
 from densenets.models import registry as model_registry
 from densenets.models.weights import LoadedModel

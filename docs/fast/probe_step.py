@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from densenets.bench.machine import cpu_info
 from densenets.engine.flops import count_train_step
 from densenets.engine.loop import TrainState, train_step
 from densenets.engine.recipes import Recipe
 from densenets.engine.runtime import make_runtime, tune_cpu_allocator
+from densenets.hardware import cpu_info
 from densenets.models import create_model
 
 

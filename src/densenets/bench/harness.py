@@ -26,8 +26,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..deploy import optimize_for_inference
 from ..deploy.choice import CPU_ONLY, NAMES, default_backend, installed
 from ..engine.runtime import amp_dtype, default_channels_last, model_stem, resolve_device
+from ..hardware import cpu_info
 from ..models import create_model
-from .machine import cpu_info, peak_warnings, physical_peak_gflops
+from .machine import peak_warnings, physical_peak_gflops
 from .memory import fit_growth, measure_step_memory, plot_memory
 from .reference import check_same_outputs, torchvision_twin
 from .report import to_markdown

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..hardware import cpu_info
 from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
 from .loop import TrainState, train_step
@@ -32,6 +33,10 @@ FLOPS_NOTE = (
     "not the extra test pass of a run stopped mid-epoch by max_steps); train_s: time in the training loop (steps "
     "and waiting for batches, not the counting); wall_s and elapsed_s: wall time since training started, "
     "evaluations included (a resumed run adds its sessions up to their last checkpoint)"
+)
+SESSIONS_NOTE = (
+    "the machine each session of the run trained on (a resumed run adds one), from the step it started at; "
+    "a run resumed from a checkpoint written before this record lists the sessions since"
 )
 MILESTONES_NOTE = (
     "first epoch whose test accuracy reached each level; the test set is evaluated each epoch only to draw the "
@@ -101,6 +106,7 @@ class RunCost:
             if state.step:  # resumed from a checkpoint written before the count: it starts here
                 state.cost["counted_from_step"] = state.step
         self.cost = state.cost
+        self.cost.setdefault("sessions", []).append(session_record(runtime, state.step))
         self._eval: dict[str, int] = {}
         self._base, self._start = self.cost["elapsed_s"], time.perf_counter()
 
@@ -150,6 +156,8 @@ class RunCost:
             "train_flops_by_shape": self.cost["train_steps"],
             **({"flops_counted_from_step": self.cost["counted_from_step"]} if "counted_from_step" in self.cost else {}),
             "flops_note": FLOPS_NOTE,
+            "sessions": self.cost.get("sessions", []),
+            "sessions_note": SESSIONS_NOTE,
             "milestones": None if multilabel else milestones(records),
             "milestones_note": "multi-label run: no accuracy milestones" if multilabel else MILESTONES_NOTE,
         }
@@ -157,6 +165,25 @@ class RunCost:
     def _all_processes(self) -> tuple[int, int]:
         totals = all_reduce_sum([self.cost["train_flops"], self.cost["eval_flops"]], self.runtime.device)
         return int(totals[0]), int(totals[1])
+
+
+def session_record(runtime: Runtime, step: int) -> dict:
+    """Where this session of a run trains: the CPU (model, family/model, usable CPUs, clock), the
+    threads, torch, and the GPU if it trains on one; ``from_step``: the step it starts at."""
+    cpu = cpu_info()
+    record = {
+        "from_step": step,
+        "cpu": cpu.get("model_name"),
+        "cpu_family_model": f"{cpu.get('family')}/{cpu.get('model')}",
+        "logical_cpus": cpu.get("logical_cpus"),
+        "cpu_mhz": cpu.get("mhz"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(runtime.device),
+    }
+    if runtime.device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(runtime.device)
+    return record
 
 
 def milestones(records: list[dict], levels: tuple[float, ...] = MILESTONES) -> dict:

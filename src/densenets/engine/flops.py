@@ -178,7 +178,7 @@ def session_record(runtime: Runtime, step: int) -> dict:
         "logical_cpus": cpu.get("logical_cpus"),
         "cpu_mhz": cpu.get("mhz"),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object would not load under weights_only
         "device": str(runtime.device),
     }
     if runtime.device.type == "cuda":

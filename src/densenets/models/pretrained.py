@@ -208,7 +208,10 @@ register_weights(
         top1=93.01,  # fp32 `densenets eval` of this file, the final epoch of the run (not selected); the run's own
         # bf16 reading 93.02%, 93.45% with 6-view TTA
         source="densenets: trained on this project's 2-core CPU in 135.5 minutes (docs/fast/fast94-s0)",
-        training="recipe fast on the paper's BC-100, seed 0: 14 epochs at 16-32 px, batch 128, bf16, linear one-cycle lr 0.3, EMA 0.99",
+        training=(
+            "recipe fast on the paper's BC-100, seed 0: 14 epochs at 16-32 px, batch 128, bf16, "
+            "linear one-cycle lr 0.3, EMA 0.99"
+        ),
     )
 )
 

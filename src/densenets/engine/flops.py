@@ -156,7 +156,7 @@ class RunCost:
             "train_flops_by_shape": self.cost["train_steps"],
             **({"flops_counted_from_step": self.cost["counted_from_step"]} if "counted_from_step" in self.cost else {}),
             "flops_note": FLOPS_NOTE,
-            "sessions": self.cost.get("sessions", []),
+            "sessions": self.cost["sessions"],  # set in __init__, one per session
             "sessions_note": SESSIONS_NOTE,
             "milestones": None if multilabel else milestones(records),
             "milestones_note": "multi-label run: no accuracy milestones" if multilabel else MILESTONES_NOTE,

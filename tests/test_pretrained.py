@@ -248,8 +248,13 @@ def test_a_grey_image_folder_trains_a_one_channel_model_without_rgb_conversion(t
 
 @pytest.mark.parametrize(
     ("model_name", "least_steps"),
-    # BC-46 and BC-100: an EMA of the counters of 4,290 and 5,460 steps
-    [("densenet_bc40_k12", 9372), ("densenet_bc46_k12", 4000), ("densenet_bc100_k12", 5000)],
+    # BC-46, BC-100 and BC-64: an EMA of the counters of 4,290, 5,460 and 7,800 steps
+    [
+        ("densenet_bc40_k12", 9372),
+        ("densenet_bc46_k12", 4000),
+        ("densenet_bc100_k12", 5000),
+        ("densenet_bc64_k16", 7000),
+    ],
 )
 def test_our_cifar10_weights_load_by_name_offline_and_evaluate_by_name(
     model_name, least_steps, tmp_path, capsys, monkeypatch

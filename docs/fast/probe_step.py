@@ -43,15 +43,11 @@ def probe(name: str, batch: int, amp: str, steps: int, size: int = 32, compiled:
     if compiled:
         state.model = torch.compile(model)
     times = []
-    first = 0.0
-    for i in range(steps + 2):
+    for _ in range(steps + 2):
         start = time.perf_counter()
         train_step(state, images, targets, runtime, 0.05)
-        if i == 0:
-            first = time.perf_counter() - start
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+        times.append(time.perf_counter() - start)
+    first, seconds = times[0], statistics.median(times[2:])  # the first step compiles; two warm up
     return {
         "model": name, "batch": batch, "size": size, "amp": amp, "channels_last": runtime.channels_last,
         "compile": compiled, "first_step_s": first,

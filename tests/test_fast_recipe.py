@@ -188,13 +188,18 @@ def test_the_whitened_stem_gives_the_training_patches_unit_uncorrelated_outputs(
 
 def test_a_run_with_a_whitened_stem_says_so_and_records_it(tmp_path, capsys):
     write_cifar10(tmp_path / "data", n_train=40, n_test=30)
-    recipe = tiny_recipe(tmp_path / "data", epochs=1, whiten_stem=True, weight_decay=5e-4, decay_norm_bias=False)
+    recipe = tiny_recipe(
+        tmp_path / "data", epochs=1, whiten_stem=True, weight_decay=5e-4, decay_norm_bias=False,
+        bias_lr_scale=16.0, freeze_norm_scale=True,
+    )  # fmt: skip
     fit(recipe, tmp_path / "run", show_progress=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"]["whiten_stem"] is True and config["recipe"]["decay_norm_bias"] is False
+    assert config["recipe"]["bias_lr_scale"] == 16.0 and config["recipe"]["freeze_norm_scale"] is True
     out = capsys.readouterr().out
     assert "stem: conv0's 8 of 8 filters whiten 3x3 patches" in out
     assert "weight decay 0.0005 on convolution and linear weights only (BatchNorm and biases: none)" in out
+    assert "BatchNorm shifts and biases at 16x the lr; BatchNorm scales held at 1 (lr 0)" in out
 
 
 def test_image_folders_from_random_weights_train_with_the_fast_recipes_settings_and_a_whitened_stem(tmp_path, capsys):
@@ -290,3 +295,33 @@ def test_decay_norm_bias_off_leaves_batchnorm_and_biases_out_of_the_weight_decay
         assert shrunk == (decay_norm_bias or p.ndim > 1), name
     vectors = sum(p.numel() for p in model.parameters() if p.ndim <= 1)
     assert vectors > 0 and sum(len(g["params"]) for g in optimizer.param_groups) == len(before)
+
+
+def test_bias_lr_scale_and_frozen_norm_scales_act_on_their_own_parameters():
+    from densenets.engine.build_run import _make_optimizer
+    from densenets.engine.loop import TrainState, train_step
+
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    moved = {}
+    for scale, freeze in [(1.0, False), (16.0, True)]:
+        torch.manual_seed(0)
+        model = create_model(TINY_MODEL, num_classes=3)
+        recipe = Recipe(lr=0.01, weight_decay=0.0, bias_lr_scale=scale, freeze_norm_scale=freeze)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        state = TrainState(model=model, optimizer=_make_optimizer(recipe, model))
+        train_step(state, x, y, make_runtime(Recipe(device="cpu")), lr=recipe.lr)
+        moved[scale] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    norm_scales = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert norm_scales and len(norm_scales) < len(moved[1.0])
+    for name, delta in moved[16.0].items():
+        if name in norm_scales:  # BatchNorm scales held at 1
+            assert moved[1.0][name].abs().sum() > 0 and delta.abs().sum() == 0, name
+        elif delta.ndim > 1:  # convolution and linear weights: the same first step
+            assert torch.allclose(delta, moved[1.0][name], atol=1e-7), name
+        else:  # BatchNorm shifts and the classifier's bias: 16 times as far
+            assert torch.allclose(delta, 16 * moved[1.0][name], rtol=1e-4, atol=1e-7), name
+
+
+def test_bias_lr_scale_must_be_positive():
+    with pytest.raises(ConfigError, match="bias_lr_scale"):
+        Recipe(bias_lr_scale=0)

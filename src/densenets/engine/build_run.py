@@ -463,24 +463,38 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     One group, or with ``freeze_epochs`` the classifier apart from a backbone held at lr 0.
     Without ``decay_norm_bias`` each group splits in two: the weights of convolutions and linear
     layers (more than one dimension) keep the weight decay, the rest (BatchNorm scales and
-    shifts, biases) get none.
+    shifts, biases) get none. ``bias_lr_scale`` and ``freeze_norm_scale`` split off the shifts
+    and biases (their lr times the scale) and the BatchNorm scales (lr 0) as groups of their own;
+    the training step multiplies each group's lr by its ``lr_scale``.
     """
     named = list(model.named_parameters())
     if recipe.freeze_epochs:
         prefix = classifier_prefix(model)
-        body = [p for n, p in named if not n.startswith(prefix)]
-        head = [p for n, p in named if n.startswith(prefix)]
-        groups = [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
+        groups = [
+            {"params": [(n, p) for n, p in named if not n.startswith(prefix)], "frozen_epochs": recipe.freeze_epochs},
+            {"params": [(n, p) for n, p in named if n.startswith(prefix)]},
+        ]
     else:
-        groups = [{"params": [p for _, p in named]}]
-    if recipe.decay_norm_bias:
-        return groups
+        groups = [{"params": named}]
+    norm_scales = {id(m.weight) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine}
+    no_decay = {} if recipe.decay_norm_bias else {"weight_decay": 0.0}
+    settings = {  # by kind of parameter: what its group sets beyond the optimiser's defaults
+        "matrix": {},
+        "scale": {**no_decay, "lr_scale": 0.0} if recipe.freeze_norm_scale else no_decay,
+        "shift": {**no_decay, "lr_scale": recipe.bias_lr_scale} if recipe.bias_lr_scale != 1 else no_decay,
+    }
+
+    def kind(p: nn.Parameter) -> str:
+        return "matrix" if p.ndim > 1 else "scale" if id(p) in norm_scales else "shift"
+
     split = []
     for group in groups:
-        matrices = [p for p in group["params"] if p.ndim > 1]
-        vectors = [p for p in group["params"] if p.ndim <= 1]
-        split += [{**group, "params": matrices}, {**group, "params": vectors, "weight_decay": 0.0}]
-    return [g for g in split if g["params"]]
+        shared: dict[str, dict] = {}  # kinds with the same settings share one group, in the order first met
+        for _, p in group["params"]:
+            extra = settings[kind(p)]
+            shared.setdefault(repr(sorted(extra.items())), {**group, **extra, "params": []})["params"].append(p)
+        split += shared.values()
+    return split
 
 
 def _wrap_model(model: nn.Module, *, recipe: Recipe, runtime: Runtime) -> nn.Module:

@@ -75,7 +75,7 @@ def train_step(
     A parameter group with ``frozen_epochs`` gets lr 0 (no update) during the first epochs.
     """
     for group in state.optimizer.param_groups:
-        group["lr"] = lr if state.epoch >= group.get("frozen_epochs", 0) else 0.0
+        group["lr"] = lr * group.get("lr_scale", 1.0) if state.epoch >= group.get("frozen_epochs", 0) else 0.0
     state.optimizer.zero_grad(set_to_none=True)
     multilabel = targets.is_floating_point()
     # what the batch mean is over: images, or the known cells of a multi-label batch

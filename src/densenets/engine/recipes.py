@@ -68,6 +68,8 @@ class Recipe:
     weight_decay: float = 1e-4
     decay_norm_bias: bool = True  # weight decay on BatchNorm scales and shifts and on biases too (the paper's);
     # false: on the convolution and linear weights only
+    bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm shifts and biases (airbench's bias scaler; 1: the same lr)
+    freeze_norm_scale: bool = False  # hold the BatchNorm scales at their initial 1 (lr 0): only the shifts train
     # model settings the protocol decides
     weights: str | None = None  # initialise from a weights file (ours or torchvision's); new classifier if needed
     pretrained: bool | str = False  # start from the model's named weights (True: its default; or a tag)
@@ -108,6 +110,8 @@ class Recipe:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.bias_lr_scale <= 0:
+            raise ConfigError(f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if any(not 0 < m < 1 for m in self.lr_milestones):

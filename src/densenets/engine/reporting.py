@@ -36,6 +36,10 @@ def describe_run(run: Run, params: int) -> None:
         run.log(f"augmentation: shifts of up to {r.translate} px (the paper's: {PAD}), {flips}")
     if not r.decay_norm_bias and r.weight_decay:
         run.log(f"weight decay {r.weight_decay:g} on convolution and linear weights only (BatchNorm and biases: none)")
+    if r.bias_lr_scale != 1 or r.freeze_norm_scale:
+        shifts = f"BatchNorm shifts and biases at {r.bias_lr_scale:g}x the lr" if r.bias_lr_scale != 1 else ""
+        scales = "BatchNorm scales held at 1 (lr 0)" if r.freeze_norm_scale else ""
+        run.log("; ".join(part for part in (shifts, scales) if part))
     if note := bf16_cpu_note(run.runtime):
         run.log(note)
 

@@ -457,6 +457,9 @@ def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     """The optimiser's parameter groups.
 
@@ -476,7 +479,7 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
         ]
     else:
         groups = [{"params": named}]
-    norm_scales = {id(m.weight) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine}
+    norm_scales = {id(m.weight) for m in model.modules() if isinstance(m, BATCH_NORMS) and m.affine}
     no_decay = {} if recipe.decay_norm_bias else {"weight_decay": 0.0}
     settings = {  # by kind of parameter: what its group sets beyond the optimiser's defaults
         "matrix": {},

@@ -72,7 +72,8 @@ def train_step(
     weighted by ``pos_weight`` (C,), and no "correct" count (0).
     With ``accum_steps`` > 1 the batch runs as that many chunks whose gradients add up
     before the one optimiser step (the mean loss over the whole batch, as without chunks).
-    A parameter group with ``frozen_epochs`` gets lr 0 (no update) during the first epochs.
+    A parameter group with ``frozen_epochs`` gets lr 0 (no update) during the first epochs; one
+    with ``lr_scale`` gets ``lr`` times it (``bias_lr_scale``, ``freeze_norm_scale``).
     """
     for group in state.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0) if state.epoch >= group.get("frozen_epochs", 0) else 0.0

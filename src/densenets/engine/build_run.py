@@ -457,7 +457,7 @@ def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
@@ -473,13 +473,12 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     named = list(model.named_parameters())
     if recipe.freeze_epochs:
         prefix = classifier_prefix(model)
-        groups = [
-            {"params": [(n, p) for n, p in named if not n.startswith(prefix)], "frozen_epochs": recipe.freeze_epochs},
-            {"params": [(n, p) for n, p in named if n.startswith(prefix)]},
-        ]
+        body = [p for n, p in named if not n.startswith(prefix)]
+        head = [p for n, p in named if n.startswith(prefix)]
+        groups = [{"params": body, "frozen_epochs": recipe.freeze_epochs}, {"params": head}]
     else:
-        groups = [{"params": named}]
-    norm_scales = {id(m.weight) for m in model.modules() if isinstance(m, BATCH_NORMS) and m.affine}
+        groups = [{"params": [p for _, p in named]}]
+    norm_scales = {id(m.weight) for m in model.modules() if isinstance(m, _BATCH_NORMS) and m.affine}
     no_decay = {} if recipe.decay_norm_bias else {"weight_decay": 0.0}
     settings = {  # by kind of parameter: what its group sets beyond the optimiser's defaults
         "matrix": {},
@@ -492,10 +491,10 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
 
     split = []
     for group in groups:
-        shared: dict[str, dict] = {}  # kinds with the same settings share one group, in the order first met
-        for _, p in group["params"]:
+        shared: dict[tuple, dict] = {}  # kinds with the same settings share one group, in the order first met
+        for p in group["params"]:
             extra = settings[kind(p)]
-            shared.setdefault(repr(sorted(extra.items())), {**group, **extra, "params": []})["params"].append(p)
+            shared.setdefault(tuple(sorted(extra.items())), {**group, **extra, "params": []})["params"].append(p)
         split += shared.values()
     return split
 

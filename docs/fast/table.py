@@ -28,6 +28,7 @@ def row(run: Path) -> str:
     settings += ", no decay on BN and biases" if r.get("decay_norm_bias") is False else ""
     settings += f", BN shifts and biases at {r['bias_lr_scale']:g}x lr" if r.get("bias_lr_scale", 1) != 1 else ""
     settings += ", BN scales frozen at 1" if r.get("freeze_norm_scale") else ""
+    settings += f", Muon on conv filters at lr {r['muon_lr']:g}" if r.get("optimizer") == "muon" else ""
     if (r.get("translate", 4), r.get("flip", "random")) != (4, "random"):
         settings += f", shifts {r['translate']} px, {r['flip']} flips"
     val, raw_val, raw_test = (records[-1].get(k) for k in ("val_error", "raw_val_error", "raw_test_error"))

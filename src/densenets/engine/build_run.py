@@ -38,6 +38,7 @@ from .checkpoint import (
 from .distributed import DistInfo, run_on_main
 from .loop import TrainState
 from .multilabel import balanced_pos_weight
+from .muon import FilterMuon
 from .recipes import Recipe, resolve_label_smoothing, resolve_whiten_stem
 from .runfolder import RunFolder
 from .runlog import CONFIG, LAST, read_json, write_json
@@ -447,13 +448,15 @@ def _make_ema(recipe: Recipe, model: nn.Module) -> torch.optim.swa_utils.Average
 
 
 def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(
+    kind = FilterMuon if recipe.optimizer == "muon" else torch.optim.SGD
+    extra = {} if kind is FilterMuon else {"dampening": 0.0}
+    return kind(
         _param_groups(model, recipe),
         lr=recipe.lr,
         momentum=recipe.momentum,
-        dampening=0.0,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
+        **extra,
     )
 
 
@@ -468,7 +471,9 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     layers (more than one dimension) keep the weight decay, the rest (BatchNorm scales and
     shifts, biases) get none. ``bias_lr_scale`` and ``freeze_norm_scale`` split off the shifts
     and biases (their lr times the scale) and the BatchNorm scales (lr 0) as groups of their own;
-    the training step multiplies each group's lr by its ``lr_scale``.
+    the training step multiplies each group's lr by its ``lr_scale``. With ``optimizer="muon"``
+    the convolution filters (3 or more dimensions) form an ``orthogonal`` group of their own at
+    ``muon_lr`` (no weight decay: the optimiser holds their norm).
     """
     named = list(model.named_parameters())
     if recipe.freeze_epochs:
@@ -484,9 +489,13 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
         "matrix": {},
         "scale": {**no_decay, "lr_scale": 0.0} if recipe.freeze_norm_scale else no_decay,
         "shift": {**no_decay, "lr_scale": recipe.bias_lr_scale} if recipe.bias_lr_scale != 1 else no_decay,
+        "filter": {"orthogonal": True, "weight_decay": 0.0, "lr_scale": recipe.muon_lr / recipe.lr},
     }
+    muon = recipe.optimizer == "muon"
 
     def kind(p: nn.Parameter) -> str:
+        if p.ndim > 2 and muon:
+            return "filter"
         return "matrix" if p.ndim > 1 else "scale" if id(p) in norm_scales else "shift"
 
     split = []

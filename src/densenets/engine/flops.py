@@ -5,8 +5,9 @@ Each distinct step shape (batch x image size x dtype, precision, chunks) is coun
 a meta-device copy of the model: FLOPs depend on shapes only, and the copy holds no memory,
 draws no random numbers and leaves the run's weights, BatchNorm statistics and gradients
 alone. Every step then adds its shape's count, so a partial batch counts at its own size.
-FlopCounterMode counts convolutions and matrix products (2 FLOPs a multiply-add); the
-optimiser's update and the EMA of the weights are elementwise and not in the count.
+FlopCounterMode counts convolutions and matrix products (2 FLOPs a multiply-add); SGD's
+update and the EMA of the weights are elementwise and not in the count; Muon's orthogonalisation
+(matrix products, ``optimizer="muon"``) is, counted the same way once and added to every step.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from .runtime import Runtime
 MILESTONES = (90.0, 93.0, 94.0, 95.0)  # test accuracy (%)
 FLOPS_NOTE = (
     "train_flops: forward, loss and backward of every training step (torch.utils.flop_counter.FlopCounterMode, "
-    "counted once per step shape on a meta-device copy and multiplied by its steps; the optimiser update is not "
-    "counted), summed over processes; eval_flops: forward passes of every evaluation (test, validation, per epoch; "
+    "counted once per step shape on a meta-device copy and multiplied by its steps; SGD's elementwise update is not "
+    "counted, Muon's Newton-Schulz matrix products are: update_flops_per_step), summed over processes; "
+    "eval_flops: forward passes of every evaluation (test, validation, per epoch; "
     "not the extra test pass of a run stopped mid-epoch by max_steps); train_s: time in the training loop (steps "
     "and waiting for batches, not the counting); wall_s and elapsed_s: wall time since training started, "
     "evaluations included (a resumed run adds its sessions up to their last checkpoint)"
@@ -116,7 +118,10 @@ class RunCost:
         shapes = self.cost["train_steps"]
         if key not in shapes:
             flops = count_train_step(self.state.model, images, targets, self.runtime, self.recipe, self.pos_weight)
-            shapes[key] = {"steps": 0, "flops_per_step": flops}
+            update = getattr(self.state.optimizer, "update_flops", lambda: 0)()  # FilterMuon's matrix products
+            shapes[key] = {"steps": 0, "flops_per_step": flops + update}
+            if update:
+                shapes[key]["update_flops_per_step"] = update
         shapes[key]["steps"] += 1
         self.cost["train_flops"] += shapes[key]["flops_per_step"]
 
@@ -207,9 +212,11 @@ def milestones(records: list[dict], levels: tuple[float, ...] = MILESTONES) -> d
 
 def cost_line(summary: dict) -> str:
     """One line for the end of a run: the compute spent and when each accuracy level was reached."""
+    muon = any("update_flops_per_step" in s for s in summary.get("train_flops_by_shape", {}).values())
+    update = "Muon's Newton-Schulz products included" if muon else "optimiser update not counted"
     text = (
         f"compute: {summary['train_flops']:.3g} training FLOPs (forward + backward, torch.utils.flop_counter; "
-        f"optimiser update not counted), {summary['eval_flops']:.3g} evaluation FLOPs, "
+        f"{update}), {summary['eval_flops']:.3g} evaluation FLOPs, "
         f"{summary['train_s']:.1f} s training of {summary['wall_s']:.1f} s wall"
     )
     if summary["milestones"] is None:

@@ -24,6 +24,7 @@ from .multilabel import POS_WEIGHTS, THRESHOLD_RULES
 from .tta import TTA_MODES
 
 SCHEDULES = ("step", "cosine", "linear")
+OPTIMIZERS = ("sgd", "muon")
 MEMORY_VALUES = ("full",)  # memory_efficient's named level beside true and false (set_memory_efficient's)
 
 
@@ -63,6 +64,8 @@ class Recipe:
     lr_gamma: float = 0.1
     schedule: str = "step"  # step (the paper's: divide at lr_milestones) | cosine | linear (each to zero at the end)
     warmup_epochs: float = 0.0  # linear ramp from lr/steps to lr over this many epochs
+    optimizer: str = "sgd"  # sgd (the paper's) | muon: convolution filters take orthogonalised steps (engine/muon.py)
+    muon_lr: float = 0.02  # muon: the filters' peak lr, the fraction of a filter bank's norm a step moves it
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
@@ -114,6 +117,10 @@ class Recipe:
             raise ConfigError(f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.muon_lr <= 0:
+            raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of training in (0, 1), got {self.lr_milestones}")
         if self.schedule not in SCHEDULES:
@@ -309,6 +316,8 @@ AUGMENTED_DATA = {"cifar10+", "cifar100+", "digits+", "imagenet", "imagefolder",
 
 # What a field's values mean, where its default does not say (the train command's help).
 FIELD_NOTES = {
+    "optimizer": "sgd (the paper's: Nesterov SGD for every parameter) | muon: orthogonalised steps for the "
+    "convolution filters at --muon-lr, SGD for the rest (BatchNorm, biases, classifier)",
     "memory_efficient": "the flag alone recomputes each dense layer's concat-BN-ReLU in backward; 'full' also "
     "its 1x1 conv and BN-ReLU, the transitions' and the ImageNet stem's BN-ReLU (less memory, more time: volumes)",
 }

@@ -12,6 +12,7 @@ from .checkpoint import unwrap_model
 from .distributed import all_reduce_sum
 from .loop import TrainState, evaluate
 from .multilabel import one_sided_classes
+from .muon import NEWTON_SCHULZ_STEPS
 from .runlog import is_better, read_metrics, reported_result, unranked_reason, validation_score
 from .runtime import bf16_cpu_note
 from .tta import TTA_MODES
@@ -35,11 +36,23 @@ def describe_run(run: Run, params: int) -> None:
         flips = "each image mirrored on every other epoch" if r.flip == "alternate" else "random flips"
         run.log(f"augmentation: shifts of up to {r.translate} px (the paper's: {PAD}), {flips}")
     if not r.decay_norm_bias and r.weight_decay:
-        run.log(f"weight decay {r.weight_decay:g} on convolution and linear weights only (BatchNorm and biases: none)")
+        muon = r.optimizer == "muon"
+        decayed = (
+            "linear weights only (convolution filters: Muon holds their norm; "
+            if muon
+            else "convolution and linear weights only ("
+        )
+        run.log(f"weight decay {r.weight_decay:g} on {decayed}BatchNorm and biases: none)")
     if r.bias_lr_scale != 1 or r.freeze_norm_scale:
         shifts = f"BatchNorm shifts and biases at {r.bias_lr_scale:g}x the lr" if r.bias_lr_scale != 1 else ""
         scales = "BatchNorm scales held at 1 (lr 0)" if r.freeze_norm_scale else ""
         run.log("; ".join(part for part in (shifts, scales) if part))
+    if r.optimizer == "muon":
+        run.log(
+            f"optimizer: Muon for the convolution filters (peak lr {r.muon_lr:g}: each step turns a filter bank by "
+            f"about that fraction of its norm, held at sqrt(out channels); {NEWTON_SCHULZ_STEPS} Newton-Schulz steps "
+            f"in fp32, their FLOPs counted; no weight decay on them), SGD for the rest"
+        )
     if note := bf16_cpu_note(run.runtime):
         run.log(note)
 

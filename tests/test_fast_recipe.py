@@ -246,17 +246,13 @@ def test_the_fast_recipe_is_a_named_recipe_every_field_overridable(tmp_path, cap
     assert shown["model"] == fast.model and shown["data"] == "cifar10+" and shown["train_sizes"][-1] == 32
     assert shown["whiten_stem"] is True and shown["tta"] == "flip-translate" and shown["schedule"] == "linear"
     assert (shown["translate"], shown["flip"], shown["ema_decay"]) == (2, "alternate", 0.99)
-    assert shown["decay_norm_bias"] is False
+    assert shown["decay_norm_bias"] is False and (shown["optimizer"], shown["muon_lr"]) == ("muon", 0.02)
     main(["train", "--recipe", "fast", "--data-dir", str(tmp_path), "--model", "densenet_bc100_k12"]
-         + ["--epochs", "30", "--no-whiten-stem", "--train-sizes", "32", "--decay-norm-bias", "--dry-run"])  # fmt: skip
+         + ["--epochs", "30", "--no-whiten-stem", "--train-sizes", "32", "--decay-norm-bias", "--optimizer", "sgd"]
+         + ["--dry-run"])  # fmt: skip
     shown = json.loads(capsys.readouterr().out)
-    assert (shown["model"], shown["epochs"], shown["whiten_stem"], shown["train_sizes"], shown["decay_norm_bias"]) == (
-        "densenet_bc100_k12",
-        30,
-        False,
-        [32],
-        True,
-    )
+    picked = ("model", "epochs", "whiten_stem", "train_sizes", "decay_norm_bias", "optimizer")
+    assert [shown[k] for k in picked] == ["densenet_bc100_k12", 30, False, [32], True, "sgd"]
 
 
 def test_the_gpu_script_runs_the_fast_recipe_in_smoke_mode_on_the_cpu(tmp_path):

@@ -84,7 +84,7 @@ def test_summary_milestones_say_the_test_set_only_draws_the_curve(two_runs):
     assert summary["milestones"] == milestones(records)
     assert set(summary["milestones"]) == {"90%", "93%", "94%", "95%"}
     assert "never to select" in summary["milestones_note"]
-    assert "optimiser update is not counted" in summary["flops_note"]
+    assert "SGD's elementwise update is not counted" in summary["flops_note"]
 
 
 def test_a_partial_batch_counts_at_its_own_size(monkeypatch):

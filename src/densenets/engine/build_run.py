@@ -448,15 +448,13 @@ def _make_ema(recipe: Recipe, model: nn.Module) -> torch.optim.swa_utils.Average
 
 
 def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    kind = FilterMuon if recipe.optimizer == "muon" else torch.optim.SGD
-    extra = {} if kind is FilterMuon else {"dampening": 0.0}
+    kind = FilterMuon if recipe.optimizer == "muon" else torch.optim.SGD  # both: no dampening (the paper's)
     return kind(
         _param_groups(model, recipe),
         lr=recipe.lr,
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
-        **extra,
     )
 
 

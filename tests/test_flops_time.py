@@ -14,7 +14,7 @@ from densenets.analysis.plots import load_run, time_to_accuracy_figure
 from densenets.cli.main import main
 from densenets.engine import flops as flops_module
 from densenets.engine import resolve_recipe
-from densenets.engine.flops import RunCost, count_train_step, milestones
+from densenets.engine.flops import RunCost, cost_line, count_train_step, milestones
 from densenets.engine.loop import TrainState
 from densenets.engine.runtime import make_runtime
 from densenets.engine.trainer import fit
@@ -177,6 +177,17 @@ def test_milestones_from_a_synthetic_metrics_list():
     assert reached["94%"] == {"epoch": 6, "test_accuracy": 94.5, "train_flops": 60, "train_s": 12.0, "elapsed_s": 18.0}
     assert math.isclose(reached["90%"]["test_accuracy"], 90.0)
     assert milestones(records[:1]) == dict.fromkeys(("90%", "93%", "94%", "95%"))
+
+
+def test_the_last_line_gives_a_milestone_s_training_and_wall_seconds_apart():
+    records = [{"epoch": 1, "test_error": 9.0, "train_flops": 5e12, "train_s": 1765.9, "elapsed_s": 1986.1}]
+    summary = {"train_flops": 6e12, "eval_flops": 1e12, "train_s": 2102.5, "wall_s": 2486.6}
+    line = cost_line({**summary, "milestones": milestones(records)})
+    assert "90% at epoch 1 (5e+12 FLOPs, 1766 s training, 1986 s wall)" in line
+    assert line.endswith("(curve only)")
+    older = {**records[0], "train_s": None}  # records written before train_s was kept
+    assert "(5e+12 FLOPs, 1986 s wall)" in cost_line({**summary, "milestones": milestones([older])})
+    assert "below 90%" in cost_line({**summary, "milestones": milestones([{**records[0], "test_error": 20.0}])})
 
 
 def test_plot_draws_accuracy_against_flops_and_time_from_the_runs_metrics(two_runs, tmp_path, capsys):

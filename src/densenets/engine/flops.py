@@ -222,8 +222,14 @@ def cost_line(summary: dict) -> str:
     if summary["milestones"] is None:
         return text
     shown = [
-        f"{level} at epoch {m['epoch']} ({m['train_flops']:.3g} FLOPs, {m['elapsed_s']:.0f} s)"
+        f"{level} at epoch {m['epoch']} ({m['train_flops']:.3g} FLOPs, {_seconds(m)})"
         for level, m in summary["milestones"].items()
         if m is not None and m["train_flops"] is not None
     ]
     return text + "; test accuracy " + (", ".join(shown) if shown else f"below {MILESTONES[0]:g}%") + " (curve only)"
+
+
+def _seconds(milestone: dict) -> str:
+    """A milestone's time: training seconds (the steps) and wall seconds (evaluations included)."""
+    wall = f"{milestone['elapsed_s']:.0f} s wall"
+    return wall if milestone.get("train_s") is None else f"{milestone['train_s']:.0f} s training, {wall}"

@@ -139,13 +139,18 @@ def test_a_run_with_counting_trains_bit_identical_weights(tmp_path, monkeypatch)
     assert_same_weights(counted.model, plain.model)
 
 
-def test_a_resumed_run_counts_what_the_whole_run_counts(tmp_path):
+def test_a_resumed_run_counts_what_the_whole_run_counts(tmp_path, capsys):
     write_cifar10(tmp_path / "data", n_train=60, n_test=20)
     recipe = tiny_recipe(tmp_path / "data")
     full = fit(recipe, tmp_path / "full", show_progress=False).summary
     fit(resolve_recipe(recipe, max_steps=4), tmp_path / "cut", show_progress=False)  # mid-epoch 2
+    capsys.readouterr()
     resumed = fit(None, tmp_path / "cut", resume=True, show_progress=False, resume_overrides={"max_steps": 0})
     summary = resumed.summary
+    # the done line's wall time is this session's, and says so; wall_s adds the sessions up
+    assert "wall_seconds_from_step" not in full and summary["wall_seconds_from_step"] == 4
+    done = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("done:"))
+    assert f"in {summary['wall_seconds']:.1f}s (this session, from step 4;" in done
     assert (summary["train_flops"], summary["eval_flops"]) == (full["train_flops"], full["eval_flops"])
     assert summary["train_flops_by_shape"] == full["train_flops_by_shape"]
     # each session names the machine it trained on, from the step it started at

@@ -110,9 +110,11 @@ def describe_multilabel(run: Run) -> None:
                 "(give the CSV a split column with val rows, or --val-split N)")  # fmt: skip
 
 
-def summarise(run: Run, test_loader, wall: float, params: int, val_loader=None) -> dict:
+def summarise(run: Run, test_loader, wall: float, params: int, val_loader=None, from_step: int = 0) -> dict:
     """The run's summary.json. With test-time augmentation the test set is read once more with it;
-    with a validation split too, that split is read with every augmentation mode, to choose one on."""
+    with a validation split too, that split is read with every augmentation mode, to choose one on.
+    ``wall`` is this session's wall time; a run resumed at ``from_step`` says so (``wall_s`` adds the
+    sessions up)."""
     s = run.state
     is_main = run.runtime.dist.is_main
     records = read_metrics(run.run_dir) if is_main else []
@@ -168,9 +170,19 @@ def summarise(run: Run, test_loader, wall: float, params: int, val_loader=None) 
         "best_epoch": best_epoch_line(s, records, run.data.multilabel),
         "reported": reported_result(records) if records else None,
         "wall_seconds": wall,
+        **({"wall_seconds_from_step": from_step} if from_step else {}),  # resumed: this session's wall time
         "train_images_per_s": images / seconds if seconds else None,
         "run_dir": str(run.run_dir),
     }
+
+
+def _session_wall(summary: dict) -> str:
+    """The wall time of the ``done:`` line, named as this session's when the run was resumed."""
+    text = f"{summary['wall_seconds']:.1f}s"
+    if summary.get("wall_seconds_from_step"):
+        step = summary["wall_seconds_from_step"]
+        text += f" (this session, from step {step}; the run's wall time over all sessions below)"
+    return text
 
 
 def print_summary(run: Run, summary: dict) -> None:
@@ -187,7 +199,7 @@ def print_summary(run: Run, summary: dict) -> None:
         best_text = summary["best_epoch"]
     speed = summary["train_images_per_s"]
     run.log(
-        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
+        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {_session_wall(summary)}"
         + (f", {speed:.0f} train img/s" if speed else "")
     )
     ema = f"; {summary['weights_reported']}" if run.state.ema is not None else ""
@@ -210,7 +222,7 @@ def print_summary(run: Run, summary: dict) -> None:
 def _print_multilabel_summary(run: Run, summary: dict) -> None:
     best, speed = summary["best"], summary["train_images_per_s"]
     run.log(
-        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
+        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {_session_wall(summary)}"
         + (f", {speed:.0f} train img/s" if speed else "")
     )
     ema = f" ({summary['weights_reported']})" if run.state.ema is not None else ""

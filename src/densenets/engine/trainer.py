@@ -116,7 +116,7 @@ def _train(run: Run, show_progress: bool) -> dict:
         run.log(metrics_log.note)
     params = sum(p.numel() for p in unwrap_model(s.model).parameters())
     describe_run(run, params)
-    started = time.perf_counter()
+    started, first_step = time.perf_counter(), s.step  # a resumed run: this session's start
     cost = RunCost(s, run.runtime, r, run.pos_weight)
 
     def save(*names: str) -> None:
@@ -158,7 +158,7 @@ def _train(run: Run, show_progress: bool) -> dict:
         restore_sigint(previous_handler)
         metrics_log.close()
     barrier()
-    summary = summarise(run, test_loader, time.perf_counter() - started, params, val_loader)
+    summary = summarise(run, test_loader, time.perf_counter() - started, params, val_loader, first_step)
     records = run.on_main(lambda: read_metrics(run.run_dir)) or []
     summary.update(cost.summary(records, run.data.multilabel))
     run.on_main(lambda: write_json(run.run_dir / SUMMARY, summary))

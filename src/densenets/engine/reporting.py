@@ -176,13 +176,14 @@ def summarise(run: Run, test_loader, wall: float, params: int, val_loader=None, 
     }
 
 
-def _session_wall(summary: dict) -> str:
-    """The wall time of the ``done:`` line, named as this session's when the run was resumed."""
-    text = f"{summary['wall_seconds']:.1f}s"
+def _done_line(summary: dict) -> str:
+    """The first line of a run's summary; the wall time is named as this session's when it was resumed."""
+    text = f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {summary['wall_seconds']:.1f}s"
     if summary.get("wall_seconds_from_step"):
         step = summary["wall_seconds_from_step"]
         text += f" (this session, from step {step}; the run's wall time over all sessions below)"
-    return text
+    speed = summary["train_images_per_s"]
+    return text + (f", {speed:.0f} train img/s" if speed else "")
 
 
 def print_summary(run: Run, summary: dict) -> None:
@@ -197,11 +198,7 @@ def print_summary(run: Run, summary: dict) -> None:
         )
     else:
         best_text = summary["best_epoch"]
-    speed = summary["train_images_per_s"]
-    run.log(
-        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {_session_wall(summary)}"
-        + (f", {speed:.0f} train img/s" if speed else "")
-    )
+    run.log(_done_line(summary))
     ema = f"; {summary['weights_reported']}" if run.state.ema is not None else ""
     run.log(
         f"final test error {summary['final_test_error']:.2f}% (accuracy {100 - summary['final_test_error']:.2f}%{ema})"
@@ -220,11 +217,8 @@ def print_summary(run: Run, summary: dict) -> None:
 
 
 def _print_multilabel_summary(run: Run, summary: dict) -> None:
-    best, speed = summary["best"], summary["train_images_per_s"]
-    run.log(
-        f"done: {summary['epochs_completed']} epochs ({summary['steps']} steps) in {_session_wall(summary)}"
-        + (f", {speed:.0f} train img/s" if speed else "")
-    )
+    best = summary["best"]
+    run.log(_done_line(summary))
     ema = f" ({summary['weights_reported']})" if run.state.ema is not None else ""
     final = {"test_auroc": summary["final_test_auroc"], "test_auroc_classes": summary.get("final_test_auroc_classes")}
     run.log(f"final test macro AUROC {macro(final, 'test', len(run.data.class_names))}{ema}")

@@ -247,7 +247,7 @@ RECIPES: dict[str, Recipe] = {
     "fast": Recipe(
         model="densenet_bc46_k12",
         data="cifar10+",
-        epochs=11,
+        epochs=10,
         batch_size=128,
         lr=0.3,
         schedule="linear",
@@ -259,7 +259,7 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.1,
         ema_decay=0.99,
         amp="bf16",
-        train_sizes=(16, 16, 16, 16, 20, 24, 24, 28, 28, 32, 32),
+        train_sizes=(16, 16, 16, 16, 20, 24, 24, 28, 32, 32),
         whiten_stem=True,
         translate=2,
         flip="alternate",

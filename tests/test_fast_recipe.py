@@ -202,9 +202,11 @@ def test_a_run_with_a_whitened_stem_says_so_and_records_it(tmp_path, capsys):
     assert "BatchNorm shifts and biases at 16x the lr; BatchNorm scales held at 1 (lr 0)" in out
 
 
-def test_image_folders_from_random_weights_train_with_the_fast_recipes_settings_and_a_whitened_stem(tmp_path, capsys):
+def test_image_folders_from_random_weights_train_with_the_fast_recipes_settings_a_whitened_stem_and_muon(
+    tmp_path, capsys
+):
     from densenets.engine import base_recipe, resolve_recipe
-    from densenets.engine.recipes import resolve_whiten_stem
+    from densenets.engine.recipes import resolve_from_scratch
 
     folder = write_image_folder(tmp_path / "folder", classes=2, per_class=4, size=12, split=False)
     recipe = resolve_recipe(
@@ -213,15 +215,18 @@ def test_image_folders_from_random_weights_train_with_the_fast_recipes_settings_
     )  # fmt: skip
     fit(recipe, tmp_path / "run", show_progress=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]
-    assert config["whiten_stem"] is True and config["label_smoothing"] == 0.1
+    assert config["whiten_stem"] is True and config["label_smoothing"] == 0.1 and config["optimizer"] == "muon"
     assert (config["schedule"], config["warmup_epochs"], config["weight_decay"]) == ("linear", 1.0, 5e-4)
-    assert "stem: conv0's 8 of 8 filters whiten" in capsys.readouterr().out
-    # volumes and networks that start from weights keep their stem; an explicit choice stands
+    out = capsys.readouterr().out
+    assert "stem: conv0's 8 of 8 filters whiten" in out and "optimizer: Muon for the convolution filters" in out
+    # volumes and networks that start from weights keep their stem and take SGD; an explicit choice stands
     auto = base_recipe(data="csv")
-    assert resolve_whiten_stem(auto, spatial_dims=3).whiten_stem is False
-    assert resolve_whiten_stem(replace(auto, weights="w.pt"), spatial_dims=2).whiten_stem is False
-    assert resolve_whiten_stem(replace(auto, whiten_stem=False), spatial_dims=2).whiten_stem is False
-    assert base_recipe(data="imagefolder", pretrained=True).whiten_stem is False  # the finetune recipe
+    for start in (resolve_from_scratch(auto, spatial_dims=3), resolve_from_scratch(replace(auto, weights="w.pt"), 2)):
+        assert (start.whiten_stem, start.optimizer) == (False, "sgd")
+    chosen = resolve_from_scratch(replace(auto, whiten_stem=False, optimizer="sgd"), spatial_dims=2)
+    assert (chosen.whiten_stem, chosen.optimizer) == (False, "sgd")
+    finetune = base_recipe(data="imagefolder", pretrained=True)  # the finetune recipe
+    assert (finetune.whiten_stem, finetune.optimizer) == (False, "sgd")
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_said(tmp_path, monkeypatch):

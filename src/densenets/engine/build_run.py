@@ -39,7 +39,7 @@ from .distributed import DistInfo, run_on_main
 from .loop import TrainState
 from .multilabel import balanced_pos_weight
 from .muon import FilterMuon
-from .recipes import Recipe, resolve_label_smoothing, resolve_whiten_stem
+from .recipes import Recipe, resolve_from_scratch, resolve_label_smoothing
 from .runfolder import RunFolder
 from .runlog import CONFIG, LAST, read_json, write_json
 from .runtime import Runtime
@@ -139,7 +139,7 @@ def build_run(recipe: Recipe, runtime: Runtime, folder: RunFolder, resume: bool)
     entry = get_weights_entry(recipe.model, recipe.pretrained) if recipe.pretrained else None
     data = _load_data(recipe, entry, _start_preprocess(recipe, folder.path, resume))
     recipe, smoothing_note = resolve_label_smoothing(recipe, data.multilabel)  # recorded resolved in config.json
-    recipe = resolve_whiten_stem(recipe, data.spatial_dims)  # likewise
+    recipe = resolve_from_scratch(recipe, data.spatial_dims)  # likewise
     data.notes = [*data.notes, *([smoothing_note] if smoothing_note else [])]
     model_config = get_config(
         recipe.model,

@@ -64,7 +64,8 @@ class Recipe:
     lr_gamma: float = 0.1
     schedule: str = "step"  # step (the paper's: divide at lr_milestones) | cosine | linear (each to zero at the end)
     warmup_epochs: float = 0.0  # linear ramp from lr/steps to lr over this many epochs
-    optimizer: str = "sgd"  # sgd (the paper's) | muon: convolution filters take orthogonalised steps (engine/muon.py)
+    optimizer: str | None = "sgd"  # sgd (the paper's) | muon: convolution filters take orthogonalised steps
+    # (engine/muon.py); None: muon for 2-D images from random weights, else sgd
     muon_lr: float = 0.02  # muon: the filters' peak lr, the fraction of a filter bank's norm a step moves it
     momentum: float = 0.9
     nesterov: bool = True
@@ -117,7 +118,7 @@ class Recipe:
             raise ConfigError(f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.muon_lr <= 0:
             raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
@@ -270,7 +271,8 @@ RECIPES: dict[str, Recipe] = {
     # A user's own folder of class sub-folders (or a labels CSV) from random weights: the ImageNet
     # preprocessing, a shorter schedule, and the fast recipe's optimisation: a linear one-cycle
     # schedule with one warm-up epoch, wd 5e-4, label smoothing (single-label) and, for 2-D
-    # images, a whitened stem (docs/own-data/README.md measures it against the paper's settings).
+    # images, a whitened stem and Muon for the filters (docs/own-data/README.md measures each
+    # against the paper's settings).
     "imagefolder": Recipe(
         model="densenet121",
         data="imagefolder",
@@ -281,6 +283,7 @@ RECIPES: dict[str, Recipe] = {
         weight_decay=5e-4,
         label_smoothing=None,  # FINETUNE_SMOOTHING on single-label classes; multi-label targets keep 0 and 1
         whiten_stem=None,  # 2-D images: yes; volumes: no
+        optimizer=None,  # 2-D images: muon; volumes: sgd
     ),  # fmt: skip
     # Fine-tuning named weights on a user's folder: new classifier, the weights' preprocessing,
     # a 10x lower lr on a cosine schedule with one warm-up epoch, label smoothing.
@@ -341,6 +344,8 @@ AUTO_MEANING = {
     "spatial_dims": "the data's: 3 for a CSV of volumes, else 2",
     "train_sizes": "every epoch at the input size",
     "whiten_stem": "yes for 2-D images from random weights (no pretrained or weights), no for volumes",
+    "optimizer": "muon for 2-D images from random weights (no pretrained or weights), sgd for volumes and "
+    "networks that start from weights",
     "inflate": "mean (I3D: each 2-D kernel repeated over depth, divided by the depth); center: in the middle slice",
 }
 
@@ -384,11 +389,19 @@ def resolve_label_smoothing(recipe: Recipe, multilabel: bool) -> tuple[Recipe, s
     return recipe, None
 
 
-def resolve_whiten_stem(recipe: Recipe, spatial_dims: int) -> Recipe:
-    """The recipe with ``whiten_stem`` decided (None: 2-D images from random weights whiten, others not)."""
-    if recipe.whiten_stem is not None:
-        return recipe
-    return replace(recipe, whiten_stem=spatial_dims == 2 and not (recipe.pretrained or recipe.weights))
+def resolve_from_scratch(recipe: Recipe, spatial_dims: int) -> Recipe:
+    """The recipe with ``whiten_stem`` and ``optimizer`` decided where they are None.
+
+    Both follow one rule: a 2-D network from random weights whitens its stem and takes Muon for its
+    filters; volumes and networks that start from weights (pretrained or a file) keep their stem
+    and take SGD.
+    """
+    scratch_2d = spatial_dims == 2 and not (recipe.pretrained or recipe.weights)
+    if recipe.whiten_stem is None:
+        recipe = replace(recipe, whiten_stem=scratch_2d)
+    if recipe.optimizer is None:
+        recipe = replace(recipe, optimizer="muon" if scratch_2d else "sgd")
+    return recipe
 
 
 def base_recipe(name: str | None = None, data: str | None = None, pretrained: bool | str = False) -> Recipe:

@@ -186,6 +186,24 @@ def test_the_whitened_stem_gives_the_training_patches_unit_uncorrelated_outputs(
         whiten_stem(create_model(TINY_MODEL, spatial_dims=3), images)
 
 
+def test_patch_covariance_of_many_large_images_samples_patches_and_agrees_with_every_patch(monkeypatch):
+    """Past PATCH_VALUES the covariance comes from a sample of patches (DenseNet-121's 7x7 stem at
+    224 px has 50,176 patches an image): close to the exact one, in unfold's (C, k, k) order."""
+    from densenets.models import whiten
+
+    images = correlated_images(n=32, size=20) * torch.tensor([1.0, 2.0, 3.0])[:, None, None]  # channels apart
+    exact = whiten.patch_covariance(images, 3)
+    unfolded = torch.nn.functional.unfold(images.double(), 3).transpose(1, 2).reshape(-1, 27)
+    assert torch.allclose(exact, torch.cov(unfolded.T, correction=0), atol=1e-10)  # every patch: exact
+    monkeypatch.setattr(whiten, "PATCH_VALUES", 27 * 4000)  # 4,000 patches of 10,368
+    monkeypatch.setattr(whiten, "CHUNK_VALUES", 27 * 500)  # in chunks
+    sampled = whiten.patch_covariance(images, 3)
+    assert torch.linalg.matrix_norm(sampled - exact) < 0.1 * torch.linalg.matrix_norm(exact)
+    assert torch.equal(sampled, whiten.patch_covariance(images, 3))  # the same sample every time
+    line = whiten_stem(create_model(TINY_MODEL), images)
+    assert "from 32 training images (a random 4,000 of their 10,368 patches)" in line
+
+
 def test_a_run_with_a_whitened_stem_says_so_and_records_it(tmp_path, capsys):
     write_cifar10(tmp_path / "data", n_train=40, n_test=30)
     recipe = tiny_recipe(

@@ -16,23 +16,64 @@ from torch import nn
 
 from ..errors import ConfigError
 
+PATCH_VALUES = 2**29  # patches x patch size above which the covariance comes from a sample of patches
+CHUNK_VALUES = 2**23  # values unfolded at once (64 MB in float64)
+
 
 def patch_covariance(images: torch.Tensor, kernel: int, chunk: int = 256) -> torch.Tensor:
-    """Covariance (D, D) of every ``kernel`` x ``kernel`` patch of ``images`` (N, C, H, W), D = C * k * k."""
-    dims = images.shape[1] * kernel * kernel
-    total, outer, count = (
-        images.new_zeros(dims, dtype=torch.float64),
-        images.new_zeros(dims, dims, dtype=torch.float64),
-        0,
-    )
-    for start in range(0, len(images), chunk):
+    """Covariance (D, D) of the ``kernel`` x ``kernel`` patches of ``images`` (N, C, H, W), D = C * k * k.
+
+    Every patch while there are at most ``PATCH_VALUES / D`` of them (5,000 CIFAR images with a
+    3x3 stem: 4.5M patches); beyond, that many drawn uniformly at random (a fixed seed), so large
+    images cost bounded time and memory (DenseNet-121's 7x7 stem at 224 px: 50,176 patches an image).
+    """
+    n, c, h, w = images.shape
+    dims = c * kernel * kernel
+    per_image = (h - kernel + 1) * (w - kernel + 1)
+    if n * per_image * dims > PATCH_VALUES:
+        return _sampled_covariance(images, kernel, PATCH_VALUES // dims)
+    chunk = max(1, min(chunk, CHUNK_VALUES // (per_image * dims)))
+    stats = _Moments(dims, images)
+    for start in range(0, n, chunk):
         p = F.unfold(images[start : start + chunk].double(), kernel)  # (n, D, L)
-        p = p.transpose(1, 2).reshape(-1, dims)
-        total += p.sum(0)
-        outer += p.T @ p
-        count += len(p)
-    mean = total / count
-    return outer / count - torch.outer(mean, mean)
+        stats.add(p.transpose(1, 2).reshape(-1, dims))
+    return stats.covariance()
+
+
+def _sampled_covariance(images: torch.Tensor, kernel: int, count: int) -> torch.Tensor:
+    n, c, h, w = images.shape
+    g = torch.Generator().manual_seed(0)
+    which = torch.randint(n, (count,), generator=g)
+    top = torch.randint(h - kernel + 1, (count,), generator=g)
+    left = torch.randint(w - kernel + 1, (count,), generator=g)
+    offsets = torch.arange(kernel)
+    stats = _Moments(c * kernel * kernel, images)
+    step = max(1, CHUNK_VALUES // (c * kernel * kernel))
+    for start in range(0, count, step):
+        i, y, x = (t[start : start + step].to(images.device) for t in (which, top, left))
+        rows = (y[:, None] + offsets.to(y))[:, :, None]  # (P, k, 1)
+        cols = (x[:, None] + offsets.to(x))[:, None, :]  # (P, 1, k)
+        p = images[i[:, None, None], :, rows, cols]  # (P, k, k, C)
+        stats.add(p.permute(0, 3, 1, 2).reshape(len(i), -1).double())  # unfold's order: C, then k x k
+    return stats.covariance()
+
+
+class _Moments:
+    """Running sum and sum of outer products of (P, D) rows, in float64."""
+
+    def __init__(self, dims: int, like: torch.Tensor):
+        self.total = like.new_zeros(dims, dtype=torch.float64)
+        self.outer = like.new_zeros(dims, dims, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        self.total += rows.sum(0)
+        self.outer += rows.T @ rows
+        self.count += len(rows)
+
+    def covariance(self) -> torch.Tensor:
+        mean = self.total / self.count
+        return self.outer / self.count - torch.outer(mean, mean)
 
 
 def whitening_filters(images: torch.Tensor, kernel: int, out_channels: int, eps: float = 5e-4) -> torch.Tensor:
@@ -70,7 +111,10 @@ def whiten_stem(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> st
         conv.weight[: len(filters)].copy_(filters.to(conv.weight))
     n = len(filters)
     rest = f"; the other {conv.out_channels - n} keep their initialisation" if n < conv.out_channels else ""
+    dims, patches = images.shape[1] * k * k, len(images) * (images.shape[2] - k + 1) * (images.shape[3] - k + 1)
+    sampled = patches * dims > PATCH_VALUES  # patch_covariance's rule: say when the filters come from a sample
+    sample = f" (a random {PATCH_VALUES // dims:,} of their {patches:,} patches)" if sampled else ""
     return (
         f"stem: conv0's {n} of {conv.out_channels} filters whiten {k}x{k} patches (top {n // 2} principal "
-        f"directions, both signs) from {len(images)} training images{rest}"
+        f"directions, both signs) from {len(images)} training images{sample}{rest}"
     )

@@ -29,15 +29,22 @@ def patch_covariance(images: torch.Tensor, kernel: int, chunk: int = 256) -> tor
     """
     n, c, h, w = images.shape
     dims = c * kernel * kernel
-    per_image = (h - kernel + 1) * (w - kernel + 1)
-    if n * per_image * dims > PATCH_VALUES:
-        return _sampled_covariance(images, kernel, PATCH_VALUES // dims)
-    chunk = max(1, min(chunk, CHUNK_VALUES // (per_image * dims)))
+    patches, sampled = patch_sample(images.shape, kernel)
+    if sampled:
+        return _sampled_covariance(images, kernel, sampled)
+    chunk = max(1, min(chunk, CHUNK_VALUES // (patches // n * dims)))
     stats = _Moments(dims, images)
     for start in range(0, n, chunk):
         p = F.unfold(images[start : start + chunk].double(), kernel)  # (n, D, L)
         stats.add(p.transpose(1, 2).reshape(-1, dims))
     return stats.covariance()
+
+
+def patch_sample(shape: torch.Size, kernel: int) -> tuple[int, int]:
+    """(patches of images of ``shape`` (N, C, H, W), how many the covariance samples: 0 for all of them)."""
+    n, c, h, w = shape
+    patches, dims = n * (h - kernel + 1) * (w - kernel + 1), c * kernel * kernel
+    return patches, (PATCH_VALUES // dims if patches * dims > PATCH_VALUES else 0)
 
 
 def _sampled_covariance(images: torch.Tensor, kernel: int, count: int) -> torch.Tensor:
@@ -111,9 +118,8 @@ def whiten_stem(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> st
         conv.weight[: len(filters)].copy_(filters.to(conv.weight))
     n = len(filters)
     rest = f"; the other {conv.out_channels - n} keep their initialisation" if n < conv.out_channels else ""
-    dims, patches = images.shape[1] * k * k, len(images) * (images.shape[2] - k + 1) * (images.shape[3] - k + 1)
-    sampled = patches * dims > PATCH_VALUES  # patch_covariance's rule: say when the filters come from a sample
-    sample = f" (a random {PATCH_VALUES // dims:,} of their {patches:,} patches)" if sampled else ""
+    patches, sampled = patch_sample(images.shape, k)
+    sample = f" (a random {sampled:,} of their {patches:,} patches)" if sampled else ""
     return (
         f"stem: conv0's {n} of {conv.out_channels} filters whiten {k}x{k} patches (top {n // 2} principal "
         f"directions, both signs) from {len(images)} training images{sample}{rest}"
